@@ -1,0 +1,9 @@
+"""``python -m kindlessh``: the same as the ``kindlessh`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""SSH session glue: one prompt-toolkit chat per SSH channel.
+
+Contract:
+- :class:`ChannelOutput` is the *only* writer to the channel. Everything prompt-toolkit
+  flushes within one event-loop iteration goes out as one ``chan.write`` (one frame, one
+  SSH packet), byte for byte (no ``\\n`` rewriting). When the client stops reading and
+  the channel's write buffer passes the cap, the session is dropped instead of growing
+  server memory.
+- :class:`ChatSession` runs the chat for a shell (``ssh -t host``) or an allowed command
+  (``ssh -t host eink``); anything else gets a one-line message and exit status 2. Without
+  a PTY it says to use ``ssh -t``.
+- When the client disconnects, the chat, its answer task and its upstream response are
+  all closed; nothing keeps running for a gone session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+import asyncssh
+from asyncssh.channel import SSHChannel
+from prompt_toolkit.application.current import create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.output import ColorDepth
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from ._conversation import Conversation
+from ._input import ChannelInput
+from ._sanitize import sanitize_inline
+from ._ui import ChatUI
+from ._view import Notice
+
+if TYPE_CHECKING:
+    from ._server import ServerContext
+
+log = logging.getLogger("kindlessh.session")
+
+# Commands accepted on the ssh line (``ssh -t host eink``); the profiles themselves
+# are chosen by the screen-profile layer.
+ALLOWED_COMMANDS = ("", "chat", "eink", "smooth")
+
+
+class ChannelOutput:
+    """A TextIO-like sink for prompt-toolkit that coalesces each frame into one write.
+
+    Attributes:
+        writes: channel writes made so far.
+        bytes_sent: UTF-8 bytes written so far.
+    """
+
+    encoding = "utf-8"
+
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel[str], max_buffer: int, on_overflow: Callable[[], None]
+    ) -> None:
+        self._chan = chan
+        self._max_buffer = max_buffer
+        self._on_overflow = on_overflow
+        self._parts: list[str] = []
+        self._scheduled = False
+        self.closed = False
+        self.writes = 0
+        self.bytes_sent = 0
+
+    def write(self, data: str) -> int:
+        """Queue ``data`` for the current frame."""
+        if not self.closed:
+            self._parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """End of a prompt-toolkit flush: send the frame once this loop iteration ends.
+
+        Strategy: a resize is an erase plus a redraw, two flushes in one call; deferring
+        with ``call_soon`` makes them one packet, so the terminal never shows the blank.
+        """
+        if self._parts and not self._scheduled and not self.closed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._scheduled = False
+        if self.closed or not self._parts:
+            self._parts.clear()
+            return
+        data = "".join(self._parts)
+        self._parts.clear()
+        try:
+            if self._chan.get_write_buffer_size() + len(data) > self._max_buffer:
+                log.warning("client stopped reading; dropping the session")
+                self.closed = True
+                self._on_overflow()
+                return
+            self._chan.write(data)
+        except (BrokenPipeError, asyncssh.Error, OSError):
+            self.closed = True
+            return
+        self.writes += 1
+        self.bytes_sent += len(data.encode("utf-8", "replace"))
+
+    def isatty(self) -> bool:
+        """The far end is a terminal (the PTY the client asked for)."""
+        return True
+
+
+def color_depth_for(term: str, env: dict[str, str]) -> ColorDepth:
+    """The colour depth for a client's ``TERM`` (never 24-bit unless COLORTERM says so)."""
+    term = term.lower()
+    if term in ("", "dumb", "unknown"):
+        return ColorDepth.DEPTH_1_BIT
+    if env.get("COLORTERM", "").lower() in ("truecolor", "24bit"):
+        return ColorDepth.DEPTH_24_BIT
+    if term in ("linux", "vt100", "vt220", "ansi"):
+        return ColorDepth.DEPTH_4_BIT
+    return ColorDepth.DEPTH_8_BIT
+
+
+class ChatSession(asyncssh.SSHServerSession[str]):
+    """One SSH session channel running the chat."""
+
+    def __init__(self, ctx: ServerContext, username: str) -> None:
+        self.ctx = ctx
+        self.username = username
+        self._chan: asyncssh.SSHServerChannel[str] | None = None
+        self._pty = False
+        self._command = ""
+        self._task: asyncio.Task[None] | None = None
+        self._input: ChannelInput | None = None
+        self.ui: ChatUI | None = None
+        self.output: ChannelOutput | None = None
+
+    # ----- asyncssh callbacks --------------------------------------------------------
+
+    def connection_made(self, chan: SSHChannel[str]) -> None:
+        self._chan = cast("asyncssh.SSHServerChannel[str]", chan)
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self._pty = True
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._command = command.strip()
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._main())
+        self.ctx.sessions.add(self)
+        self._task.add_done_callback(lambda _: self.ctx.sessions.discard(self))
+
+    def data_received(self, data: str, datatype: Any) -> None:
+        if self._input is not None:
+            self._input.send_text(data)
+
+    def eof_received(self) -> bool:
+        if self.ui is not None:
+            self.ui.quit()
+        return True
+
+    def terminal_size_changed(
+        self, width: int, height: int, pixwidth: int, pixheight: int
+    ) -> None:
+        ui = self.ui
+        if ui is not None and ui.app.is_running:
+            # One erase + redraw, coalesced into one write by ChannelOutput.
+            ui.app._on_resize()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.output is not None:
+            self.output.closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    # ----- the session ---------------------------------------------------------------
+
+    def _size(self) -> Size:
+        assert self._chan is not None
+        width, height, _, _ = self._chan.get_terminal_size()
+        return Size(rows=max(height, 1) if height else 24, columns=max(width, 1) if width else 80)
+
+    def _drop(self) -> None:
+        if self._chan is not None:
+            self._chan.abort()
+
+    async def _main(self) -> None:
+        chan = self._chan
+        assert chan is not None
+        try:
+            if self._command.lower() not in ALLOWED_COMMANDS:
+                shown = sanitize_inline(self._command, 40)
+                chan.write(
+                    f"kindlessh: unknown command '{shown}'. Connect with `ssh -t` and no "
+                    "command for the chat (or the command eink or smooth).\r\n"
+                )
+                chan.exit(2)
+                return
+            if not self._pty:
+                chan.write(
+                    "kindlessh: this is a full-screen chat and needs a terminal. "
+                    "Connect with: ssh -t ...\r\n"
+                )
+                chan.exit(1)
+                return
+            await self._chat(chan)
+            chan.write("kindlessh: bye.\r\n")
+            chan.exit(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session failed")
+            with contextlib.suppress(Exception):
+                chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
+                chan.exit(1)
+
+    async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+        ctx = self.ctx
+        env = dict(chan.get_environment())
+        term = chan.get_terminal_type() or "xterm"
+        self.output = ChannelOutput(chan, ctx.config.server.max_write_buffer, self._drop)
+        output = Vt100_Output(
+            cast(TextIO, self.output),
+            self._size,
+            term=term,
+            default_color_depth=color_depth_for(term, env),
+            enable_bell=False,
+            enable_cpr=False,
+        )
+        notices = []
+        if not ctx.config.gemini.api_key:
+            notices.append(
+                Notice(
+                    "No Gemini API key is set on the server: set GEMINI_API_KEY (or "
+                    "[gemini] api_key in the config) and restart kindlessh.",
+                    "error",
+                )
+            )
+        conversation = Conversation(ctx.provider, ctx.generation)
+        self._input = ChannelInput()
+        try:
+            with create_app_session(input=self._input, output=output):
+                self.ui = ChatUI(
+                    conversation,
+                    username=self.username,
+                    interval=ctx.config.ui.smooth_interval_ms / 1000,
+                    color_depth=color_depth_for(term, env),
+                    notices=notices,
+                )
+                await self.ui.run()
+        finally:
+            self._input.close()
+            self._input = None
+            await conversation.aclose()

@@ -1,0 +1,237 @@
+"""Configuration: a TOML file, validated strictly, turned into frozen dataclasses.
+
+Contract:
+- ``load_config(path)`` reads ``path`` (or uses every default when ``path`` is None) and
+  returns a :class:`Config`. Any problem raises :class:`~kindlessh._errors.ConfigError`
+  whose message is one line naming the file, the key and the problem.
+- Unknown sections or keys are errors (a typo must not silently fall back to a default).
+- Relative paths are resolved against the directory of the config file, or against the
+  current directory when there is no file.
+- The environment variable ``GEMINI_API_KEY``, when set and not empty, overrides
+  ``[gemini] api_key``.
+
+Every key and its default is documented in ``config.example.toml``; a test keeps the two
+in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+DEFAULT_MODEL = "gemini-2.5-flash"
+DEFAULT_SYSTEM_INSTRUCTION = (
+    "You are answering in a text terminal that may be a narrow e-ink screen. "
+    "Be concise, use plain Markdown, and avoid wide tables."
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: where to listen and which keys may log in."""
+
+    host: str = "0.0.0.0"
+    port: int = 2222
+    host_key: Path = Path("keys/ssh_host_ed25519_key")
+    authorized_keys: Path = Path("keys/authorized_keys")
+    login_timeout: float = 60.0
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    max_write_buffer: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class GeminiConfig:
+    """``[gemini]``: the upstream model API."""
+
+    api_key: str = field(default="", repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    model: str = DEFAULT_MODEL
+    temperature: float = 1.0
+    max_output_tokens: int = 2048
+    system_instruction: str = DEFAULT_SYSTEM_INSTRUCTION
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 60.0
+    chunk_timeout: float = 30.0
+    answer_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """``[chat]``: limits on what a person sends."""
+
+    max_prompt_chars: int = 4000
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """``[ui]``: how the chat is painted."""
+
+    smooth_interval_ms: int = 50
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: where conversations are kept."""
+
+    path: Path = Path("data/kindlessh.sqlite3")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from, if any."""
+
+    server: ServerConfig = ServerConfig()
+    gemini: GeminiConfig = GeminiConfig()
+    chat: ChatConfig = ChatConfig()
+    ui: UIConfig = UIConfig()
+    storage: StorageConfig = StorageConfig()
+    source: Path | None = None
+
+
+# Per-key checks beyond the type: (predicate, description of the valid range).
+_RANGES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("server", "port"): (lambda v: 0 <= v <= 65535, "a port number from 0 to 65535"),
+    ("server", "login_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),
+    ("gemini", "temperature"): (lambda v: 0.0 <= v <= 2.0, "a number from 0.0 to 2.0"),
+    ("gemini", "max_output_tokens"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("gemini", "base_url"): (
+        lambda v: v.startswith(("http://", "https://")),
+        "a URL starting with http:// or https://",
+    ),
+    ("gemini", "model"): (
+        lambda v: bool(v) and all(c.isalnum() or c in "-._" for c in v),
+        "a model name such as gemini-2.5-flash",
+    ),
+    ("gemini", "connect_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("gemini", "first_byte_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("gemini", "chunk_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("gemini", "answer_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("ui", "smooth_interval_ms"): (lambda v: 10 <= v <= 5000, "milliseconds from 10 to 5000"),
+}
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "gemini": GeminiConfig,
+    "chat": ChatConfig,
+    "ui": UIConfig,
+    "storage": StorageConfig,
+}
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _toml_type(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    for kind, name in names.items():
+        if type(value) is kind:
+            return name
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _convert(where: str, kind: Any, value: Any, base: Path) -> Any:
+    """Check ``value`` against the dataclass field type ``kind`` and convert it."""
+    if kind is Path:
+        if type(value) is not str or not value:
+            raise ConfigError(f"{where}: expected a path string, got {_toml_type(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if kind is float:
+        # TOML writes 1 and 1.0 differently; both mean the same number of seconds.
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a number, got {_toml_type(value)}")
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
+    return value
+
+
+def _section(name: str, raw: Any, cls: type[Any], origin: str, base: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: [{name}] must be a table, got {_toml_type(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{origin}: [{name}] {key}"
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{where}: unknown key (known keys: {known})")
+        kind = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}[
+            str(fields[key].type)
+        ]
+        converted = _convert(where, kind, value, base)
+        check = _RANGES.get((name, key))
+        if check is not None and not check[0](converted):
+            raise ConfigError(f"{where}: {value!r} is out of range; expected {check[1]}")
+        values[key] = converted
+    # Defaults that are relative paths follow the same base as the file's values.
+    for fname, f in fields.items():
+        if fname in values or str(f.type) != "Path":
+            continue
+        default = Path(str(f.default))
+        values[fname] = default if default.is_absolute() else base / default
+    return cls(**values)
+
+
+def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    Args:
+        path: the TOML file, or None for all defaults (paths relative to the current
+            directory).
+        env: the environment to read ``GEMINI_API_KEY`` from (default ``os.environ``).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a key is unknown, of the wrong
+            type or out of range. The message names the file and the key.
+    """
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    if path is None:
+        origin, base = "defaults", Path.cwd()
+    else:
+        origin, base = str(path), path.resolve().parent
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{origin}: the config file does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"{origin}: cannot read the config file ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{origin}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin}: not valid UTF-8 text") from None
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            known = ", ".join(f"[{s}]" for s in _SECTIONS)
+            raise ConfigError(f"{origin}: [{name}]: unknown section (known sections: {known})")
+        sections[name] = value
+    built = {
+        name: _section(name, sections.get(name, {}), cls, origin, base)
+        for name, cls in _SECTIONS.items()
+    }
+    key = env.get("GEMINI_API_KEY", "").strip()
+    if key:
+        built["gemini"] = dataclasses.replace(built["gemini"], api_key=key)
+    return Config(**built, source=path)

@@ -1,0 +1,212 @@
+"""A conversation: its turns, the history sent upstream, and the one answer in flight.
+
+Contract:
+- :meth:`Conversation.ask` starts one answer in a background task and returns its
+  :class:`Turn` at once; a second ``ask`` while one streams raises InputRejected.
+- Every change (a new delta, a finish, an error) bumps ``version`` and calls each
+  subscriber; subscribers must be cheap (the UI throttles its repaints itself).
+- Nothing is ever lost: a stopped or failed answer keeps the text that arrived and says
+  why in ``Turn.note``; a failure never raises out of the conversation.
+- Each request carries the history of earlier turns that produced text (roles
+  ``user``/``model``), then the new question.
+- :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._errors import InputRejected, KindleSSHError
+from ._provider import (
+    ChatRequest,
+    Finish,
+    Message,
+    Provider,
+    TextDelta,
+    ThoughtDelta,
+    Usage,
+    finish_note,
+)
+
+log = logging.getLogger("kindlessh.conversation")
+
+TurnState = Literal["waiting", "streaming", "done", "stopped", "failed"]
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Turn:
+    """One question and its answer (possibly partial)."""
+
+    question: str
+    answer: str = ""
+    thoughts: str = ""
+    state: TurnState = "waiting"
+    note: str | None = None
+    finish_reason: str = ""
+    usage: Usage | None = None
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+    id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def active(self) -> bool:
+        """True while the answer may still grow."""
+        return self.state in ("waiting", "streaming")
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the answer did not end normally."""
+        return self.state in ("stopped", "failed") or self.finish_reason not in ("STOP", "")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What every request of a conversation carries besides the history."""
+
+    system_instruction: str = ""
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    max_prompt_chars: int = 4000
+
+
+class Conversation:
+    """Turns and the answer in flight for one viewer."""
+
+    def __init__(self, provider: Provider, settings: GenerationSettings) -> None:
+        self.provider = provider
+        self.settings = settings
+        self.turns: list[Turn] = []
+        self.version = 0
+        self._subscribers: list[Callable[[], None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def _changed(self) -> None:
+        self.version += 1
+        for callback in list(self._subscribers):
+            try:
+                callback()
+            except Exception:  # a broken viewer must not break the answer
+                log.exception("conversation subscriber failed")
+
+    @property
+    def answering(self) -> bool:
+        """True while an answer is being generated."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def current(self) -> Turn | None:
+        """The last turn, if any."""
+        return self.turns[-1] if self.turns else None
+
+    def ask(self, question: str) -> Turn:
+        """Start answering ``question``.
+
+        Raises:
+            InputRejected: the question is empty or too long, or an answer is in flight.
+        """
+        question = question.strip()
+        limit = self.settings.max_prompt_chars
+        if not question:
+            raise InputRejected("Type a question first.")
+        if len(question) > limit:
+            raise InputRejected(
+                f"That message has {len(question):,} characters; the limit is {limit:,}. "
+                "Nothing was sent."
+            )
+        if self.answering:
+            raise InputRejected("An answer is still coming; wait for it or press Ctrl-C.")
+        history: list[Message] = []
+        for turn in self.turns:
+            if turn.answer:
+                history.append(Message("user", turn.question))
+                history.append(Message("model", turn.answer))
+        history.append(Message("user", question))
+        turn = Turn(question)
+        self.turns.append(turn)
+        request = ChatRequest(
+            messages=tuple(history),
+            system_instruction=self.settings.system_instruction,
+            temperature=self.settings.temperature,
+            max_output_tokens=self.settings.max_output_tokens,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(turn, request))
+        self._changed()
+        return turn
+
+    async def _run(self, turn: Turn, request: ChatRequest) -> None:
+        try:
+            async with contextlib.aclosing(self.provider.stream(request)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        turn.answer += event.text
+                        turn.state = "streaming"
+                    elif isinstance(event, ThoughtDelta):
+                        turn.thoughts += event.text
+                    elif isinstance(event, Usage):
+                        turn.usage = event
+                        continue
+                    elif isinstance(event, Finish):
+                        turn.finish_reason = event.reason
+                        turn.note = finish_note(event)
+                    self._changed()
+            turn.state = "done"
+        except asyncio.CancelledError:
+            turn.state = "stopped"
+            turn.note = "stopped; the text above is what arrived" if turn.answer else "stopped"
+            raise
+        except KindleSSHError as exc:
+            self._fail(turn, str(exc))
+        except Exception:
+            log.exception("answer failed unexpectedly")
+            self._fail(turn, "Something went wrong on the server; see its log.")
+        finally:
+            turn.duration = time.monotonic() - turn.started
+            self._changed()
+
+    @staticmethod
+    def _fail(turn: Turn, message: str) -> None:
+        turn.state = "failed"
+        turn.note = f"interrupted: {message}" if turn.answer else message
+
+    def stop(self) -> bool:
+        """Stop the answer in flight, keeping what arrived. Returns False if none was."""
+        if not self.answering:
+            return False
+        assert self._task is not None
+        self._task.cancel()
+        return True
+
+    async def wait(self) -> None:
+        """Wait until no answer is in flight."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    def clear(self) -> None:
+        """Start over: stop any answer and forget every turn."""
+        self.stop()
+        self.turns = []
+        self._changed()
+
+    async def aclose(self) -> None:
+        """Stop any answer and wait until the upstream response is closed."""
+        self.stop()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._subscribers.clear()

@@ -1,0 +1,101 @@
+"""The one exception tree of kindlessh.
+
+Every error a person can meet carries a message written for that person: it is shown as
+one line in the chat transcript or printed once at start-up, never as a traceback.
+
+```
+KindleSSHError
+  ConfigError                 bad or unreadable configuration (start-up)
+  UpstreamError               anything that went wrong talking to the model API
+    ApiKeyMissing             no API key configured
+    ApiKeyInvalid             the API rejected the key (400 API_KEY_INVALID, 403)
+    ModelNotFound             the configured model does not exist (404)
+    BadRequest                the API rejected the request (other 4xx)
+    UpstreamUnavailable       5xx, network and timeout failures
+    RateLimited               429 per-minute quota; ``retry_after`` seconds
+    QuotaExhausted            429 daily quota; ``resets_at`` text
+    TruncatedStream           the stream ended before the answer was complete
+    StreamProtocolError       bytes that are not the SSE/JSON we expect
+  BudgetExceeded              a per-user budget is spent
+  InputRejected               the user's input cannot be sent (too long, ...)
+```
+
+Strategy: ``str(exc)`` is the user-facing message, so the UI can show any
+``KindleSSHError`` without knowing its type. Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+
+class KindleSSHError(Exception):
+    """Base class; ``str(exc)`` is a message meant for the person using kindlessh."""
+
+
+class ConfigError(KindleSSHError):
+    """The configuration cannot be used; the message names the file, key and problem."""
+
+
+class UpstreamError(KindleSSHError):
+    """The model API failed; the message says what happened in plain words.
+
+    Attributes:
+        status: the HTTP status code when there was one, else ``None``.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiKeyMissing(UpstreamError):
+    """No API key is configured, so no request was made."""
+
+
+class ApiKeyInvalid(UpstreamError):
+    """The API refused the key (invalid, leaked, or not allowed)."""
+
+
+class ModelNotFound(UpstreamError):
+    """The configured model name is unknown to the API."""
+
+
+class BadRequest(UpstreamError):
+    """The API rejected the request for a reason other than the key or the model."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The API could not be reached or failed on its side (5xx, network, timeout)."""
+
+
+class RateLimited(UpstreamError):
+    """A per-minute quota was hit; ``retry_after`` is the advised wait in seconds, if known."""
+
+    def __init__(
+        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class QuotaExhausted(UpstreamError):
+    """A daily quota is spent; ``resets_at`` says when it resets, in words."""
+
+    def __init__(self, message: str, *, status: int | None = 429, resets_at: str = "") -> None:
+        super().__init__(message, status=status)
+        self.resets_at = resets_at
+
+
+class TruncatedStream(UpstreamError):
+    """The answer stream ended early: EOF mid-event or without a finish reason."""
+
+
+class StreamProtocolError(UpstreamError):
+    """The upstream sent bytes we cannot interpret (oversized event, broken framing)."""
+
+
+class BudgetExceeded(KindleSSHError):
+    """A per-user limit (tokens, prompts) is spent; the message says when it frees up."""
+
+
+class InputRejected(KindleSSHError):
+    """The user's input was not sent; the message says why and how to fix it."""

@@ -1,0 +1,359 @@
+"""Google Gemini over ``streamGenerateContent?alt=sse``, as a :class:`Provider`.
+
+Contract:
+- :meth:`GeminiProvider.stream` sends the whole history (roles ``user``/``model``) with
+  the key in the ``x-goog-api-key`` header (never in the URL, never logged) and yields
+  domain events parsed from the SSE stream (see ``_provider``).
+- HTTP errors, errors inside a 200 stream (an ``{"error": ...}`` object as SSE data or as a
+  raw JSON tail after the last event), timeouts and transport failures become
+  :class:`~kindlessh._errors.UpstreamError` subclasses with a one-line message.
+- An answer that ends without a ``finishReason`` raises :class:`TruncatedStream`; a
+  malformed JSON event is skipped and logged, the rest still arrives.
+- httpx exceptions are translated in one place only: :func:`map_httpx_errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._config import GeminiConfig
+from ._errors import (
+    ApiKeyInvalid,
+    ApiKeyMissing,
+    BadRequest,
+    ModelNotFound,
+    QuotaExhausted,
+    RateLimited,
+    StreamProtocolError,
+    TruncatedStream,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from ._provider import ChatRequest, Finish, StreamEvent, TextDelta, ThoughtDelta, Usage
+from ._sanitize import sanitize_inline
+from ._sse import SSEDecoder
+
+log = logging.getLogger("kindlessh.gemini")
+
+MAX_ERROR_BODY = 64 * 1024
+_RETRYABLE_STATUS = {408, 500, 502, 503, 504}
+
+
+@contextlib.contextmanager
+def map_httpx_errors(base_url: str) -> Iterator[None]:
+    """Translate any httpx exception raised inside the block into an UpstreamError.
+
+    Strategy: one boundary, like httpx's own ``map_httpcore_exceptions``, so that no
+    other module needs to know httpx's exception tree.
+    """
+    host = urlsplit(base_url).netloc or base_url
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        if isinstance(exc, httpx.ConnectTimeout):
+            msg = f"Gemini could not be reached: connecting to {host} timed out."
+        elif isinstance(exc, httpx.PoolTimeout):
+            msg = "Too many answers are in progress on this server; try again shortly."
+        else:
+            msg = f"Gemini stopped responding ({type(exc).__name__} talking to {host})."
+        raise UpstreamUnavailable(msg) from exc
+    except httpx.ConnectError as exc:
+        raise UpstreamUnavailable(
+            f"Gemini could not be reached: cannot connect to {host} (network down?)."
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise UpstreamUnavailable("The connection to Gemini broke off.") from exc
+    except httpx.TransportError as exc:
+        # ProxyError, UnsupportedProtocol, LocalProtocolError and any future subclass.
+        raise UpstreamUnavailable(
+            f"Gemini could not be reached ({type(exc).__name__} talking to {host})."
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(f"Talking to Gemini failed ({type(exc).__name__}).") from exc
+
+
+def _parse_duration(value: Any) -> float | None:
+    """A protobuf Duration string such as ``"37s"`` or ``"45.837906927s"`` in seconds."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return max(0.0, float(value[:-1]))
+        except ValueError:
+            return None
+    return None
+
+
+def _error_object(body: Any) -> dict[str, Any] | None:
+    """The ``error`` member of an error body (object or one-element list form)."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            return err
+    return None
+
+
+def error_from_body(status: int | None, body: Any, model: str) -> UpstreamError:
+    """Turn an HTTP status and a parsed (or unparsed) error body into an UpstreamError."""
+    err = _error_object(body) or {}
+    if status is None and isinstance(err.get("code"), int):
+        status = err["code"]
+    raw_message = err.get("message") if isinstance(err.get("message"), str) else ""
+    upstream = sanitize_inline(str(raw_message or ""), max_len=160)
+    found = err.get("details")
+    details: list[Any] = found if isinstance(found, list) else []
+    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    if status == 400 and "API_KEY_INVALID" in reasons:
+        return ApiKeyInvalid(
+            "Gemini rejected the API key (not valid). Check GEMINI_API_KEY or [gemini] api_key.",
+            status=status,
+        )
+    if status in (401, 403):
+        why = f": {upstream}" if upstream else ""
+        return ApiKeyInvalid(f"Gemini refused the API key{why}", status=status)
+    if status == 404:
+        return ModelNotFound(
+            f"Gemini does not know the model '{sanitize_inline(model, 64)}'. "
+            "Set [gemini] model to a current one, such as gemini-2.5-flash.",
+            status=status,
+        )
+    if status == 429:
+        retry = None
+        per_day = False
+        for d in details:
+            if not isinstance(d, dict):
+                continue
+            if str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+                retry = _parse_duration(d.get("retryDelay"))
+            for v in d.get("violations") or []:
+                if isinstance(v, dict) and "PerDay" in str(v.get("quotaId", "")):
+                    per_day = True
+        if per_day:
+            return QuotaExhausted(
+                "Gemini's daily quota for this API key is used up; it resets at "
+                "midnight Pacific time.",
+                resets_at="00:00 America/Los_Angeles",
+            )
+        wait = f" Try again in {max(1, round(retry))} s." if retry is not None else ""
+        return RateLimited(f"Gemini's per-minute quota is used up.{wait}", retry_after=retry)
+    if status is not None and (status in _RETRYABLE_STATUS or status >= 500):
+        label = {503: "is overloaded", 504: "took too long", 408: "took too long"}.get(
+            status, "had an internal error"
+        )
+        return UpstreamUnavailable(
+            f"Gemini {label} ({status}); try again in a moment.", status=status
+        )
+    why = f": {upstream}" if upstream else ""
+    if status is None:
+        return UpstreamUnavailable(f"Gemini reported an error{why}")
+    return BadRequest(f"Gemini rejected the request ({status}){why}", status=status)
+
+
+def _parse_error_bytes(status: int | None, data: bytes, model: str) -> UpstreamError:
+    try:
+        body: Any = json.loads(data.decode("utf-8", "replace"))
+    except ValueError:
+        body = None
+    return error_from_body(status, body, model)
+
+
+def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
+    """Domain events from one decoded JSON chunk, in order: text, usage, finish."""
+    if isinstance(obj, list) and len(obj) == 1:
+        obj = obj[0]
+    if not isinstance(obj, dict):
+        raise StreamProtocolError("Gemini sent a message this server does not understand.")
+    if "error" in obj:
+        raise error_from_body(None, obj, model)
+    events: list[StreamEvent] = []
+    finish: Finish | None = None
+    candidates = obj.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        cand = candidates[0]
+        content = cand.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else []:
+            if not isinstance(part, dict):
+                continue
+            text = part.get("text")
+            if isinstance(text, str) and text:
+                thought = part.get("thought") is True
+                events.append(ThoughtDelta(text) if thought else TextDelta(text))
+            elif "functionCall" in part:
+                log.info("ignoring a function call part (no tools are declared)")
+        reason = cand.get("finishReason")
+        if isinstance(reason, str) and reason:
+            message = cand.get("finishMessage")
+            finish = Finish(reason, message=message if isinstance(message, str) else "")
+    else:
+        feedback = obj.get("promptFeedback")
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            finish = Finish(str(feedback["blockReason"]), blocked=True)
+    usage = obj.get("usageMetadata")
+    if isinstance(usage, dict):
+
+        def count(name: str) -> int:
+            value = usage.get(name)
+            return value if isinstance(value, int) else 0
+
+        events.append(
+            Usage(
+                prompt_tokens=count("promptTokenCount"),
+                output_tokens=count("candidatesTokenCount"),
+                thought_tokens=count("thoughtsTokenCount"),
+                total_tokens=count("totalTokenCount"),
+            )
+        )
+    if finish is not None:
+        events.append(finish)
+    return events
+
+
+class GeminiProvider:
+    """The Gemini Developer API. One instance serves every session of the server.
+
+    Args:
+        config: the ``[gemini]`` settings.
+        transport: an httpx transport to use instead of the network (tests).
+    """
+
+    def __init__(
+        self, config: GeminiConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=30, pool=30),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            headers={"user-agent": "kindlessh"},
+        )
+
+    @property
+    def model(self) -> str:
+        """The configured model name."""
+        return self.config.model
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "contents": [
+                {"role": m.role, "parts": [{"text": m.text}]} for m in request.messages
+            ]
+        }
+        if request.system_instruction:
+            body["systemInstruction"] = {"parts": [{"text": request.system_instruction}]}
+        gen: dict[str, Any] = {}
+        if request.temperature is not None:
+            gen["temperature"] = request.temperature
+        if request.max_output_tokens is not None:
+            gen["maxOutputTokens"] = request.max_output_tokens
+        if gen:
+            body["generationConfig"] = gen
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream one answer. See the module docstring for the contract.
+
+        Raises:
+            ApiKeyMissing: no key is configured (no request is made).
+            UpstreamError: any failure, with a message for the reader.
+        """
+        cfg = self.config
+        if not cfg.api_key:
+            raise ApiKeyMissing(
+                "No Gemini API key is set. On the server, set GEMINI_API_KEY or "
+                "[gemini] api_key in the config file, then restart kindlessh."
+            )
+        url = f"{cfg.base_url.rstrip('/')}/v1beta/models/{cfg.model}:streamGenerateContent"
+        headers = {"x-goog-api-key": cfg.api_key, "accept": "text/event-stream"}
+        deadline = time.monotonic() + cfg.answer_timeout
+        with map_httpx_errors(cfg.base_url):
+            async with self._client.stream(
+                "POST", url, params={"alt": "sse"}, headers=headers, json=self._body(request)
+            ) as response:
+                if response.status_code != 200:
+                    data = bytearray()
+                    async for piece in response.aiter_bytes():
+                        data += piece
+                        if len(data) > MAX_ERROR_BODY:
+                            break
+                    raise _parse_error_bytes(response.status_code, bytes(data), cfg.model)
+                async for event in self._read(response, deadline):
+                    yield event
+
+    async def _read(
+        self, response: httpx.Response, deadline: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        cfg = self.config
+        decoder = SSEDecoder()
+        finished = False
+        chunks = response.aiter_bytes().__aiter__()
+        first = True
+        while True:
+            limit = cfg.first_byte_timeout if first else cfg.chunk_timeout
+            remaining = deadline - time.monotonic()
+            wait = min(limit, remaining)
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if remaining <= limit:
+                    raise UpstreamUnavailable(
+                        f"The answer took longer than {cfg.answer_timeout:g} s and was stopped."
+                    ) from None
+                what = "before answering" if first else "in the middle of the answer"
+                raise UpstreamUnavailable(
+                    f"Gemini went silent for {limit:g} s {what}."
+                ) from None
+            first = False
+            for sse in decoder.feed(chunk):
+                try:
+                    obj = json.loads(sse.data)
+                except ValueError:
+                    log.warning("skipping a malformed JSON event (%d bytes)", len(sse.data))
+                    continue
+                for event in _events_from_chunk(obj, cfg.model):
+                    if isinstance(event, Finish):
+                        finished = True
+                    yield event
+            tail = decoder.pending_unparsed.strip()
+            if tail.startswith(("{", "[")):
+                # A raw JSON error tail (no ``data:``) on a 200 stream: raise as soon as
+                # it parses, so the reader learns why without waiting for EOF.
+                try:
+                    obj = json.loads(tail)
+                except ValueError:
+                    pass
+                else:
+                    decoder.take_unparsed()
+                    if _error_object(obj) is not None:
+                        if finished:
+                            log.warning("error after the answer finished: %.200s", tail)
+                            continue
+                        raise error_from_body(None, obj, cfg.model)
+        decoder.close()
+        tail = decoder.take_unparsed().strip()
+        if not finished:
+            try:
+                obj = json.loads(tail) if tail else None
+            except ValueError:
+                obj = None
+            if _error_object(obj) is not None:
+                raise error_from_body(None, obj, cfg.model)
+            raise TruncatedStream(
+                "Gemini's answer stopped before it was finished (the connection closed early)."
+            )

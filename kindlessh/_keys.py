@@ -1,0 +1,120 @@
+"""Host key and authorized keys on disk.
+
+Contract:
+- :func:`load_or_create_host_key` returns the server's Ed25519 host key, creating it on
+  first run with mode 0600 (and its folder with 0700). An existing key that others can
+  read, that cannot be read, or that is not a private key stops the start with a
+  :class:`~kindlessh._errors.ConfigError` naming the file and the fix.
+- :class:`AuthorizedKeys` reads an OpenSSH ``authorized_keys`` file and re-reads it when
+  it changes, so a key added while the server runs works on the next login.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from ._errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A loaded host key; ``created`` is True when this start made it."""
+
+    key: asyncssh.SSHKey
+    path: Path
+    created: bool
+
+    @property
+    def fingerprint(self) -> str:
+        """The SHA256 fingerprint as OpenSSH prints it."""
+        return str(self.key.get_fingerprint("sha256"))
+
+
+def load_or_create_host_key(path: Path) -> HostKey:
+    """Load the host key at ``path``, creating an Ed25519 key there if it is missing.
+
+    Raises:
+        ConfigError: the key cannot be created or read, is readable by group or others,
+            or is not a valid private key.
+    """
+    where = f"[server] host_key {path}"
+    if not path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="kindlessh host key")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Strategy: create with 0600 in one step; write_private_key() would use the
+            # umask (often 0644) and leave a window where the key is world-readable.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key.export_private_key("openssh"))
+            key.write_public_key(str(path) + ".pub")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot create the host key ({exc.strerror})") from None
+        return HostKey(key, path, created=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the host key ({exc.strerror})") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{where}: the host key is readable by other users (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+    try:
+        key = asyncssh.read_private_key(str(path))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the host key ({exc.strerror})") from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ConfigError(f"{where}: not a usable private key ({exc})") from None
+    return HostKey(key, path, created=False)
+
+
+class AuthorizedKeys:
+    """An OpenSSH ``authorized_keys`` file, re-read whenever it changes.
+
+    ``get()`` returns the parsed keys, or None when the file is missing or holds no key.
+    A file that fails to parse keeps the last good keys and records the problem in
+    ``error`` (the server must not lock everyone out because of one bad edit).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._stamp: tuple[float, int] | None = None
+        self._keys: asyncssh.SSHAuthorizedKeys | None = None
+        self._count = 0
+
+    def _read(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            self._stamp, self._keys, self._count = None, None, 0
+            return
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            lines = [ln for ln in text.splitlines() if ln.strip() and ln.lstrip()[0] != "#"]
+            keys = asyncssh.import_authorized_keys(text) if lines else None
+        except (OSError, UnicodeDecodeError, ValueError, asyncssh.KeyImportError) as exc:
+            self.error = f"{self.path}: {exc}"
+            return
+        self.error = None
+        self._keys, self._count = keys, len(lines)
+
+    def get(self) -> asyncssh.SSHAuthorizedKeys | None:
+        """The current keys, or None when there are none."""
+        self._read()
+        return self._keys
+
+    def count(self) -> int:
+        """How many key lines the file holds now."""
+        self._read()
+        return self._count

@@ -1,0 +1,189 @@
+"""The SSH server: listening, authentication and connection policy (asyncssh).
+
+Contract:
+- :func:`start_server` loads (or creates) the host key, binds, and returns a running
+  :class:`Server`; ``await server.close()`` stops listening, ends every session and
+  closes the upstream client.
+- Public-key authentication only, against ``[server] authorized_keys`` (re-read when it
+  changes); any key there may log in and the SSH username names the account. With no
+  keys configured the server still runs, refuses everyone, and its auth banner says how
+  the owner adds a key.
+- One session per connection; no forwarding, agent, X11, SFTP or SCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+from asyncssh.kex import get_default_kex_algs
+
+from ._channel import ChatSession
+from ._config import Config
+from ._conversation import GenerationSettings
+from ._gemini import GeminiProvider
+from ._keys import AuthorizedKeys, HostKey, load_or_create_host_key
+from ._provider import Provider
+from ._sanitize import sanitize_inline
+
+log = logging.getLogger("kindlessh.server")
+
+NO_KEYS_BANNER = (
+    "kindlessh: no keys are authorized on this server yet. The owner adds your public key "
+    "(one line from ~/.ssh/id_ed25519.pub) to the authorized_keys file named in its "
+    "config; no restart is needed.\r\n"
+)
+
+
+def kex_algorithms() -> list[str]:
+    """asyncssh's key exchange list with ``curve25519-sha256`` first.
+
+    Strategy: Dropbear clients send a guessed first KEX packet for their first algorithm;
+    asyncssh judges that guess by the *chosen* algorithm, not by the two first choices as
+    RFC 4253 §7.1 says, and drops the connection when its own first choice (an ML-KEM
+    hybrid) is one Dropbear lacks. With curve25519 first both readings agree. OpenSSH
+    clients still get their own first choice, since the client's order decides.
+    """
+    algs = [a.decode() for a in get_default_kex_algs() if not a.startswith(b"gss-")]
+    preferred = "curve25519-sha256"
+    if preferred in algs:
+        algs.remove(preferred)
+        algs.insert(0, preferred)
+    return algs
+
+
+@dataclass
+class ServerContext:
+    """What every connection of one server shares."""
+
+    config: Config
+    provider: Provider
+    authorized: AuthorizedKeys
+    generation: GenerationSettings
+    sessions: set[ChatSession] = field(default_factory=set)
+    connections: int = 0
+
+
+class KindleSSHServer(asyncssh.SSHServer):
+    """Per-connection policy: authentication and the one session."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._sessions = 0
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self.ctx.connections += 1
+        peer = conn.get_extra_info("peername")
+        log.info("connection from %s", peer[0] if peer else "?")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections -= 1
+
+    def begin_auth(self, username: str) -> bool:
+        assert self._conn is not None
+        keys = self.ctx.authorized.get()
+        if keys is None:
+            self._conn.send_auth_banner(NO_KEYS_BANNER)
+        else:
+            self._conn.set_authorized_keys(keys)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        assert self._conn is not None
+        user = sanitize_inline(str(self._conn.get_extra_info("username")), 32)
+        log.info("%s logged in", user)
+
+    def session_requested(self) -> Any:
+        assert self._conn is not None
+        if self._sessions:
+            return False  # one chat per connection
+        self._sessions += 1
+        username = sanitize_inline(str(self._conn.get_extra_info("username") or "you"), 32)
+        return ChatSession(self.ctx, username)
+
+
+class Server:
+    """A running kindlessh server."""
+
+    def __init__(
+        self, acceptor: asyncssh.SSHAcceptor, ctx: ServerContext, host_key: HostKey
+    ) -> None:
+        self._acceptor = acceptor
+        self.ctx = ctx
+        self.host_key = host_key
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful with port 0)."""
+        return int(self._acceptor.get_port())
+
+    async def close(self) -> None:
+        """Stop listening, end all sessions and close the upstream client."""
+        self._acceptor.close()
+        await self._acceptor.wait_closed()
+        for session in list(self.ctx.sessions):
+            session.connection_lost(None)
+        await asyncio.sleep(0)
+        closer = getattr(self.ctx.provider, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def start_server(config: Config, *, provider: Provider | None = None) -> Server:
+    """Start listening as ``config`` says.
+
+    Args:
+        config: the loaded configuration.
+        provider: the model API to use (default: Gemini as configured).
+
+    Raises:
+        ConfigError: the host key cannot be used.
+        OSError: the address cannot be bound.
+    """
+    host_key = load_or_create_host_key(config.server.host_key)
+    gemini = config.gemini
+    ctx = ServerContext(
+        config=config,
+        provider=provider or GeminiProvider(gemini),
+        authorized=AuthorizedKeys(config.server.authorized_keys),
+        generation=GenerationSettings(
+            system_instruction=gemini.system_instruction,
+            temperature=gemini.temperature,
+            max_output_tokens=gemini.max_output_tokens,
+            max_prompt_chars=config.chat.max_prompt_chars,
+        ),
+    )
+    srv = config.server
+    acceptor = await asyncssh.listen(
+        srv.host,
+        srv.port,
+        server_factory=lambda: KindleSSHServer(ctx),
+        server_host_keys=[host_key.key],
+        kex_algs=kex_algorithms(),
+        line_editor=False,
+        encoding="utf-8",
+        errors="replace",
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_scp=False,
+        gss_host=None,
+        login_timeout=srv.login_timeout,
+        keepalive_interval=srv.keepalive_interval,
+        keepalive_count_max=srv.keepalive_count_max,
+        server_version="kindlessh",
+    )
+    return Server(acceptor, ctx, host_key)

@@ -1,0 +1,327 @@
+"""The chat screen: a transcript, one status line and an input line (prompt-toolkit).
+
+Contract:
+- :class:`ChatUI` renders what its :class:`Conversation` holds and never talks to the
+  model API itself. Enter sends; ``/help``, ``/new``, ``/quit`` are commands; Ctrl-C
+  stops an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line
+  quits; PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
+- Streamed text reaches the screen through a :class:`CommitThrottle`; typed keys are
+  never throttled.
+- Input that cannot be sent (too long, an answer still coming) stays in the input line
+  and a notice says why: nothing the person typed is lost.
+"""
+
+from __future__ import annotations
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import HSplit, Layout, Window
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
+from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.output import ColorDepth
+from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
+
+from ._conversation import Conversation, Turn
+from ._errors import InputRejected
+from ._sanitize import sanitize_inline
+from ._throttle import CommitThrottle
+from ._view import Item, Line, Notice
+
+HELP = """Commands:
+  /new   start a fresh conversation
+  /quit  leave (also Ctrl-D on an empty line)
+  /help  this list
+Keys: Enter sends, Ctrl-C stops an answer, PgUp/PgDn scroll, Ctrl-L repaints."""
+
+STYLE = Style.from_dict(
+    {
+        "status": "reverse",
+        "question": "bold",
+        "note": "underline",
+        "error": "bold",
+        "prompt": "bold",
+    }
+)
+
+
+class TranscriptControl(UIControl):
+    """Shows the transcript lines that fit, bottom-aligned to the scroll position."""
+
+    def __init__(self, ui: ChatUI) -> None:
+        self.ui = ui
+
+    def is_focusable(self) -> bool:
+        return False
+
+    def create_content(self, width: int, height: int | None) -> UIContent:
+        visible = self.ui.visible_lines(width, height or 1)
+        return UIContent(
+            get_line=lambda i: visible[i], line_count=len(visible), show_cursor=False
+        )
+
+
+class ChatUI:
+    """One person's chat screen.
+
+    Args:
+        conversation: what to show and where questions go.
+        username: the account name, shown in the welcome line.
+        interval: seconds between commits of streamed text to the screen.
+        color_depth: the colour depth for this terminal.
+        notices: lines to show first (e.g. a missing API key).
+    """
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        *,
+        username: str,
+        interval: float = 0.05,
+        color_depth: ColorDepth = ColorDepth.DEPTH_8_BIT,
+        notices: list[Notice] | None = None,
+    ) -> None:
+        self.conversation = conversation
+        self.username = username
+        self.items: list[Item] = []
+        self._shown: dict[int, int] = {}
+        self._scroll = 0  # lines scrolled up from the bottom
+        self._last_total = 0
+        self._refused = 0
+        self._paste_notice: Notice | None = None
+        self.throttle = CommitThrottle(interval, self._commit)
+        self.say(
+            f"Hello {sanitize_inline(username, 32)}. Type a question and press Enter; "
+            "/help lists commands."
+        )
+        for notice in notices or []:
+            self.items.append(Item(notice=notice))
+        self.input = Buffer(multiline=False, name="input")
+        self.app: Application[None] = Application(
+            layout=Layout(
+                HSplit(
+                    [
+                        Window(
+                            TranscriptControl(self),
+                            height=Dimension(weight=1),
+                            wrap_lines=False,
+                            always_hide_cursor=True,
+                        ),
+                        Window(
+                            FormattedTextControl(self._status),
+                            height=1,
+                            style="class:status",
+                            always_hide_cursor=True,
+                        ),
+                        Window(
+                            BufferControl(
+                                self.input, input_processors=[BeforeInput("> ", "class:prompt")]
+                            ),
+                            height=self._input_height,
+                            wrap_lines=True,
+                        ),
+                    ]
+                ),
+                focused_element=self.input,
+            ),
+            key_bindings=self._bindings(),
+            style=STYLE,
+            full_screen=True,
+            mouse_support=False,
+            color_depth=color_depth,
+            # Resizes arrive from the SSH channel; polling as well would paint twice.
+            terminal_size_polling_interval=None,
+            min_redraw_interval=None,
+            refresh_interval=None,
+            enable_page_navigation_bindings=False,
+        )
+
+    # ----- transcript -----------------------------------------------------------------
+
+    def say(self, text: str, kind: str = "info") -> None:
+        """Add a notice from the server to the transcript."""
+        self.items.append(Item(notice=Notice(text, kind)))
+        self._scroll = 0
+        self.app_invalidate()
+
+    def shown_text(self, turn: Turn) -> str:
+        """The part of a turn's answer that has been committed to the screen."""
+        if turn.active:
+            return turn.answer[: self._shown.get(turn.id, 0)]
+        return turn.answer
+
+    def visible_lines(self, width: int, height: int) -> list[Line]:
+        """The lines of the transcript that fit in ``height`` rows at the scroll position."""
+        lines: list[Line] = []
+        for item in self.items:
+            lines.extend(item.lines(width, self.shown_text))
+        total = len(lines)
+        if self._scroll and total > self._last_total:
+            # Keep the page the reader is looking at still while the answer grows.
+            self._scroll += total - self._last_total
+        self._last_total = total
+        self._scroll = max(0, min(self._scroll, total - height))
+        end = total - self._scroll
+        return lines[max(0, end - height) : end]
+
+    def _commit(self) -> None:
+        turn = self.conversation.current
+        if turn is not None:
+            self._shown[turn.id] = len(turn.answer)
+        self.app_invalidate()
+
+    def _on_change(self) -> None:
+        turn = self.conversation.current
+        if turn is not None and turn.active:
+            self.throttle.poke()
+        else:
+            self.throttle.flush()
+
+    def app_invalidate(self) -> None:
+        """Ask for a repaint, if the screen is up."""
+        app = getattr(self, "app", None)
+        if app is not None and app.is_running:
+            app.invalidate()
+
+    def _status(self) -> StyleAndTextTuples:
+        width = self.app.output.get_size().columns
+        if self.conversation.answering:
+            left = " answering - Ctrl-C stops"
+        elif self._scroll:
+            left = " scrolled up - PgDn for more"
+        else:
+            left = f" {sanitize_inline(self.conversation.provider.model, 40)} - ready"
+        right = "/help "
+        pad = max(1, width - get_cwidth(left) - get_cwidth(right))
+        if get_cwidth(left) + len(right) + 1 > width:
+            right, pad = "", max(0, width - get_cwidth(left))
+        return [("", left + " " * pad + right)]
+
+    # ----- input ----------------------------------------------------------------------
+
+    def _input_height(self) -> Dimension:
+        """Exactly the rows the question needs, 1 to 3: it never takes spare rows from the
+        transcript (a weight of 0 would, in prompt-toolkit, never be sized at all)."""
+        width = max(1, self.app.output.get_size().columns)
+        cells = get_cwidth(self.input.text) + 2 + 1  # prompt and cursor
+        return Dimension.exact(min(3, max(1, -(-cells // width))))
+
+    def submit(self) -> None:
+        """Handle the input line: a command or a question."""
+        text = self.input.text
+        if not text.strip():
+            return
+        if text.startswith("/"):
+            self.input.reset()
+            self.command(text.strip())
+            return
+        try:
+            turn = self.conversation.ask(text)
+        except InputRejected as exc:
+            self.say(str(exc), "error")
+            return
+        self.input.reset(append_to_history=True)
+        self.items.append(Item(turn=turn))
+        self._scroll = 0
+        self.app_invalidate()
+
+    def command(self, line: str) -> None:
+        """Run a slash command."""
+        name = line.split()[0].lower()
+        if name in ("/quit", "/exit", "/q"):
+            self.quit()
+        elif name == "/new":
+            self.conversation.clear()
+            self.items = []
+            self._shown.clear()
+            self.say("New conversation. Earlier turns are no longer sent to Gemini.")
+        elif name in ("/help", "/?"):
+            self.say(HELP + f"\nModel: {self.conversation.provider.model}")
+        else:
+            self.say(f"Unknown command {sanitize_inline(name, 20)}; /help lists commands.", "error")
+
+    def quit(self) -> None:
+        """Leave the chat."""
+        if self.app.is_running and not self.app.is_done:
+            self.app.exit()
+
+    def scroll(self, pages: int) -> None:
+        """Scroll the transcript by ``pages`` screens (positive = back in time)."""
+        rows = self.app.output.get_size().rows
+        step = max(1, rows - 5)
+        self._scroll = max(0, self._scroll + pages * step)
+        self.app_invalidate()
+
+    def _bindings(self) -> KeyBindings:
+        kb = KeyBindings()
+
+        @kb.add("enter")
+        def _enter(event: KeyPressEvent) -> None:
+            self.submit()
+
+        @kb.add("c-c")
+        def _stop(event: KeyPressEvent) -> None:
+            if self.conversation.stop():
+                return
+            if self.input.text:
+                self.input.reset()
+            else:
+                self.say("Nothing to stop. /quit or Ctrl-D leaves.")
+
+        @kb.add("c-d")
+        def _eof(event: KeyPressEvent) -> None:
+            if self.input.text:
+                self.input.delete()
+            else:
+                self.quit()
+
+        @kb.add("pageup")
+        def _up(event: KeyPressEvent) -> None:
+            self.scroll(1)
+
+        @kb.add("pagedown")
+        def _down(event: KeyPressEvent) -> None:
+            self.scroll(-1)
+
+        @kb.add("c-l")
+        def _repaint(event: KeyPressEvent) -> None:
+            event.app.renderer.clear()
+
+        @kb.add(Keys.BracketedPaste)
+        def _paste(event: KeyPressEvent) -> None:
+            text = event.data.replace("\r\n", "\n").replace("\r", "\n")
+            limit = self.conversation.settings.max_prompt_chars
+            if len(self.input.text) + len(text) > limit:
+                # Strategy: refuse the whole paste rather than cut it: a silently cut
+                # question gets a confidently wrong answer. A paste that arrives in
+                # several bursts is reported once, with its whole size.
+                last = self.items[-1].notice if self.items else None
+                if last is not None and last is self._paste_notice:
+                    self.items.pop()
+                    self._refused += len(text)
+                else:
+                    self._refused = len(text)
+                self.say(
+                    f"That paste has {self._refused:,} characters; a message may have at "
+                    f"most {limit:,}. Nothing was pasted.",
+                    "error",
+                )
+                self._paste_notice = self.items[-1].notice
+                return
+            self.input.insert_text(text)
+
+        return kb
+
+    async def run(self) -> None:
+        """Show the chat until the person leaves."""
+        unsubscribe = self.conversation.subscribe(self._on_change)
+        try:
+            await self.app.run_async(handle_sigint=False, set_exception_handler=False)
+        finally:
+            unsubscribe()
+            self.throttle.cancel()
+

@@ -1,0 +1,145 @@
+"""The transcript view: untrusted text in, wrapped styled lines out.
+
+Contract:
+- This is the one place that turns untrusted text (model output, questions, upstream
+  messages, usernames) into screen fragments, and every such string passes
+  :func:`~kindlessh._sanitize.sanitize` here first. Fragments are plain
+  ``(style, text)`` pairs: never ``ANSI()``, never the zero-width escape style.
+- Lines are pre-wrapped to the width (prompt-toolkit's own wrapping mis-scrolls long
+  wrapped lines), at word boundaries, measuring cells with ``get_cwidth`` so wide
+  characters never overflow.
+- Items cache their lines per width and content, so a repaint costs only the item that
+  changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.utils import get_cwidth
+
+from ._conversation import Turn
+from ._sanitize import sanitize
+
+Line = StyleAndTextTuples
+
+
+def _split_cells(word: str, width: int) -> list[str]:
+    """Cut ``word`` into pieces of at most ``width`` cells (for words longer than a line)."""
+    pieces: list[str] = []
+    current, used = "", 0
+    for ch in word:
+        w = get_cwidth(ch)
+        if used + w > width and current:
+            pieces.append(current)
+            current, used = "", 0
+        current += ch
+        used += w
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+_BULLET = re.compile(r"( *)([-*+•]|\d{1,3}[.)]) ")
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Word-wrap ``text`` (already sanitised) to ``width`` cells.
+
+    Paragraph breaks (``\\n``) are kept. Continuation lines keep the paragraph's leading
+    indentation, and list items (``* x``, ``1. x``) get a hanging indent, as long as the
+    indent takes less than half the width. Words longer than a line are cut.
+    """
+    width = max(1, width)
+    out: list[str] = []
+    for para in text.split("\n"):
+        para = para.rstrip(" ")
+        if get_cwidth(para) <= width:
+            out.append(para)
+            continue
+        bullet = _BULLET.match(para)
+        lead = para[: len(para) - len(para.lstrip(" "))]
+        cont = " " * (bullet.end() if bullet else len(lead))
+        if len(cont) * 2 >= width:
+            lead = cont = ""
+        line, used, empty = lead, len(lead), True
+        for word in para.split(" "):
+            if not word:
+                continue
+            w = get_cwidth(word)
+            gap = 0 if empty else 1
+            if used + gap + w <= width:
+                line, used, empty = line + " " * gap + word, used + gap + w, False
+                continue
+            if not empty:
+                out.append(line)
+                line, used, empty = cont, len(cont), True
+            while used + w > width:
+                head = _split_cells(word, width - used)[0]
+                out.append(line + head)
+                word = word[len(head) :]
+                w = get_cwidth(word)
+                line, used = cont, len(cont)
+            if word:
+                line, used, empty = line + word, used + w, False
+        if not empty:
+            out.append(line)
+    return out
+
+
+@dataclass
+class Notice:
+    """A line from the server itself (help, errors about input, status of the session)."""
+
+    text: str
+    kind: str = "info"  # "info" or "error"
+
+
+@dataclass
+class Item:
+    """One entry of the transcript: a turn of the conversation or a notice."""
+
+    turn: Turn | None = None
+    notice: Notice | None = None
+    _cache_key: tuple[object, ...] | None = field(default=None, repr=False)
+    _cache: list[Line] = field(default_factory=list, repr=False)
+
+    def lines(self, width: int, shown: Callable[[Turn], str]) -> list[Line]:
+        """The styled lines of this item at ``width``; ``shown`` gives the answer text
+        to display for a turn (the committed part while it streams)."""
+        if self.notice is not None:
+            key: tuple[object, ...] = (width, self.notice.text)
+        else:
+            assert self.turn is not None
+            t = self.turn
+            key = (width, len(shown(t)), t.state, t.note, len(t.question))
+        if key != self._cache_key:
+            self._cache = self._render(width, shown)
+            self._cache_key = key
+        return self._cache
+
+    def _render(self, width: int, shown: Callable[[Turn], str]) -> list[Line]:
+        if self.notice is not None:
+            style = "class:error" if self.notice.kind == "error" else "class:notice"
+            mark = "! " if self.notice.kind == "error" else "· "
+            body = wrap(sanitize(self.notice.text), width - 2)
+            return [[(style, (mark if i == 0 else "  ") + ln)] for i, ln in enumerate(body)]
+        assert self.turn is not None
+        turn = self.turn
+        lines: list[Line] = []
+        for i, ln in enumerate(wrap(sanitize(turn.question), width - 2)):
+            lines.append([("class:question", ("> " if i == 0 else "  ") + ln)])
+        lines.append([])
+        answer = shown(turn)
+        if answer:
+            lines.extend([[("class:answer", ln)] for ln in wrap(sanitize(answer), width)])
+        elif turn.active:
+            lines.append([("class:notice", "(waiting for Gemini)")])
+        if turn.note:
+            for ln in wrap(sanitize(f"[{turn.note}]"), width):
+                lines.append([("class:note", ln)])
+        lines.append([])
+        return lines

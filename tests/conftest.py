@@ -1,0 +1,112 @@
+"""Shared fixtures: a fake Gemini on loopback, the real server on 127.0.0.1:0, a client key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from kindlessh import Server, load_config, start_server
+
+from .fake_gemini import FakeGemini
+from .sshterm import Terminal
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's real key or the internet."""
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def client_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519", comment="reader@kindle")
+
+
+@pytest.fixture
+async def fake_gemini() -> AsyncIterator[FakeGemini]:
+    async with FakeGemini() as fg:
+        yield fg
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(
+    tmp_path: Path, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> AsyncIterator[ServerFactory]:
+    """Start the real server with a config file; keyword sections override defaults."""
+    servers: list[Server] = []
+
+    async def make(**overrides: dict[str, Any]) -> Server:
+        auth = tmp_path / "authorized_keys"
+        auth.write_text(client_key.export_public_key().decode())
+        sections: dict[str, dict[str, Any]] = {
+            "server": {
+                "host": "127.0.0.1",
+                "port": 0,
+                "host_key": str(tmp_path / "host_key"),
+                "authorized_keys": str(auth),
+            },
+            "gemini": {
+                "api_key": "test-key",
+                "base_url": fake_gemini.base_url,
+                "connect_timeout": 2.0,
+                "first_byte_timeout": 5.0,
+                "chunk_timeout": 5.0,
+                "answer_timeout": 20.0,
+            },
+            "ui": {"smooth_interval_ms": 20},
+        }
+        for name, values in overrides.items():
+            sections.setdefault(name, {}).update(values)
+        sections["gemini"] = {k: v for k, v in sections["gemini"].items() if v is not None}
+        config = load_config(write_config(tmp_path / "kindlessh.toml", sections))
+        server = await start_server(config)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()
+
+
+@pytest.fixture
+async def term(
+    server: Server, client_key: asyncssh.SSHKey
+) -> AsyncIterator[Terminal]:
+    t = await Terminal.connect(server.port, client_key)
+    await t.wait_for("/help")
+    yield t
+    await t.close()

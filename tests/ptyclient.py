@@ -1,0 +1,101 @@
+"""Drive a real SSH client binary (OpenSSH ``ssh``, Dropbear ``dbclient``) under a PTY."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Sequence
+
+import pyte
+import pytest
+
+
+def need_binary(name: str, package: str) -> str:
+    """The binary's path; skip the test if it is missing, except under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class PtyClient:
+    """A client process on a pseudo-terminal of ``cols`` x ``rows``, read through pyte."""
+
+    def __init__(self, argv: Sequence[str], cols: int = 54, rows: int = 20) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.proc = subprocess.Popen(
+            list(argv), stdin=slave, stdout=slave, stderr=slave,
+            start_new_session=True, close_fds=True,
+            env={**os.environ, "TERM": "xterm"},
+        )
+        os.close(slave)
+        os.set_blocking(self.master, False)
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = bytearray()
+        self._changed = asyncio.Event()
+        self.eof = False
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            asyncio.get_running_loop().remove_reader(self.master)
+        else:
+            self.raw += data
+            self.stream.feed(data)
+        self._changed.set()
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def joined(self) -> str:
+        return " ".join(line.strip() for line in self.screen.display if line.strip())
+
+    async def wait_for(self, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while what not in self.text() and what not in self.joined():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.eof:
+                raise AssertionError(f"waited for {what!r}; the screen shows:\n{self.text()}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
+            except TimeoutError:
+                pass
+
+    async def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+        await asyncio.sleep(0)
+
+    async def wait_exit(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("the client did not exit")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            asyncio.get_running_loop().remove_reader(self.master)
+        except (ValueError, RuntimeError):
+            pass
+        os.close(self.master)

@@ -1,0 +1,130 @@
+"""Configuration: defaults, the documented example, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kindlessh import ConfigError, load_config
+from kindlessh._config import Config
+from kindlessh._keys import load_or_create_host_key
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def test_no_file_means_defaults_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, env={})
+    assert config.server.port == 2222
+    assert config.server.host_key == tmp_path / "keys/ssh_host_ed25519_key"
+    assert config.gemini.base_url == "https://generativelanguage.googleapis.com"
+    assert config.gemini.api_key == ""
+
+
+def test_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
+    raw = tomllib.loads(EXAMPLE.read_text())
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        documented = raw.get(section.name)
+        assert documented is not None, f"[{section.name}] missing from the example"
+        values = getattr(defaults, section.name)
+        names = {f.name for f in dataclasses.fields(values)}
+        assert set(documented) == names, f"[{section.name}] keys differ"
+        for name in names:
+            default = getattr(values, name)
+            shown = documented[name]
+            assert (str(default) if isinstance(default, Path) else default) == shown, name
+    # And the example loads as it is.
+    config = load_config(EXAMPLE, env={})
+    assert config.server.port == 2222
+
+
+def test_env_key_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[gemini]\napi_key = "from-file"\n')
+    assert load_config(path, env={}).gemini.api_key == "from-file"
+    assert load_config(path, env={"GEMINI_API_KEY": "from-env"}).gemini.api_key == "from-env"
+
+
+def test_key_is_not_in_repr(tmp_path: Path) -> None:
+    assert "sekrit" not in repr(load_config(None, env={"GEMINI_API_KEY": "sekrit"}))
+
+
+def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "c.toml"
+    path.write_text('[server]\nauthorized_keys = "auth/keys"\n')
+    config = load_config(path, env={})
+    assert config.server.authorized_keys == tmp_path / "etc" / "auth" / "keys"
+    assert config.server.host_key == tmp_path / "etc" / "keys" / "ssh_host_ed25519_key"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[server]\nprot = 22\n", "[server] prot: unknown key"),
+        ("[sever]\n", "[sever]: unknown section"),
+        ('[server]\nport = "22"\n', "[server] port: expected an integer, got a string"),
+        ("[server]\nport = 70000\n", "[server] port: 70000 is out of range"),
+        ("[gemini]\ntemperature = true\n", "[gemini] temperature: expected a number"),
+        ("[gemini]\nbase_url = 'ftp://x'\n", "[gemini] base_url"),
+        ("[gemini]\nmodel = 'a/b'\n", "[gemini] model"),
+        ("[server\n", "not valid TOML"),
+        ("server = 1\n", "[server] must be a table"),
+        ("[ui]\nsmooth_interval_ms = 1.5\n", "[ui] smooth_interval_ms: expected an integer"),
+    ],
+)
+def test_bad_config_is_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_host_key_is_created_0600_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "host"
+    first = load_or_create_host_key(path)
+    assert first.created
+    assert path.stat().st_mode & 0o777 == 0o600
+    second = load_or_create_host_key(path)
+    assert not second.created and second.fingerprint == first.fingerprint
+    assert first.fingerprint.startswith("SHA256:")
+
+
+def test_host_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "host"
+    load_or_create_host_key(path)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"\[server\] host_key .*chmod 600"):
+        load_or_create_host_key(path)
+
+
+def test_unusable_host_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "host"
+    path.write_text("not a key\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"\[server\] host_key .*not a usable private key"):
+        load_or_create_host_key(path)
+    directory = tmp_path / "dir"
+    directory.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match=r"\[server\] host_key"):
+        load_or_create_host_key(directory)

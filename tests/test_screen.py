@@ -1,0 +1,240 @@
+"""What goes over the wire: frames, bytes, hostile text, resizes and odd input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+
+from kindlessh import Server
+
+from .fake_gemini import FakeGemini, Reply
+from .sshterm import Terminal
+
+HOSTILE = [
+    "Copy this: \x1b]52;c;cm0gLXJmIH4=\x07 done.",
+    " Title \x1b]0;pwned\x07 and link \x1b]8;;http://evil\x1b\\here\x1b]8;;\x1b\\.",
+    " Clear \x1b[2J\x1b[H and C1 \x9b2J \x9d0;t\x9c and DCS \x1bP+q\x1b\\ \x90x\x9c.",
+    " APC \x1b_x\x1b\\ PM \x1b^x\x1b\\ bell\x07\x07 back\x08\x08 cr\rover \x01zw\x02.",
+]
+FORBIDDEN = ["\x1b]", "\x07", "\x9b", "\x9d", "\x90", "\x1bP", "\x1b_", "\x1b^", "\x01", "\x02"]
+
+
+def _session(server: Server):  # type: ignore[no-untyped-def]
+    (session,) = server.ctx.sessions
+    return session
+
+
+async def test_one_channel_write_per_rendered_frame(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key)
+    try:
+        await term.wait_for("/help")
+        fake_gemini.enqueue(
+            Reply.text([f"word{i} " for i in range(60)], chunk_delay=0.005)
+        )
+        await term.ask("count")
+        await term.wait_for("word59")
+        await term.wait_for(lambda t: "ready" in t.text())
+        session = _session(server)
+        renders = session.ui.app.render_counter
+        assert session.output.writes <= renders
+        # The client received exactly as many data messages as the server wrote.
+        assert term.packets == session.output.writes
+        assert session.output.bytes_sent == len(term.raw_text().encode())
+    finally:
+        await term.close()
+
+
+async def test_newlines_are_not_rewritten(term: Terminal, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(Reply.text(["line one\n\nline two\nline three"]))
+    await term.ask("lines")
+    await term.wait_for("line three")
+    assert "\r\r\n" not in term.raw_text()
+
+
+async def test_hostile_model_output_never_reaches_the_terminal_raw(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.enqueue(Reply.text(HOSTILE, chunk_delay=0.001))
+    await term.ask("say something nasty")
+    await term.wait_for("zw")
+    await term.wait_for(lambda t: "ready" in t.text())
+    raw = term.raw_text()
+    for seq in FORBIDDEN:
+        assert seq not in raw, repr(seq)
+    screen = term.joined()
+    assert "^[]52;c;cm0gLXJmIH4=^G done." in screen
+    assert "<9b>2J" in screen
+
+
+async def test_long_username_is_cut_for_display(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    term = await Terminal.connect(server.port, client_key, username="u" * 60)
+    try:
+        await term.wait_for("/help")
+        assert "Hello " + "u" * 31 + "…." in term.joined()
+        assert "u" * 32 not in term.joined()
+    finally:
+        await term.close()
+
+
+async def test_resize_repaints_once_and_rewraps(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key, cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
+        await term.ask("What are the primary colours?")
+        await term.wait_for("green and blue.)")
+        await term.wait_for(lambda t: "ready" in t.text())
+        session = _session(server)
+        await asyncio.sleep(0.1)
+        before_writes, before_renders = session.output.writes, session.ui.app.render_counter
+        term.resize(54, 30)  # the Kindle keyboard hides: 20 -> 30 rows
+        await term.wait_for(lambda t: "ready" in t.screen.display[-2])
+        await asyncio.sleep(0.2)
+        assert session.output.writes - before_writes == 1
+        assert session.ui.app.render_counter - before_renders == 1
+        assert "the longest visible wavelength" in term.joined()
+        term.resize(30, 20)
+        await asyncio.sleep(0.2)
+        assert all(len(line.rstrip()) <= 30 for line in term.screen.display)
+        assert "green and blue.)" in term.joined()
+    finally:
+        await term.close()
+
+
+async def test_tiny_terminal_still_works(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key, cols=20, rows=8)
+    try:
+        await term.wait_for("/help")
+        fake_gemini.enqueue(Reply.text(["Tiny but whole."]))
+        await term.ask("hi")
+        await term.wait_for("Tiny but whole.")
+    finally:
+        await term.close()
+
+
+async def test_invalid_utf8_from_the_client_is_replaced(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key, encoding=None)
+    try:
+        await term.wait_for("/help")
+        assert term.chan is not None
+        term.chan.write(b"caf\xe9 \xff\r")  # bytes that are not UTF-8
+        fake_gemini.enqueue(Reply.text(["Still alive."]))
+        await term.wait_for("Still alive.")
+        question = fake_gemini.requests[0].json["contents"][0]["parts"][0]["text"]
+        assert question == "caf\ufffd \ufffd"
+    finally:
+        await term.close()
+
+
+async def test_long_question_is_refused_and_kept(term: Terminal, fake_gemini: FakeGemini) -> None:
+    await term.send("\x1b[200~" + "x" * 3990 + "\x1b[201~")  # a paste within the limit
+    await term.send("x" * 11 + "\r")  # then typing takes it over
+    await term.wait_for("the limit is 4,000")
+    assert "4,001 characters" in term.joined()
+    assert fake_gemini.requests == []
+    # Still in the input line, not lost.
+    assert term.screen.display[-1].strip() == "x" * 7
+    await term.send("\x03" + "x" * 11 + "\r")  # Ctrl-C clears it; a short one goes
+    fake_gemini.enqueue(Reply.text(["Short enough."]))
+    await term.wait_for("Short enough.")
+    assert fake_gemini.requests[0].json["contents"][0]["parts"][0]["text"] == "x" * 11
+
+
+async def test_megabyte_paste_is_refused_and_the_session_lives(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    await term.send("\x1b[200~" + "A" * (1 << 20) + "\x1b[201~")
+    await term.wait_for("1,048,576 characters", timeout=30)
+    await term.send("/new\r")
+    # A client without bracketed paste: the same megabyte as raw bursts.
+    await term.send("B" * (1 << 20))
+    await term.wait_for("1,048,576 characters", timeout=30)
+    assert "BBBB" not in term.text()
+    await term.send("/help\r")
+    await term.wait_for("/new")
+    fake_gemini.enqueue(Reply.text(["Fine."]))
+    await term.ask("ok?")
+    await term.wait_for("Fine.")
+
+
+async def test_no_pty_gets_a_message(server: Server, client_key: asyncssh.SSHKey) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
+        known_hosts=None, agent_path=None,
+    ) as conn:
+        result = await conn.run(term_type=None)
+        assert result.exit_status == 1
+        assert "needs a terminal" in str(result.stdout)
+
+
+async def test_unknown_command_gets_a_message(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
+        known_hosts=None, agent_path=None,
+    ) as conn:
+        result = await conn.run("rm -rf /", term_type="xterm")
+        assert result.exit_status == 2
+        assert "unknown command 'rm -rf /'" in str(result.stdout)
+
+
+async def test_eink_command_opens_the_chat(server: Server, client_key: asyncssh.SSHKey) -> None:
+    term = await Terminal.connect(server.port, client_key, command="eink")
+    try:
+        await term.wait_for("/help")
+    finally:
+        await term.close()
+
+
+async def test_unknown_key_is_refused(server: Server) -> None:
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    try:
+        await asyncssh.connect(
+            "127.0.0.1", server.port, username="reader", client_keys=[stranger],
+            known_hosts=None, agent_path=None,
+        )
+    except asyncssh.PermissionDenied:
+        return
+    raise AssertionError("a key that is not authorized logged in")
+
+
+async def test_a_key_added_while_running_works(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    newcomer = asyncssh.generate_private_key("ssh-ed25519")
+    path = server.ctx.authorized.path
+    path.write_text(path.read_text() + "\n" + newcomer.export_public_key().decode())
+    term = await Terminal.connect(server.port, newcomer)
+    try:
+        await term.wait_for("/help")
+    finally:
+        await term.close()
+
+
+async def test_second_session_on_one_connection_is_refused(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
+        known_hosts=None, agent_path=None,
+    ) as conn:
+        chan, _ = await conn.create_session(asyncssh.SSHClientSession, term_type="xterm")
+        try:
+            await conn.create_session(asyncssh.SSHClientSession, term_type="xterm")
+        except asyncssh.ChannelOpenError:
+            pass
+        else:
+            raise AssertionError("a second session was opened")
+        chan.close()
