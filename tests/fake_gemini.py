@@ -30,7 +30,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -236,11 +236,15 @@ def split_awkward(data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
-SPLITTERS = {
+def split_whole(data: bytes) -> list[bytes]:
+    return [data] if data else []
+
+
+SPLITTERS: dict[str, Callable[[bytes], list[bytes]]] = {
     "events": split_events,
     "bytes": split_bytes,
     "awkward": split_awkward,
-    "whole": lambda data: [data] if data else [],
+    "whole": split_whole,
 }
 
 
@@ -388,6 +392,8 @@ class Reply:
 def _as_reply(value: Reply | Sequence[str] | None) -> Reply:
     if isinstance(value, Reply):
         return value
+    if isinstance(value, str):
+        value = [value]
     return Reply(body=tuple(text_events(list(value or []), finish_reason=None)))
 
 
@@ -530,6 +536,7 @@ class FakeGemini:
         self._queue: list[Reply] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
+        self._closing = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self._serials = itertools.count(1)
@@ -566,13 +573,16 @@ class FakeGemini:
 
     async def close(self) -> None:
         """Stop listening and end every connection (hanging responses included)."""
+        self._closing = True
         server = self._server
         if server is not None:
             server.close()
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        await asyncio.sleep(0)  # let handlers of just-accepted connections register
+        while self._handlers:
+            handlers = list(self._handlers)
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
 
@@ -607,6 +617,9 @@ class FakeGemini:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._closing:
+            writer.transport.abort()
+            return
         self._handlers.add(task)
         conn = _Connection(next(self._serials), reader, writer)
         try:
@@ -618,13 +631,17 @@ class FakeGemini:
         except (_ClientGone, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
-            # close(): end quietly; a handler that ends cancelled makes asyncio log an error.
-            pass
+            # close(): end quietly (asyncio logs an error for a handler that ends cancelled)
+            # and at once, whatever the client has not read yet.
+            writer.transport.abort()
         finally:
             self._handlers.discard(task)
             writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+            try:
+                # A client that stops reading would keep a graceful close waiting forever.
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+            except (Exception, asyncio.CancelledError):
+                writer.transport.abort()
 
     async def _one_request(self, conn: _Connection) -> bool:
         """Read and answer one request; False when the connection should close."""
