@@ -243,7 +243,7 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                     "error",
                 )
             )
-        conversation = Conversation(ctx.provider, ctx.generation)
+        conversation = Conversation(ctx.provider, ctx.generation, ctx.retry)
         self._input = ChannelInput()
         try:
             with create_app_session(input=self._input, output=output):

@@ -62,6 +62,10 @@ class GeminiConfig:
     first_byte_timeout: float = 60.0
     chunk_timeout: float = 30.0
     answer_timeout: float = 300.0
+    max_retries: int = 4
+    retry_base_delay: float = 1.0
+    retry_jitter: float = 1.0
+    retry_budget: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,10 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "first_byte_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
     ("gemini", "chunk_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
     ("gemini", "answer_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("gemini", "max_retries"): (lambda v: 0 <= v <= 10, "a count from 0 to 10"),
+    ("gemini", "retry_base_delay"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
     ("ui", "smooth_interval_ms"): (lambda v: 10 <= v <= 5000, "milliseconds from 10 to 5000"),
 }

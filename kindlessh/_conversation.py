@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._errors import InputRejected, KindleSSHError
+from ._errors import InputRejected, KindleSSHError, RateLimited, UpstreamError
 from ._provider import (
     ChatRequest,
     Finish,
@@ -34,6 +34,7 @@ from ._provider import (
     Usage,
     finish_note,
 )
+from ._retry import RetryPolicy, stream_with_retries
 
 log = logging.getLogger("kindlessh.conversation")
 
@@ -50,6 +51,7 @@ class Turn:
     thoughts: str = ""
     state: TurnState = "waiting"
     note: str | None = None
+    status: str | None = None  # a passing state, e.g. waiting to retry
     finish_reason: str = ""
     usage: Usage | None = None
     started: float = field(default_factory=time.monotonic)
@@ -80,9 +82,15 @@ class GenerationSettings:
 class Conversation:
     """Turns and the answer in flight for one viewer."""
 
-    def __init__(self, provider: Provider, settings: GenerationSettings) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        settings: GenerationSettings,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.provider = provider
         self.settings = settings
+        self.retry_policy = retry or RetryPolicy()
         self.turns: list[Turn] = []
         self.version = 0
         self._subscribers: list[Callable[[], None]] = []
@@ -146,10 +154,24 @@ class Conversation:
         self._changed()
         return turn
 
+    def _waiting(self, turn: Turn) -> Callable[[float, UpstreamError], None]:
+        def on_wait(seconds: float, error: UpstreamError) -> None:
+            busy = "Gemini's per-minute quota is used up" if isinstance(
+                error, RateLimited
+            ) else "Gemini is busy"
+            turn.status = f"{busy}, retrying in {max(1, round(seconds))} s"
+            self._changed()
+
+        return on_wait
+
     async def _run(self, turn: Turn, request: ChatRequest) -> None:
+        stream = stream_with_retries(
+            self.provider, request, self.retry_policy, on_wait=self._waiting(turn)
+        )
         try:
-            async with contextlib.aclosing(self.provider.stream(request)) as events:
+            async with contextlib.aclosing(stream) as events:
                 async for event in events:
+                    turn.status = None
                     if isinstance(event, TextDelta):
                         turn.answer += event.text
                         turn.state = "streaming"
@@ -173,6 +195,7 @@ class Conversation:
             log.exception("answer failed unexpectedly")
             self._fail(turn, "Something went wrong on the server; see its log.")
         finally:
+            turn.status = None
             turn.duration = time.monotonic() - turn.started
             self._changed()
 
@@ -180,6 +203,23 @@ class Conversation:
     def _fail(turn: Turn, message: str) -> None:
         turn.state = "failed"
         turn.note = f"interrupted: {message}" if turn.answer else message
+
+    def retry(self) -> Turn:
+        """Ask the last question again, replacing its answer.
+
+        Raises:
+            InputRejected: an answer is in flight, or there is nothing to retry.
+        """
+        if self.answering:
+            raise InputRejected("An answer is still coming; wait for it or press Ctrl-C.")
+        if not self.turns:
+            raise InputRejected("Nothing to retry yet: ask a question first.")
+        last = self.turns.pop()
+        try:
+            return self.ask(last.question)
+        except InputRejected:
+            self.turns.append(last)
+            raise
 
     def stop(self) -> bool:
         """Stop the answer in flight, keeping what arrived. Returns False if none was."""

@@ -27,6 +27,7 @@ from ._conversation import GenerationSettings
 from ._gemini import GeminiProvider
 from ._keys import AuthorizedKeys, HostKey, load_or_create_host_key
 from ._provider import Provider
+from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
 
 log = logging.getLogger("kindlessh.server")
@@ -63,6 +64,7 @@ class ServerContext:
     provider: Provider
     authorized: AuthorizedKeys
     generation: GenerationSettings
+    retry: RetryPolicy
     sessions: set[ChatSession] = field(default_factory=set)
     connections: int = 0
 
@@ -165,6 +167,12 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             temperature=gemini.temperature,
             max_output_tokens=gemini.max_output_tokens,
             max_prompt_chars=config.chat.max_prompt_chars,
+        ),
+        retry=RetryPolicy(
+            max_retries=gemini.max_retries,
+            base_delay=gemini.retry_base_delay,
+            jitter=gemini.retry_jitter,
+            budget=gemini.retry_budget,
         ),
     )
     srv = config.server

@@ -34,6 +34,7 @@ from ._view import Item, Line, Notice
 
 HELP = """Commands:
   /new   start a fresh conversation
+  /retry ask the last question again
   /quit  leave (also Ctrl-D on an empty line)
   /help  this list
 Keys: Enter sends, Ctrl-C stops an answer, PgUp/PgDn scroll, Ctrl-L repaints."""
@@ -189,7 +190,10 @@ class ChatUI:
 
     def _status(self) -> StyleAndTextTuples:
         width = self.app.output.get_size().columns
-        if self.conversation.answering:
+        turn = self.conversation.current
+        if self.conversation.answering and turn is not None and turn.status:
+            left = f" {turn.status}"
+        elif self.conversation.answering:
             left = " answering - Ctrl-C stops"
         elif self._scroll:
             left = " scrolled up - PgDn for more"
@@ -239,6 +243,17 @@ class ChatUI:
             self.items = []
             self._shown.clear()
             self.say("New conversation. Earlier turns are no longer sent to Gemini.")
+        elif name == "/retry":
+            old = self.conversation.current
+            try:
+                turn = self.conversation.retry()
+            except InputRejected as exc:
+                self.say(str(exc), "error")
+                return
+            self.items = [item for item in self.items if item.turn is not old]
+            self.items.append(Item(turn=turn))
+            self._scroll = 0
+            self.app_invalidate()
         elif name in ("/help", "/?"):
             self.say(HELP + f"\nModel: {self.conversation.provider.model}")
         else:

@@ -81,6 +81,8 @@ async def make_server(
                 "first_byte_timeout": 5.0,
                 "chunk_timeout": 5.0,
                 "answer_timeout": 20.0,
+                "retry_base_delay": 0.01,
+                "retry_jitter": 0.0,
             },
             "ui": {"smooth_interval_ms": 20},
         }

@@ -1,0 +1,192 @@
+"""Retries before the first token, never after; /retry asks again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import asyncssh
+import pytest
+
+from kindlessh import (
+    ApiKeyInvalid,
+    ChatRequest,
+    Finish,
+    Message,
+    QuotaExhausted,
+    RateLimited,
+    StreamEvent,
+    TextDelta,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from kindlessh._retry import RetryPolicy, stream_with_retries
+
+from .conftest import FIXTURES, ServerFactory
+from .fake_gemini import FakeGemini, Reply
+from .sshterm import Terminal
+
+REQUEST = ChatRequest(messages=(Message("user", "hi"),))
+
+
+class ScriptedProvider:
+    """Each call to stream() plays the next script: events, then maybe an error."""
+
+    model = "scripted"
+
+    def __init__(self, scripts: list[tuple[list[StreamEvent], UpstreamError | None]]) -> None:
+        self.scripts = scripts
+        self.calls = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        events, error = self.scripts[self.calls]
+        self.calls += 1
+        for event in events:
+            yield event
+        if error is not None:
+            raise error
+
+
+async def run(provider: ScriptedProvider, policy: RetryPolicy) -> tuple[list[Any], list[float]]:
+    waits: list[float] = []
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    events = [
+        e
+        async for e in stream_with_retries(
+            provider, REQUEST, policy, on_wait=lambda s, e: waits.append(s), sleep=sleep,
+            rand=lambda: 0.5, clock=lambda: sum(slept),
+        )
+    ]
+    assert waits == slept
+    return events, waits
+
+
+OK: tuple[list[StreamEvent], UpstreamError | None] = ([TextDelta("fine"), Finish("STOP")], None)
+BUSY: tuple[list[StreamEvent], UpstreamError | None] = ([], UpstreamUnavailable("busy", status=503))
+
+
+async def test_overload_before_the_first_token_is_retried_with_backoff() -> None:
+    provider = ScriptedProvider([BUSY, BUSY, BUSY, OK])
+    events, waits = await run(provider, RetryPolicy())
+    assert provider.calls == 4
+    assert events == [TextDelta("fine"), Finish("STOP")]  # once, no duplicate text
+    assert waits == [1.0, 2.0, 4.0]
+
+
+async def test_retries_stop_after_four() -> None:
+    provider = ScriptedProvider([BUSY] * 6)
+    with pytest.raises(UpstreamUnavailable):
+        await run(provider, RetryPolicy())
+    assert provider.calls == 5
+
+
+async def test_retries_stop_at_the_time_budget() -> None:
+    provider = ScriptedProvider([BUSY] * 6)
+    with pytest.raises(UpstreamUnavailable):
+        await run(provider, RetryPolicy(budget=5.0))
+    assert provider.calls == 3  # waits 1 + 2 fit in 5 s; the next 4 would not
+
+
+async def test_retry_delay_from_the_server_is_honoured() -> None:
+    limited = ([], RateLimited("quota", retry_after=7.5))
+    provider = ScriptedProvider([limited, OK])  # type: ignore[list-item]
+    events, waits = await run(provider, RetryPolicy())
+    assert waits == [7.5] and provider.calls == 2
+
+
+async def test_a_wait_longer_than_the_budget_is_not_attempted() -> None:
+    limited = ([], RateLimited("quota", retry_after=45.0))
+    provider = ScriptedProvider([limited, OK])  # type: ignore[list-item]
+    with pytest.raises(RateLimited):
+        await run(provider, RetryPolicy())
+    assert provider.calls == 1
+
+
+@pytest.mark.parametrize(
+    "error", [QuotaExhausted("daily"), ApiKeyInvalid("key"), UpstreamError("other")]
+)
+async def test_permanent_errors_are_not_retried(error: UpstreamError) -> None:
+    provider = ScriptedProvider([([], error), OK])
+    with pytest.raises(type(error)):
+        await run(provider, RetryPolicy())
+    assert provider.calls == 1
+
+
+async def test_nothing_is_retried_after_the_first_token() -> None:
+    broken = ([TextDelta("half an ")], UpstreamUnavailable("dropped"))
+    provider = ScriptedProvider([broken, OK])  # type: ignore[list-item]
+    with pytest.raises(UpstreamUnavailable):
+        await run(provider, RetryPolicy())
+    assert provider.calls == 1
+
+
+async def test_busy_gemini_is_retried_with_a_status_line(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(gemini={"retry_base_delay": 0.4})
+    for _ in range(3):
+        fake_gemini.enqueue(Reply.error(503))
+    fake_gemini.enqueue(Reply.text(["After ", "three tries."]))
+    term = await Terminal.connect(server.port, client_key)
+    try:
+        await term.wait_for("/help")
+        await term.ask("hello?")
+        await term.wait_for("Gemini is busy, retrying in")
+        await term.wait_for("After three tries.")
+        assert len(fake_gemini.requests) == 4
+        assert term.joined().count("After three tries.") == 1
+    finally:
+        await term.close()
+
+
+async def test_gemini_down_for_good_says_so_after_the_retries(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    for _ in range(5):
+        fake_gemini.enqueue(Reply.error(503))
+    await term.ask("hello?")
+    await term.wait_for("Gemini is overloaded (503)")
+    assert len(fake_gemini.requests) == 5
+
+
+async def test_daily_quota_is_not_retried(term: Terminal, fake_gemini: FakeGemini) -> None:
+    body = json.loads((FIXTURES / "err_429_resource_exhausted.json").read_text())
+    for detail in body["error"]["details"]:
+        for violation in detail.get("violations", []):
+            violation["quotaId"] = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    data = (json.dumps(body, indent=2) + "\n").encode()
+    fake_gemini.enqueue(
+        Reply.raw(429, {"Content-Type": "text/event-stream", "Content-Length": str(len(data))},
+                  [data])
+    )
+    await term.ask("hello?")
+    await term.wait_for("daily quota")
+    assert "midnight Pacific" in term.joined()
+    assert len(fake_gemini.requests) == 1
+
+
+async def test_retry_command_asks_the_last_question_again(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.enqueue(Reply.text(["First try."]))
+    fake_gemini.enqueue(Reply.text(["Second try."]))
+    await term.ask("a question")
+    await term.wait_for("First try.")
+    await term.wait_for(lambda t: "ready" in t.text())
+    await term.send("/retry\r")
+    await term.wait_for("Second try.")
+    assert "First try." not in term.joined()
+    assert term.joined().count("> a question") == 1
+    assert fake_gemini.requests[1].json["contents"] == [
+        {"role": "user", "parts": [{"text": "a question"}]}
+    ]
+
+
+async def test_retry_with_nothing_to_retry(term: Terminal) -> None:
+    await term.send("/retry\r")
+    await term.wait_for("Nothing to retry yet")
