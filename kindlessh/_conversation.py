@@ -165,6 +165,7 @@ class Conversation:
         return on_wait
 
     async def _run(self, turn: Turn, request: ChatRequest) -> None:
+        finish_message = ""
         stream = stream_with_retries(
             self.provider, request, self.retry_policy, on_wait=self._waiting(turn)
         )
@@ -183,8 +184,12 @@ class Conversation:
                     elif isinstance(event, Finish):
                         turn.finish_reason = event.reason
                         turn.note = finish_note(event)
+                        finish_message = event.message
                     self._changed()
             turn.state = "done"
+            if not turn.answer and turn.note is None:
+                why = f" ({finish_message.rstrip('.')})" if finish_message else ""
+                turn.note = f"Gemini sent no text{why}; try asking differently"
         except asyncio.CancelledError:
             turn.state = "stopped"
             turn.note = "stopped; the text above is what arrived" if turn.answer else "stopped"
