@@ -25,11 +25,11 @@ import asyncssh
 from asyncssh.channel import SSHChannel
 from prompt_toolkit.application.current import create_app_session
 from prompt_toolkit.data_structures import Size
-from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.output.vt100 import Vt100_Output
 
 from ._conversation import Conversation
 from ._input import ChannelInput
+from ._profile import choose_profile, make_profile
 from ._sanitize import sanitize_inline
 from ._ui import ChatUI
 from ._view import Notice
@@ -107,24 +107,15 @@ class ChannelOutput:
         return True
 
 
-def color_depth_for(term: str, env: dict[str, str]) -> ColorDepth:
-    """The colour depth for a client's ``TERM`` (never 24-bit unless COLORTERM says so)."""
-    term = term.lower()
-    if term in ("", "dumb", "unknown"):
-        return ColorDepth.DEPTH_1_BIT
-    if env.get("COLORTERM", "").lower() in ("truecolor", "24bit"):
-        return ColorDepth.DEPTH_24_BIT
-    if term in ("linux", "vt100", "vt220", "ansi"):
-        return ColorDepth.DEPTH_4_BIT
-    return ColorDepth.DEPTH_8_BIT
-
-
 class ChatSession(asyncssh.SSHServerSession[str]):
     """One SSH session channel running the chat."""
 
-    def __init__(self, ctx: ServerContext, username: str) -> None:
+    def __init__(
+        self, ctx: ServerContext, username: str, key_env: dict[str, str] | None = None
+    ) -> None:
         self.ctx = ctx
         self.username = username
+        self.key_env = key_env or {}
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._pty = False
         self._command = ""
@@ -225,12 +216,19 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         ctx = self.ctx
         env = dict(chan.get_environment())
         term = chan.get_terminal_type() or "xterm"
+        # asyncssh merges the key's environment= option into the channel's environment;
+        # what differs from it was sent by the client.
+        client_env = {k: v for k, v in env.items() if self.key_env.get(k) != v}
+        name, source = choose_profile(
+            self._command, client_env, self.key_env, ctx.config.ui.profile
+        )
+        profile = make_profile(name, ctx.config.ui, term, env, source)
         self.output = ChannelOutput(chan, ctx.config.server.max_write_buffer, self._drop)
         output = Vt100_Output(
             cast(TextIO, self.output),
             self._size,
             term=term,
-            default_color_depth=color_depth_for(term, env),
+            default_color_depth=profile.color_depth,
             enable_bell=False,
             enable_cpr=False,
         )
@@ -250,8 +248,11 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                 self.ui = ChatUI(
                     conversation,
                     username=self.username,
-                    interval=ctx.config.ui.smooth_interval_ms / 1000,
-                    color_depth=color_depth_for(term, env),
+                    profile=profile,
+                    profiles={
+                        n: make_profile(n, ctx.config.ui, term, env, "a command")
+                        for n in ("eink", "smooth")
+                    },
                     notices=notices,
                 )
                 await self.ui.run()

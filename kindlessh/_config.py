@@ -79,6 +79,8 @@ class ChatConfig:
 class UIConfig:
     """``[ui]``: how the chat is painted."""
 
+    profile: str = "smooth"
+    eink_interval_ms: int = 1000
     smooth_interval_ms: int = 50
 
 
@@ -127,6 +129,8 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("ui", "profile"): (lambda v: v in ("eink", "smooth"), '"eink" or "smooth"'),
+    ("ui", "eink_interval_ms"): (lambda v: 250 <= v <= 5000, "milliseconds from 250 to 5000"),
     ("ui", "smooth_interval_ms"): (lambda v: 10 <= v <= 5000, "milliseconds from 10 to 5000"),
 }
 

@@ -115,7 +115,9 @@ class KindleSSHServer(asyncssh.SSHServer):
             return False  # one chat per connection
         self._sessions += 1
         username = sanitize_inline(str(self._conn.get_extra_info("username") or "you"), 32)
-        return ChatSession(self.ctx, username)
+        key_env = self._conn.get_key_option("environment", {})
+        env = {str(k): str(v) for k, v in key_env.items()} if isinstance(key_env, dict) else {}
+        return ChatSession(self.ctx, username, env)
 
 
 class Server:

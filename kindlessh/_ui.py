@@ -22,29 +22,33 @@ from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
-from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from ._conversation import Conversation, Turn
 from ._errors import InputRejected
+from ._profile import Profile
 from ._sanitize import sanitize_inline
 from ._throttle import CommitThrottle
 from ._view import Item, Line, Notice
 
 HELP = """Commands:
-  /new   start a fresh conversation
-  /retry ask the last question again
-  /quit  leave (also Ctrl-D on an empty line)
-  /help  this list
-Keys: Enter sends, Ctrl-C stops an answer, PgUp/PgDn scroll, Ctrl-L repaints."""
+  /new     start a fresh conversation
+  /retry   ask the last question again
+  /eink    e-ink screen: few repaints, pages
+  /smooth  laptop screen: smooth streaming
+  /up /down  page back and forth (or PgUp/PgDn)
+  /quit    leave (also Ctrl-D on an empty line)
+  /help    this list
+Keys: Enter sends, Ctrl-C stops an answer, Ctrl-L repaints."""
 
+# Colours only add to 1-bit attributes; at 1-bit depth prompt-toolkit drops them.
 STYLE = Style.from_dict(
     {
         "status": "reverse",
-        "question": "bold",
-        "note": "underline",
-        "error": "bold",
+        "question": "bold ansicyan",
+        "note": "underline ansiyellow",
+        "error": "bold ansired",
         "prompt": "bold",
     }
 )
@@ -72,8 +76,8 @@ class ChatUI:
     Args:
         conversation: what to show and where questions go.
         username: the account name, shown in the welcome line.
-        interval: seconds between commits of streamed text to the screen.
-        color_depth: the colour depth for this terminal.
+        profile: the screen profile to start with.
+        profiles: the profiles ``/eink`` and ``/smooth`` switch to.
         notices: lines to show first (e.g. a missing API key).
     """
 
@@ -82,19 +86,23 @@ class ChatUI:
         conversation: Conversation,
         *,
         username: str,
-        interval: float = 0.05,
-        color_depth: ColorDepth = ColorDepth.DEPTH_8_BIT,
+        profile: Profile,
+        profiles: dict[str, Profile] | None = None,
         notices: list[Notice] | None = None,
     ) -> None:
         self.conversation = conversation
         self.username = username
+        self.profile = profile
+        self.profiles = profiles or {profile.name: profile}
         self.items: list[Item] = []
         self._shown: dict[int, int] = {}
-        self._scroll = 0  # lines scrolled up from the bottom
+        self._scroll = 0  # smooth: lines scrolled up from the bottom
+        self._page_back = 0  # eink: pages back from the current one
+        self._pinned: int | None = None  # eink: first line of the page being read
         self._last_total = 0
         self._refused = 0
         self._paste_notice: Notice | None = None
-        self.throttle = CommitThrottle(interval, self._commit)
+        self.throttle = CommitThrottle(profile.interval, self._commit)
         self.say(
             f"Hello {sanitize_inline(username, 32)}. Type a question and press Enter; "
             "/help lists commands."
@@ -133,7 +141,7 @@ class ChatUI:
             style=STYLE,
             full_screen=True,
             mouse_support=False,
-            color_depth=color_depth,
+            color_depth=lambda: self.profile.color_depth,
             # Resizes arrive from the SSH channel; polling as well would paint twice.
             terminal_size_polling_interval=None,
             min_redraw_interval=None,
@@ -146,7 +154,8 @@ class ChatUI:
     def say(self, text: str, kind: str = "info") -> None:
         """Add a notice from the server to the transcript."""
         self.items.append(Item(notice=Notice(text, kind)))
-        self._scroll = 0
+        self._scroll = self._page_back = 0
+        self._pinned = None
         self.app_invalidate()
 
     def shown_text(self, turn: Turn) -> str:
@@ -158,8 +167,13 @@ class ChatUI:
     def visible_lines(self, width: int, height: int) -> list[Line]:
         """The lines of the transcript that fit in ``height`` rows at the scroll position."""
         lines: list[Line] = []
+        anchor = 0
         for item in self.items:
+            if item.turn is not None:
+                anchor = len(lines)
             lines.extend(item.lines(width, self.shown_text))
+        if self.profile.paged:
+            return self._page(lines, anchor, height)
         total = len(lines)
         if self._scroll and total > self._last_total:
             # Keep the page the reader is looking at still while the answer grows.
@@ -169,6 +183,23 @@ class ChatUI:
         end = total - self._scroll
         return lines[max(0, end - height) : end]
 
+    def _page(self, lines: list[Line], anchor: int, height: int) -> list[Line]:
+        """E-ink paging: the last question starts a page at the top of the screen; its
+        answer fills down and flips to a new page (one line of overlap) when full.
+
+        Strategy: a flip repaints the screen once; scrolling would repaint every row on
+        every commit, and e-ink pays for each changed pixel.
+        """
+        step = max(1, height - 1)
+        rest = len(lines) - anchor
+        flips = 0 if rest <= height else -(-(rest - height) // step)
+        current = anchor + flips * step
+        if self._page_back:
+            if self._pinned is None:
+                self._pinned = max(0, current - self._page_back * step)
+            current = self._pinned
+        return lines[current : current + height]
+
     def _commit(self) -> None:
         turn = self.conversation.current
         if turn is not None:
@@ -177,10 +208,14 @@ class ChatUI:
 
     def _on_change(self) -> None:
         turn = self.conversation.current
-        if turn is not None and turn.active:
+        if turn is None or not turn.active:
+            self.throttle.flush()  # the final state, at once
+        elif turn.answer and not self._shown.get(turn.id):
+            self.throttle.flush()  # leading edge: the first words at once
+        elif turn.answer:
             self.throttle.poke()
         else:
-            self.throttle.flush()
+            self.app_invalidate()  # a state change (waiting, retrying), no text yet
 
     def app_invalidate(self) -> None:
         """Ask for a repaint, if the screen is up."""
@@ -190,6 +225,9 @@ class ChatUI:
 
     def _status(self) -> StyleAndTextTuples:
         width = self.app.output.get_size().columns
+        if self.profile.paged and self._page_back:
+            left = f" page {self._page_back} back - PgDn or /down"
+            return self._status_line(left, width)
         turn = self.conversation.current
         if self.conversation.answering and turn is not None and turn.status:
             left = f" {turn.status}"
@@ -199,6 +237,10 @@ class ChatUI:
             left = " scrolled up - PgDn for more"
         else:
             left = f" {sanitize_inline(self.conversation.provider.model, 40)} - ready"
+        return self._status_line(left, width)
+
+    @staticmethod
+    def _status_line(left: str, width: int) -> StyleAndTextTuples:
         right = "/help "
         pad = max(1, width - get_cwidth(left) - get_cwidth(right))
         if get_cwidth(left) + len(right) + 1 > width:
@@ -230,7 +272,8 @@ class ChatUI:
             return
         self.input.reset(append_to_history=True)
         self.items.append(Item(turn=turn))
-        self._scroll = 0
+        self._scroll = self._page_back = 0
+        self._pinned = None
         self.app_invalidate()
 
     def command(self, line: str) -> None:
@@ -254,8 +297,18 @@ class ChatUI:
             self.items.append(Item(turn=turn))
             self._scroll = 0
             self.app_invalidate()
+        elif name in ("/eink", "/smooth"):
+            self.set_profile(name[1:])
+        elif name == "/up":
+            self.scroll(1)
+        elif name == "/down":
+            self.scroll(-1)
         elif name in ("/help", "/?"):
-            self.say(HELP + f"\nModel: {self.conversation.provider.model}")
+            self.say(
+                HELP
+                + f"\nModel: {self.conversation.provider.model}"
+                + f"\nScreen: {self.profile.name} (from {self.profile.source})"
+            )
         else:
             self.say(f"Unknown command {sanitize_inline(name, 20)}; /help lists commands.", "error")
 
@@ -264,8 +317,24 @@ class ChatUI:
         if self.app.is_running and not self.app.is_done:
             self.app.exit()
 
+    def set_profile(self, name: str) -> None:
+        """Switch the screen profile live (``/eink``, ``/smooth``)."""
+        profile = self.profiles.get(name)
+        if profile is None:
+            return
+        self.profile = profile
+        self.throttle.interval = profile.interval
+        self._scroll = self._page_back = 0
+        self._pinned = None
+        self.say(f"Screen profile: {name}.")
+
     def scroll(self, pages: int) -> None:
         """Scroll the transcript by ``pages`` screens (positive = back in time)."""
+        if self.profile.paged:
+            self._page_back = max(0, self._page_back + pages)
+            self._pinned = None
+            self.app_invalidate()
+            return
         rows = self.app.output.get_size().rows
         step = max(1, rows - 5)
         self._scroll = max(0, self._scroll + pages * step)

@@ -1,0 +1,180 @@
+"""Screen profiles: how a connection chooses one, and what e-ink changes on the wire."""
+
+from __future__ import annotations
+
+import re
+
+import asyncssh
+import pytest
+
+from kindlessh import Server
+from kindlessh._profile import choose_profile
+
+from .conftest import ServerFactory
+from .fake_gemini import FakeGemini, Reply
+from .sshterm import Terminal
+
+COLOUR_256_OR_24 = re.compile(r"\x1b\[[0-9;]*(38|48);[25];")
+
+
+def _session(server: Server):  # type: ignore[no-untyped-def]
+    (session,) = server.ctx.sessions
+    return session
+
+
+@pytest.mark.parametrize(
+    ("command", "client", "key", "default", "expected"),
+    [
+        ("eink", {"KINDLESSH_PROFILE": "smooth"}, {}, "smooth", ("eink", "the ssh command")),
+        ("", {"KINDLESSH_PROFILE": "eink"}, {"KINDLESSH_PROFILE": "smooth"}, "smooth",
+         ("eink", "KINDLESSH_PROFILE from the client")),
+        ("", {}, {"KINDLESSH_PROFILE": "eink"}, "smooth",
+         ("eink", "the key's environment= option")),
+        ("", {"KINDLESSH_PROFILE": "blink"}, {}, "eink", ("eink", "[ui] profile in the config")),
+        ("chat", {"OTHER": "eink"}, {}, "smooth", ("smooth", "[ui] profile in the config")),
+        ("", {}, {}, "nonsense", ("smooth", "the default")),
+    ],
+)
+def test_profile_choice_first_match_wins(
+    command: str, client: dict[str, str], key: dict[str, str], default: str,
+    expected: tuple[str, str],
+) -> None:
+    assert choose_profile(command, client, key, default) == expected
+
+
+async def test_eink_from_the_ssh_command_is_one_bit(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key, command="eink", term_type="xterm")
+    try:
+        await term.wait_for("/help")
+        fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
+        await term.ask("colours?")
+        await term.wait_for("green and blue.)")
+        await term.send("/help\r")
+        await term.wait_for("Screen: eink (from the ssh command)")
+        assert not COLOUR_256_OR_24.search(term.raw_text())
+        assert "\x1b[6n" not in term.raw_text()  # no cursor position requests
+        assert "\x1b[?1000h" not in term.raw_text()  # no mouse
+    finally:
+        await term.close()
+
+
+async def test_smooth_uses_colour(term: Terminal, fake_gemini: FakeGemini) -> None:
+    await term.ask("colours?")
+    await term.wait_for("green and blue.)")
+    assert re.search(r"\x1b\[[0-9;]*3[0-7]", term.raw_text())  # the question's colour
+    assert not re.search(r"\x1b\[[0-9;]*38;2;", term.raw_text())  # never truecolor
+
+
+async def test_profile_from_the_client_environment(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    conn = await asyncssh.connect(
+        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
+        known_hosts=None, agent_path=None,
+    )
+    term = Terminal(54, 20)
+    term.conn = conn
+    from .sshterm import _Client  # the same client session class the helper uses
+
+    term.chan, _ = await conn.create_session(
+        lambda: _Client(term), term_type="xterm", term_size=(54, 20),
+        env={"KINDLESSH_PROFILE": "eink"}, encoding="utf-8",
+    )
+    try:
+        await term.wait_for("/help")
+        await term.send("/help\r")
+        await term.wait_for("Screen: eink (from KINDLESSH_PROFILE from the client)")
+    finally:
+        await term.close()
+
+
+async def test_profile_from_the_key_option(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    path = server.ctx.authorized.path
+    path.write_text('environment="KINDLESSH_PROFILE=eink" ' + path.read_text())
+    term = await Terminal.connect(server.port, client_key)
+    try:
+        await term.wait_for("/help")
+        await term.send("/help\r")
+        await term.wait_for("Screen: eink (from the key's environment= option)")
+    finally:
+        await term.close()
+
+
+async def test_switching_profiles_live(term: Terminal) -> None:
+    await term.send("/eink\r")
+    await term.wait_for("Screen profile: eink.")
+    await term.send("/help\r")
+    await term.wait_for("Screen: eink")
+    await term.send("/smooth\r")
+    await term.wait_for("Screen profile: smooth.")
+
+
+async def test_eink_commits_at_most_once_per_interval_and_loses_nothing(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(ui={"eink_interval_ms": 250})
+    words = [f"w{i:02d} " for i in range(40)]
+    fake_gemini.enqueue(Reply.text(words, chunk_delay=0.025))
+    term = await Terminal.connect(server.port, client_key, command="eink", cols=80, rows=30)
+    try:
+        await term.wait_for("/help")
+        await term.ask("count")
+        await term.wait_for("w39")
+        await term.wait_for(lambda t: "ready" in t.text())
+        session = _session(server)
+        turn = session.ui.conversation.current
+        commits = session.ui.throttle.commits
+        # Leading edge, then one per 250 ms while streaming, then the final state.
+        assert commits <= turn.duration / 0.25 + 2, (commits, turn.duration)
+        assert commits >= 2
+        assert "".join(words).strip() in term.joined()
+    finally:
+        await term.close()
+
+
+async def test_typing_echoes_at_once_while_an_eink_answer_streams(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(ui={"eink_interval_ms": 5000})
+    fake_gemini.enqueue(Reply.hang(["Slow words"]))
+    term = await Terminal.connect(server.port, client_key, command="eink")
+    try:
+        await term.wait_for("/help")
+        await term.ask("go")
+        await term.wait_for("Slow words")  # leading edge: the first words at once
+        await term.send("typed")
+        await term.wait_for("> typed", timeout=1.0)  # far less than the 5 s interval
+    finally:
+        await term.close()
+
+
+async def test_eink_pages_instead_of_scrolling(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    lines = [f"Line {i:02d} of a long answer.\n" for i in range(45)]
+    fake_gemini.enqueue(Reply.text(lines))
+    term = await Terminal.connect(server.port, client_key, command="eink", cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        await term.ask("a long answer please")
+        await term.wait_for("Line 44")
+        await term.wait_for(lambda t: "ready" in t.text())
+        rows = [row.rstrip() for row in term.screen.display]
+        # 18 transcript rows; the question starts page 0, and each flip keeps one line.
+        assert rows[0].startswith("Line "), rows[0]
+        assert "Line 44 of a long answer." in rows
+        await term.send("\x1b[5~")  # PgUp
+        await term.wait_for("page 1 back")
+        earlier = [row.rstrip() for row in term.screen.display]
+        assert "Line 44 of a long answer." not in earlier
+        await term.send("/up\r")
+        await term.wait_for("page 2 back")
+        assert "> a long answer please" in term.text()
+        await term.send("/down\r/down\r")
+        await term.wait_for("Line 44 of a long answer.")
+    finally:
+        await term.close()
