@@ -238,3 +238,17 @@ async def test_second_session_on_one_connection_is_refused(
         else:
             raise AssertionError("a second session was opened")
         chan.close()
+
+
+async def test_hostile_sequences_split_at_every_byte_never_reach_the_channel(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    # One piece per character: every payload is split at every boundary on the way in.
+    text = "".join(HOSTILE) + " end-of-hostile."
+    fake_gemini.enqueue(Reply.text(list(text)))
+    await term.ask("again, one byte at a time")
+    await term.wait_for("end-of-hostile.")
+    await term.wait_for(lambda t: "ready" in t.text())
+    raw = term.raw_text()
+    for seq in FORBIDDEN:
+        assert seq not in raw, repr(seq)
