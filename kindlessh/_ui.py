@@ -191,7 +191,10 @@ class ChatUI:
         every commit, and e-ink pays for each changed pixel.
         """
         step = max(1, height - 1)
-        rest = len(lines) - anchor
+        end = len(lines)
+        while end > anchor and not "".join(text for _, text, *_ in lines[end - 1]).strip():
+            end -= 1  # trailing blank lines never cause a flip
+        rest = end - anchor
         flips = 0 if rest <= height else -(-(rest - height) // step)
         current = anchor + flips * step
         if self._page_back:

@@ -178,3 +178,41 @@ async def test_eink_pages_instead_of_scrolling(
         await term.wait_for("Line 44 of a long answer.")
     finally:
         await term.close()
+
+
+async def test_eink_resize_is_one_repaint_with_nothing_lost(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    lines = [f"Row {i:02d} of the answer.\n" for i in range(25)]
+    fake_gemini.enqueue(Reply.text(lines))
+    term = await Terminal.connect(server.port, client_key, command="eink", cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        await term.ask("rows")
+        await term.wait_for("Row 24")
+        await term.wait_for(lambda t: "ready" in t.text())
+        session = _session(server)
+        writes = session.output.writes
+        term.resize(54, 30)  # the keyboard hides
+        await term.wait_for(lambda t: "ready" in t.screen.display[-2])
+        await term.wait_for("> rows")  # the whole answer fits again: page 0
+        assert session.output.writes - writes == 1
+        text = term.text()
+        for i in range(25):
+            assert text.count(f"Row {i:02d} of the answer.") == 1
+    finally:
+        await term.close()
+
+
+async def test_a_very_large_terminal_works(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    term = await Terminal.connect(server.port, client_key, cols=300, rows=100)
+    try:
+        await term.wait_for("/help")
+        fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
+        await term.ask("colours?")
+        await term.wait_for("green and blue.)")
+        assert "ready" in term.screen.display[98]
+    finally:
+        await term.close()
