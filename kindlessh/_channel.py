@@ -42,6 +42,7 @@ log = logging.getLogger("kindlessh.session")
 # Commands accepted on the ssh line (``ssh -t host eink``); the profiles themselves
 # are chosen by the screen-profile layer.
 ALLOWED_COMMANDS = ("", "chat", "eink", "smooth")
+MAX_COLUMNS, MAX_ROWS = 500, 200
 
 
 class ChannelOutput:
@@ -171,12 +172,25 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    def shutdown(self) -> None:
+        """The server is stopping: say goodbye and end this session."""
+        chan = self._chan
+        if chan is not None:
+            with contextlib.suppress(Exception):
+                # Leave the full-screen view first, so the line stays readable.
+                chan.write("\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n")
+        self.connection_lost(None)
+
     # ----- the session ---------------------------------------------------------------
 
     def _size(self) -> Size:
         assert self._chan is not None
         width, height, _, _ = self._chan.get_terminal_size()
-        return Size(rows=max(height, 1) if height else 24, columns=max(width, 1) if width else 80)
+        # Clamp: a client claiming a 10000x10000 terminal would make every render cost
+        # seconds of CPU for everyone on the server.
+        rows = min(max(height, 1), MAX_ROWS) if height else 24
+        columns = min(max(width, 1), MAX_COLUMNS) if width else 80
+        return Size(rows=rows, columns=columns)
 
     def _drop(self) -> None:
         if self._chan is not None:

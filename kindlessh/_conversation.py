@@ -151,6 +151,7 @@ class Conversation:
             max_output_tokens=self.settings.max_output_tokens,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(turn, request))
+        self._task.add_done_callback(lambda _: self._settle(turn))
         self._changed()
         return turn
 
@@ -202,6 +203,13 @@ class Conversation:
         finally:
             turn.status = None
             turn.duration = time.monotonic() - turn.started
+            self._changed()
+
+    def _settle(self, turn: Turn) -> None:
+        """A task cancelled before it first ran never entered _run: end its turn here."""
+        if turn.active:
+            turn.state = "stopped"
+            turn.note = "stopped"
             self._changed()
 
     @staticmethod

@@ -232,7 +232,14 @@ class GeminiProvider:
         self.config = config
         self._client = httpx.AsyncClient(
             transport=transport,
-            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=30, pool=30),
+            # The read timeout is a backstop for the response headers and error bodies;
+            # the answer's own first-byte and chunk timers are enforced in _read().
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=max(config.first_byte_timeout, config.chunk_timeout),
+                write=30,
+                pool=30,
+            ),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             headers={"user-agent": "kindlessh"},
         )
@@ -342,7 +349,8 @@ class GeminiProvider:
                     decoder.take_unparsed()
                     if _error_object(obj) is not None:
                         if finished:
-                            log.warning("error after the answer finished: %.200s", tail)
+                            shown = sanitize_inline(tail, 200)
+                            log.warning("error after the answer finished: %s", shown)
                             continue
                         raise error_from_body(None, obj, cfg.model)
         decoder.close()

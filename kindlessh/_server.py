@@ -14,6 +14,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,7 @@ class ServerContext:
     generation: GenerationSettings
     retry: RetryPolicy
     sessions: set[ChatSession] = field(default_factory=set)
-    connections: int = 0
+    connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
 
 
 class KindleSSHServer(asyncssh.SSHServer):
@@ -79,12 +80,13 @@ class KindleSSHServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self.ctx.connections += 1
+        self.ctx.connections.add(conn)
         peer = conn.get_extra_info("peername")
         log.info("connection from %s", peer[0] if peer else "?")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.connections -= 1
+        if self._conn is not None:
+            self.ctx.connections.discard(self._conn)
 
     def begin_auth(self, username: str) -> bool:
         assert self._conn is not None
@@ -138,10 +140,16 @@ class Server:
     async def close(self) -> None:
         """Stop listening, end all sessions and close the upstream client."""
         self._acceptor.close()
-        await self._acceptor.wait_closed()
         for session in list(self.ctx.sessions):
-            session.connection_lost(None)
-        await asyncio.sleep(0)
+            session.shutdown()
+        for conn in list(self.ctx.connections):
+            conn.close()
+        for conn in list(self.ctx.connections):
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        with contextlib.suppress(TimeoutError):
+            # Python 3.12+ waits here for every connection to be gone.
+            await asyncio.wait_for(self._acceptor.wait_closed(), 5)
         closer = getattr(self.ctx.provider, "aclose", None)
         if closer is not None:
             await closer()

@@ -298,7 +298,8 @@ class ChatUI:
                 return
             self.items = [item for item in self.items if item.turn is not old]
             self.items.append(Item(turn=turn))
-            self._scroll = 0
+            self._scroll = self._page_back = 0
+            self._pinned = None
             self.app_invalidate()
         elif name in ("/eink", "/smooth"):
             self.set_profile(name[1:])

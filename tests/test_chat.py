@@ -276,3 +276,43 @@ async def test_disconnect_mid_answer_leaves_nothing_running(
         await other.wait_for("Still here.")
     finally:
         await other.close()
+
+
+async def test_ctrl_c_in_the_same_keystrokes_as_enter_stops_cleanly(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    await term.send("quick question\r\x03")  # one batch: the answer never starts
+    await term.wait_for("[stopped]")
+    await term.wait_for(lambda t: "ready" in t.text())
+    fake_gemini.enqueue(Reply.text(["Works again."]))
+    await term.ask("next")
+    await term.wait_for("Works again.")
+    assert len(fake_gemini.requests) == 1
+
+
+async def test_server_close_says_goodbye_to_connected_clients(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server()
+    term = await Terminal.connect(server.port, client_key)
+    await term.wait_for("/help")
+    fake_gemini.enqueue(Reply.hang(["Half an answer"]))
+    await term.ask("question")
+    await term.wait_for("Half an answer")
+    await asyncio.wait_for(server.close(), 10)
+    await term.wait_closed()
+    assert "the server is shutting down; bye." in term.raw_text()
+    await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2.0)
+
+
+async def test_a_huge_claimed_terminal_is_clamped(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    term = await Terminal.connect(server.port, client_key, cols=600, rows=300)
+    try:
+        await term.wait_for("/help")
+        (session,) = server.ctx.sessions
+        size = session.ui.app.output.get_size()
+        assert (size.columns, size.rows) == (500, 200)
+    finally:
+        await term.close()

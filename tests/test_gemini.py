@@ -253,3 +253,25 @@ def test_every_httpx_transport_error_is_mapped(exc_type: type[httpx.TransportErr
 def test_transport_error_list_is_not_trivial() -> None:
     names = {c.__name__ for c in _transport_errors()}
     assert {"ConnectError", "ReadTimeout", "RemoteProtocolError", "ProxyError"} <= names
+
+
+async def test_an_upstream_that_never_sends_headers_times_out() -> None:
+    import asyncio as _asyncio
+
+    async def never(reader: _asyncio.StreamReader, writer: _asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await _asyncio.sleep(30)
+
+    server = await _asyncio.start_server(never, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = GeminiConfig(
+        api_key="k", base_url=f"http://127.0.0.1:{port}",
+        first_byte_timeout=0.2, chunk_timeout=0.2,
+    )
+    p = GeminiProvider(config)
+    try:
+        with pytest.raises(UpstreamUnavailable, match="stopped responding"):
+            await _asyncio.wait_for(collect(p), 5)
+    finally:
+        await p.aclose()
+        server.close()
