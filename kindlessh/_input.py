@@ -23,9 +23,9 @@ from prompt_toolkit.input.vt100_parser import Vt100Parser
 from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.keys import Keys
 
-# Text this long in one read, with no control key in it, is a paste rather than typing.
+# A run of plain text this long in one read is a paste rather than typing.
 PASTE_BURST = 256
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TEXT_RUN = re.compile("[^\x00-\x1f\x7f]{" + str(PASTE_BURST) + ",}")
 
 
 class ChannelInput(Input):
@@ -41,11 +41,21 @@ class ChannelInput(Input):
     def send_text(self, data: str) -> None:
         """Queue text from the client (key presses, escape sequences, pastes)."""
         in_paste = getattr(self._parser, "_in_bracketed_paste", False)
-        if not in_paste and len(data) >= PASTE_BURST and not _CONTROL.search(data):
-            self._parser.flush()
-            self._keys.append(KeyPress(Keys.BracketedPaste, data))
-        else:
+        if in_paste or "\x1b" in data:
             self._parser.feed(data)
+        else:
+            # Strategy: long runs of plain text become one paste each, so a flood of
+            # text mixed with control keys costs one insert per run, not one key press
+            # per character (which would hold the event loop for seconds).
+            start = 0
+            for run in _TEXT_RUN.finditer(data):
+                if run.start() > start:
+                    self._parser.feed(data[start : run.start()])
+                self._parser.flush()
+                self._keys.append(KeyPress(Keys.BracketedPaste, run.group()))
+                start = run.end()
+            if start < len(data):
+                self._parser.feed(data[start:])
         self._wake()
 
     def _wake(self) -> None:

@@ -383,24 +383,30 @@ class ChatUI:
         def _paste(event: KeyPressEvent) -> None:
             text = event.data.replace("\r\n", "\n").replace("\r", "\n")
             limit = self.conversation.settings.max_prompt_chars
-            if len(self.input.text) + len(text) > limit:
-                # Strategy: refuse the whole paste rather than cut it: a silently cut
-                # question gets a confidently wrong answer. A paste that arrives in
-                # several bursts is reported once, with its whole size.
-                last = self.items[-1].notice if self.items else None
-                if last is not None and last is self._paste_notice:
-                    self.items.pop()
-                    self._refused += len(text)
-                else:
-                    self._refused = len(text)
-                self.say(
-                    f"That paste has {self._refused:,} characters; a message may have at "
-                    f"most {limit:,}. Nothing was pasted.",
-                    "error",
-                )
-                self._paste_notice = self.items[-1].notice
+            if len(self.input.text) + len(text) <= 2 * limit:
+                # Within reach of the limit: keep it; Enter says if it is too long, and
+                # the text stays to be shortened. (A paste from a terminal without
+                # bracketed paste arrives in several bursts; each lands here.)
+                self.input.insert_text(text)
                 return
-            self.input.insert_text(text)
+            # Strategy: refuse a paste far over the limit as a whole rather than cut it:
+            # a silently cut question gets a confidently wrong answer. A paste that
+            # arrives in several bursts is reported once, with its whole size.
+            last = self.items[-1].notice if self.items else None
+            if last is not None and last is self._paste_notice:
+                self.items.pop()
+                self._refused += len(text)
+            else:
+                self._refused = len(text)
+            if self.input.text:
+                self._refused += len(self.input.text)
+                self.input.reset()  # earlier bursts of the same paste go too
+            self.say(
+                f"That paste has {self._refused:,} characters; a message may have at "
+                f"most {limit:,}. Nothing was pasted; the input line was cleared.",
+                "error",
+            )
+            self._paste_notice = self.items[-1].notice
 
         return kb
 

@@ -252,3 +252,24 @@ async def test_hostile_sequences_split_at_every_byte_never_reach_the_channel(
     raw = term.raw_text()
     for seq in FORBIDDEN:
         assert seq not in raw, repr(seq)
+
+
+async def test_a_flood_of_typed_text_does_not_freeze_the_server(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    # 50,000 characters in short writes, each with a control key: no bracketed paste.
+    for _ in range(250):
+        await term.send("y" * 299 + "\x07")
+    await term.wait_for("Nothing was pasted; the input line was cleared.", timeout=20)
+    await term.send("\x03/help\r")  # Ctrl-C clears what is left in the input line
+    await term.wait_for("/new")
+
+
+async def test_a_paste_in_bursts_over_the_limit_is_not_cut(
+    term: Terminal, fake_gemini: FakeGemini
+) -> None:
+    await term.send("z" * 3000)
+    await term.send("z" * 1500)  # one paste, two bursts, 4,500 characters in all
+    await term.send("\r")
+    await term.wait_for("That message has 4,500 characters; the limit is 4,000.")
+    assert fake_gemini.requests == []
