@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncssh
 
+from bench._probe import ProbeTerminal, input_is
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
@@ -114,43 +115,6 @@ class RoutedGemini(FakeGemini):
             self.unrouted.append(question)
             routed = reply
         return await super()._send_reply(conn, routed, request, keep_alive)
-
-
-class ProbeTerminal(Terminal):
-    """A Terminal that timestamps the moment its screen first satisfies a probe."""
-
-    def __init__(self, cols: int, rows: int) -> None:
-        super().__init__(cols, rows)
-        self._probe: Callable[[], bool] | None = None
-        self._hit: asyncio.Future[float] | None = None
-
-    def _feed(self, data: str) -> None:
-        super()._feed(data)
-        hit = self._hit
-        if hit is not None and not hit.done() and self._probe is not None and self._probe():
-            hit.set_result(time.perf_counter())
-
-    def input_line(self) -> str:
-        """The bottom row: the prompt and what is typed."""
-        return str(self.screen.display[-1]).rstrip()
-
-    async def keystroke(self, key: str, shows: Callable[[], bool], timeout: float = 5.0) -> float:
-        """Type ``key``; milliseconds until the screen satisfies ``shows``."""
-        self._probe = shows
-        self._hit = asyncio.get_running_loop().create_future()
-        start = time.perf_counter()
-        try:
-            await self.send(key)
-            hit = await asyncio.wait_for(self._hit, timeout)
-        finally:
-            self._probe = None
-            self._hit = None
-        return (hit - start) * 1000
-
-
-def input_is(term: ProbeTerminal, line: str) -> Callable[[], bool]:
-    """A probe: the input line shows exactly ``line``."""
-    return lambda: term.input_line() == line
 
 
 def screen_has(text: str) -> Callable[[Terminal], bool]:

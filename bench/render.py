@@ -67,11 +67,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh
 import pyte
 
+from bench._probe import ProbeTerminal, input_is
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
 from tests.conftest import write_config
 from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, _Connection
-from tests.sshterm import Terminal
 
 COLS, ROWS = 60, 30
 WORDS_PER_CHUNK = 2
@@ -221,43 +221,16 @@ class TimedGemini(FakeGemini):
             conn.send = plain_send  # type: ignore[method-assign]
 
 
-class RecordingTerminal(Terminal):
-    """A Terminal that keeps every packet with its arrival time and can time a probe."""
+class RecordingTerminal(ProbeTerminal):
+    """A ProbeTerminal that also keeps every packet with its arrival time."""
 
     def __init__(self, cols: int, rows: int) -> None:
         super().__init__(cols, rows)
         self.arrivals: list[tuple[float, str]] = []
-        self._probe: Callable[[], bool] | None = None
-        self._hit: asyncio.Future[float] | None = None
 
     def _feed(self, data: str) -> None:
         self.arrivals.append((time.perf_counter(), data))
         super()._feed(data)
-        hit = self._hit
-        if hit is not None and not hit.done() and self._probe is not None and self._probe():
-            hit.set_result(time.perf_counter())
-
-    def input_line(self) -> str:
-        """The bottom row: the prompt and what is typed."""
-        return str(self.screen.display[-1]).rstrip()
-
-    async def keystroke(self, key: str, shows: Callable[[], bool], timeout: float = 5.0) -> float:
-        """Type ``key``; milliseconds until the screen satisfies ``shows``."""
-        self._probe = shows
-        self._hit = asyncio.get_running_loop().create_future()
-        start = time.perf_counter()
-        try:
-            await self.send(key)
-            hit = await asyncio.wait_for(self._hit, timeout)
-        finally:
-            self._probe = None
-            self._hit = None
-        return (hit - start) * 1000
-
-
-def input_is(term: RecordingTerminal, line: str) -> Callable[[], bool]:
-    """A probe: the input line shows exactly ``line``."""
-    return lambda: term.input_line() == line
 
 
 class ErrorLog(logging.Handler):
