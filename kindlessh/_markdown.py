@@ -31,6 +31,7 @@ Style choices (the same shapes in both modes; colour only adds a foreground):
 - block quotes: a ``│`` bar. Lists: `` • `` and `` 1. `` markers, hanging indent.
 - tables: rich's table when every word of every cell fits; otherwise one record per
   row (``Header: value`` lines), so that no word is cut.
+- a single line break is kept, as chat apps do (not folded into the paragraph).
 - ``~~strike~~`` and raw HTML stay literal (neither is parsed): kterm cannot strike,
   and rich would drop HTML blocks, text and all.
 - dim, blink, strike and background colours map to nothing.
@@ -513,10 +514,15 @@ def _document(markup: str, mode: str) -> _Markdown:
 
 
 def _inline(children: list[Token]) -> list[Token]:
-    """Rewrite inline tokens: a link's target follows it, an image becomes its alt text."""
+    """Rewrite inline tokens: a link's target follows it, an image becomes its alt text,
+    a single line break stays a line break."""
     out: list[Token] = []
     opened: tuple[Token, int] | None = None
     for token in children:
+        if token.type == "softbreak":
+            # As in chat apps: answers (poems, addresses, steps) are written with single
+            # line breaks, and folding them into one paragraph garbles them.
+            token = Token("hardbreak", "br", 0)
         if token.type == "image":
             alt = token.content.strip()
             out.append(Token("text", "", 0, content=f"[image: {alt}]" if alt else "[image]"))

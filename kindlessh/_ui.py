@@ -22,6 +22,7 @@ from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
@@ -30,12 +31,13 @@ from ._errors import InputRejected
 from ._profile import Profile
 from ._sanitize import sanitize_inline
 from ._throttle import CommitThrottle
-from ._view import Item, Line, Notice
+from ._view import Item, Line, Look, Notice, Shown
 
 HELP = """Commands:
   /new     start a fresh conversation
   /retry   ask the last question again
   /eink    e-ink screen: few repaints, pages
+  /thoughts  show or hide the model's thinking
   /smooth  laptop screen: smooth streaming
   /up /down  page back and forth (or PgUp/PgDn)
   /quit    leave (also Ctrl-D on an empty line)
@@ -50,6 +52,8 @@ STYLE = Style.from_dict(
         "note": "underline ansiyellow",
         "error": "bold ansired",
         "prompt": "bold",
+        "thought-head": "bold",
+        "thought": "ansibrightblack",
     }
 )
 
@@ -95,7 +99,8 @@ class ChatUI:
         self.profile = profile
         self.profiles = profiles or {profile.name: profile}
         self.items: list[Item] = []
-        self._shown: dict[int, int] = {}
+        self._shown: dict[int, tuple[int, int]] = {}  # turn id -> committed answer, thoughts
+        self.show_thoughts = False
         self._scroll = 0  # smooth: lines scrolled up from the bottom
         self._page_back = 0  # eink: pages back from the current one
         self._pinned: int | None = None  # eink: first line of the page being read
@@ -158,20 +163,27 @@ class ChatUI:
         self._pinned = None
         self.app_invalidate()
 
-    def shown_text(self, turn: Turn) -> str:
-        """The part of a turn's answer that has been committed to the screen."""
+    def shown(self, turn: Turn) -> Shown:
+        """The part of a turn that has been committed to the screen."""
         if turn.active:
-            return turn.answer[: self._shown.get(turn.id, 0)]
-        return turn.answer
+            answer, thoughts = self._shown.get(turn.id, (0, 0))
+            return Shown(turn.answer[:answer], turn.thoughts[:thoughts])
+        return Shown(turn.answer, turn.thoughts)
+
+    def look(self, width: int) -> Look:
+        """How the transcript is drawn at ``width`` with the current profile."""
+        color = self.profile.color_depth != ColorDepth.DEPTH_1_BIT
+        return Look(width, color, self.show_thoughts)
 
     def visible_lines(self, width: int, height: int) -> list[Line]:
         """The lines of the transcript that fit in ``height`` rows at the scroll position."""
         lines: list[Line] = []
         anchor = 0
+        look = self.look(width)
         for item in self.items:
             if item.turn is not None:
                 anchor = len(lines)
-            lines.extend(item.lines(width, self.shown_text))
+            lines.extend(item.lines(look, self.shown))
         if self.profile.paged:
             return self._page(lines, anchor, height)
         total = len(lines)
@@ -206,18 +218,26 @@ class ChatUI:
     def _commit(self) -> None:
         turn = self.conversation.current
         if turn is not None:
-            self._shown[turn.id] = len(turn.answer)
+            self._shown[turn.id] = (len(turn.answer), len(turn.thoughts))
         self.app_invalidate()
 
     def _on_change(self) -> None:
         turn = self.conversation.current
         if turn is None or not turn.active:
             self.throttle.flush()  # the final state, at once
-        elif turn.answer and not self._shown.get(turn.id):
+            return
+        answer, thoughts = self._shown.get(turn.id, (0, 0))
+        if turn.answer and not answer:
             self.throttle.flush()  # leading edge: the first words at once
-        elif turn.answer:
+        elif self.show_thoughts and turn.thoughts and not thoughts and not turn.answer:
+            self.throttle.flush()  # the first thoughts, likewise
+        elif turn.answer or (self.show_thoughts and len(turn.thoughts) > thoughts):
             self.throttle.poke()
-        else:
+        elif turn.thoughts and not thoughts:
+            # Hidden thinking: one repaint says so; later thoughts repaint nothing.
+            self._shown[turn.id] = (answer, len(turn.thoughts))
+            self.app_invalidate()
+        elif not turn.thoughts:
             self.app_invalidate()  # a state change (waiting, retrying), no text yet
 
     def app_invalidate(self) -> None:
@@ -228,27 +248,38 @@ class ChatUI:
 
     def _status(self) -> StyleAndTextTuples:
         width = self.app.output.get_size().columns
-        if self.profile.paged and self._page_back:
-            left = f" page {self._page_back} back - PgDn or /down"
-            return self._status_line(left, width)
         turn = self.conversation.current
-        if self.conversation.answering and turn is not None and turn.status:
-            left = f" {turn.status}"
+        texts: tuple[str, ...]
+        if self.profile.paged and self._page_back:
+            texts = (f"page {self._page_back} back - PgDn or /down", f"page -{self._page_back}")
+        elif self.conversation.answering and turn is not None and turn.status:
+            texts = (turn.status,)
         elif self.conversation.answering:
-            left = " answering - Ctrl-C stops"
+            texts = ("answering - Ctrl-C stops", "answering")
         elif self._scroll:
-            left = " scrolled up - PgDn for more"
+            texts = ("scrolled up - PgDn for more", "scrolled up")
         else:
-            left = f" {sanitize_inline(self.conversation.provider.model, 40)} - ready"
-        return self._status_line(left, width)
+            model = sanitize_inline(self.conversation.provider.model, 40)
+            texts = (f"{model} - ready", "ready")
+        return self._status_line(texts, width)
 
     @staticmethod
-    def _status_line(left: str, width: int) -> StyleAndTextTuples:
+    def _status_line(texts: tuple[str, ...], width: int) -> StyleAndTextTuples:
+        """The first of ``texts`` (longest first) that fits, with ``/help`` at the right
+        when there is room; on a very narrow screen the shortest, cut to fit."""
         right = "/help "
-        pad = max(1, width - get_cwidth(left) - get_cwidth(right))
-        if get_cwidth(left) + len(right) + 1 > width:
-            right, pad = "", max(0, width - get_cwidth(left))
-        return [("", left + " " * pad + right)]
+        for text in texts:
+            left = " " + text
+            if get_cwidth(left) + 1 + len(right) <= width:
+                return [("", left + " " * (width - get_cwidth(left) - len(right)) + right)]
+        for text in texts:
+            left = " " + text
+            if get_cwidth(left) <= width:
+                return [("", left)]
+        left = " " + texts[-1]
+        while left and get_cwidth(left + "…") > width:
+            left = left[:-1]
+        return [("", left + "…" if left else "")]
 
     # ----- input ----------------------------------------------------------------------
 
@@ -303,6 +334,13 @@ class ChatUI:
             self.app_invalidate()
         elif name in ("/eink", "/smooth"):
             self.set_profile(name[1:])
+        elif name == "/thoughts":
+            self.show_thoughts = not self.show_thoughts
+            self.say(
+                "Thinking is shown, marked with │, before each answer."
+                if self.show_thoughts
+                else "Thinking is hidden; only answers are shown."
+            )
         elif name == "/up":
             self.scroll(1)
         elif name == "/down":

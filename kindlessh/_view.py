@@ -22,6 +22,7 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.utils import get_cwidth
 
 from ._conversation import Turn
+from ._markdown import render_markdown
 from ._sanitize import sanitize
 
 Line = StyleAndTextTuples
@@ -98,6 +99,23 @@ class Notice:
     kind: str = "info"  # "info" or "error"
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What of a turn is on the screen: the committed part of its answer and thoughts."""
+
+    answer: str
+    thoughts: str = ""
+
+
+@dataclass(frozen=True)
+class Look:
+    """How the transcript is drawn: the width, colour or 1-bit, thoughts shown or not."""
+
+    width: int
+    color: bool = False
+    thoughts: bool = False
+
+
 @dataclass
 class Item:
     """One entry of the transcript: a turn of the conversation or a notice."""
@@ -107,37 +125,51 @@ class Item:
     _cache_key: tuple[object, ...] | None = field(default=None, repr=False)
     _cache: list[Line] = field(default_factory=list, repr=False)
 
-    def lines(self, width: int, shown: Callable[[Turn], str]) -> list[Line]:
-        """The styled lines of this item at ``width``; ``shown`` gives the answer text
-        to display for a turn (the committed part while it streams)."""
+    def lines(self, look: Look, shown: Callable[[Turn], Shown]) -> list[Line]:
+        """The styled lines of this item; ``shown`` gives the part of a turn to display
+        (the committed part while it streams)."""
         if self.notice is not None:
-            key: tuple[object, ...] = (width, self.notice.text)
+            key: tuple[object, ...] = (look, self.notice.text)
+            if key != self._cache_key:
+                self._cache = self._notice(look.width)
         else:
             assert self.turn is not None
             t = self.turn
-            key = (width, len(shown(t)), t.state, t.note, len(t.question))
-        if key != self._cache_key:
-            self._cache = self._render(width, shown)
-            self._cache_key = key
+            part = shown(t)
+            key = (look, len(part.answer), len(part.thoughts), t.state, t.note, len(t.question))
+            if key != self._cache_key:
+                self._cache = self._turn(look, part)
+        self._cache_key = key
         return self._cache
 
-    def _render(self, width: int, shown: Callable[[Turn], str]) -> list[Line]:
-        if self.notice is not None:
-            style = "class:error" if self.notice.kind == "error" else "class:notice"
-            mark = "! " if self.notice.kind == "error" else "· "
-            body = wrap(sanitize(self.notice.text), width - 2)
-            return [[(style, (mark if i == 0 else "  ") + ln)] for i, ln in enumerate(body)]
+    def _notice(self, width: int) -> list[Line]:
+        assert self.notice is not None
+        style = "class:error" if self.notice.kind == "error" else "class:notice"
+        mark = "! " if self.notice.kind == "error" else "· "
+        body = wrap(sanitize(self.notice.text), width - 2)
+        return [[(style, (mark if i == 0 else "  ") + ln)] for i, ln in enumerate(body)]
+
+    def _turn(self, look: Look, part: Shown) -> list[Line]:
         assert self.turn is not None
-        turn = self.turn
+        turn, width = self.turn, look.width
         lines: list[Line] = []
         for i, ln in enumerate(wrap(sanitize(turn.question), width - 2)):
             lines.append([("class:question", ("> " if i == 0 else "  ") + ln)])
         lines.append([])
-        answer = shown(turn)
-        if answer:
-            lines.extend([[("class:answer", ln)] for ln in wrap(sanitize(answer), width)])
+        if look.thoughts and part.thoughts:
+            # Marked, not only dimmed: e-ink has no dim, and a thought must never be
+            # mistaken for the answer.
+            lines.append([("class:thought-head", "Thinking:")])
+            for line in render_markdown(sanitize(part.thoughts), width - 2, color=look.color):
+                body = [("class:thought " + style, text) for style, text in line]
+                lines.append([("class:thought", "│ "), *body])
+            lines.append([])
+        if part.answer:
+            for line in render_markdown(sanitize(part.answer), width, color=look.color):
+                lines.append([("class:answer " + style, text) for style, text in line])
         elif turn.active:
-            lines.append([("class:notice", "(waiting for Gemini)")])
+            waiting = "(thinking)" if part.thoughts else "(waiting for Gemini)"
+            lines.append([("class:notice", waiting)])
         if turn.note:
             for ln in wrap(sanitize(f"[{turn.note}]"), width):
                 lines.append([("class:note", ln)])

@@ -251,7 +251,7 @@ def test_strikethrough_html_and_images_stay_visible() -> None:
     lines = texts(
         render_markdown("~~old~~ <b>new</b> ![a chart](c.png)\n\n<div>\nblock\n</div>", 54)
     )
-    assert lines == ["~~old~~ <b>new</b> [image: a chart]", "", "<div> block </div>"]
+    assert lines == ["~~old~~ <b>new</b> [image: a chart]", "", "<div>", "block", "</div>"]
 
 
 def test_rule_spans_the_width() -> None:
@@ -315,3 +315,10 @@ _ALPHABET = st.sampled_from(list("abc xyz 123\n\n*_`#|->") + ["```", "1. ", "- "
 )
 def test_random_markdownish_text_keeps_the_contract(text: str, width: int, color: bool) -> None:
     check_contract(render_markdown(text, width, color=color), width, color)
+
+
+def test_a_single_line_break_is_kept() -> None:
+    """As in chat apps: a poem or an address keeps its lines; a blank line still makes
+    a new paragraph."""
+    lines = texts(render_markdown("Roses are red,\nviolets are *blue*.\n\nNext.", 54))
+    assert lines == ["Roses are red,", "violets are blue.", "", "Next."]

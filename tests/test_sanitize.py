@@ -49,7 +49,12 @@ _SETTINGS = settings(max_examples=200, deadline=None)
 def test_the_generators_reach_lone_surrogates() -> None:
     """Guard the property tests: both alphabets they draw from include category Cs."""
     for strategy in (_ANY_CHAR, _ANY_TEXT):
-        found = find(strategy, lambda t: any(0xD800 <= ord(c) <= 0xDFFF for c in t))
+        found = find(
+            strategy,
+            lambda t: any(0xD800 <= ord(c) <= 0xDFFF for c in t),
+            # Derandomised: the guard must not depend on what earlier tests drew.
+            settings=settings(max_examples=5000, derandomize=True, database=None),
+        )
         assert any(0xD800 <= ord(c) <= 0xDFFF for c in found)
 
 
