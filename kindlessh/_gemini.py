@@ -55,7 +55,15 @@ def map_httpx_errors(base_url: str) -> Iterator[None]:
     Strategy: one boundary, like httpx's own ``map_httpcore_exceptions``, so that no
     other module needs to know httpx's exception tree.
     """
-    host = urlsplit(base_url).netloc or base_url
+    # Host and port only: a base URL may carry credentials (user:password@), which
+    # must not reach the screen or the log.
+    parts = urlsplit(base_url)
+    host = parts.hostname or "the Gemini host"
+    try:
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a port that is not a number
+        pass
     try:
         yield
     except httpx.TimeoutException as exc:

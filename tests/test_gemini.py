@@ -250,6 +250,18 @@ def test_every_httpx_transport_error_is_mapped(exc_type: type[httpx.TransportErr
     assert str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("exc_type", [httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError])
+def test_credentials_in_the_base_url_never_reach_a_message(
+    exc_type: type[httpx.TransportError],
+) -> None:
+    with pytest.raises(UpstreamError) as info, map_httpx_errors(
+        "https://proxyuser:s3cret@gemini.test:8443/v1beta"
+    ):
+        raise exc_type("boom")
+    assert "gemini.test:8443" in str(info.value)
+    assert "s3cret" not in str(info.value) and "proxyuser" not in str(info.value)
+
+
 def test_transport_error_list_is_not_trivial() -> None:
     names = {c.__name__ for c in _transport_errors()}
     assert {"ConnectError", "ReadTimeout", "RemoteProtocolError", "ProxyError"} <= names
