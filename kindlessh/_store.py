@@ -1,0 +1,685 @@
+"""Conversations and turns kept in SQLite, without blocking the event loop.
+
+Contract:
+- :meth:`Store.open` creates the directory (mode 0700) and the file (mode 0600), sets
+  WAL, ``busy_timeout=5000``, ``foreign_keys=ON`` and ``synchronous=NORMAL``, and applies
+  every migration not yet recorded in ``_migrations``. Re-running migrations is a no-op.
+- Every call runs on one dedicated thread that owns the only connection, so calls are
+  carried out one at a time, in the order they were made, and the event loop only waits
+  for their results. A call that was made is carried out even if the awaiting task is
+  cancelled: the final write of an answer must land while a session is being torn down.
+- Every read takes ``user``; nobody sees another user's rows. Writes take ids, which
+  callers only get from their own user's reads and inserts.
+- Writing a turn (progress, finish, delete) bumps its conversation's ``updated_at``.
+- Text is stored raw, exactly as given; the display layer sanitises it.
+- Times are stored as UTC ISO-8601 strings with microseconds (fixed width, so string
+  order is time order) and returned as aware :class:`~datetime.datetime` values.
+- Token counts go to a ledger (``token_usage``) when a turn finishes. The ledger outlives
+  the turn, so deleting a conversation or retrying an answer does not give a user their
+  budget back (DESIGN D5).
+- SQLite failures are raised as :class:`StoreError`, whose message is for the reader.
+
+Errors, beneath ``KindleSSHError`` (see ``_errors``):
+
+```
+StoreError                   the store failed (disk, lock, corrupt file)
+  ConversationNotFound       no such conversation for this user
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+from ._errors import KindleSSHError
+
+log = logging.getLogger("kindlessh.store")
+
+T = TypeVar("T")
+
+StoredState = Literal["streaming", "done", "stopped", "failed"]
+FinalState = Literal["done", "stopped", "failed"]
+
+BUSY_TIMEOUT_MS = 5000
+INTERRUPTED_NOTE = "interrupted: the server stopped"
+
+
+class StoreError(KindleSSHError):
+    """The conversation store failed; the message says what happened."""
+
+
+class ConversationNotFound(StoreError):
+    """The conversation does not exist, or belongs to someone else (we do not say which)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    """One conversation in a listing."""
+
+    id: int
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    turn_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRow:
+    """One stored question and its answer (possibly partial)."""
+
+    id: int
+    conversation_id: int
+    position: int
+    question: str
+    answer: str
+    thoughts: str
+    model: str
+    state: StoredState
+    note: str | None
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    thoughts_tokens: int | None
+    started_at: datetime
+    duration_ms: int | None
+    incomplete: bool
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def _stamp(when: datetime) -> str:
+    """``when`` as stored: UTC, microseconds, fixed width."""
+    if when.tzinfo is None:
+        raise ValueError("a naive datetime has no time zone; pass an aware one")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# ----- migrations ---------------------------------------------------------------------------
+#
+# Strategy (after llm): each migration is a function named mNNN_what, applied once, in list
+# order, in its own transaction together with its row in _migrations. Never edit or reorder
+# a migration that has shipped; append a new one. Migrations use conn.execute only:
+# executescript() would COMMIT the open transaction behind our back.
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            user TEXT NOT NULL,
+            title TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX conversations_user_updated ON conversations (user, updated_at)")
+    conn.execute(
+        """
+        CREATE TABLE turns (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL
+                REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL DEFAULT '',
+            thoughts TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('streaming', 'done', 'stopped', 'failed')),
+            note TEXT,
+            finish_reason TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            thoughts_tokens INTEGER,
+            started_at TEXT NOT NULL,
+            duration_ms INTEGER,
+            incomplete INTEGER NOT NULL DEFAULT 0 CHECK (incomplete IN (0, 1))
+        )
+        """
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX turns_conversation_position ON turns (conversation_id, position)"
+    )
+    # Only recover_interrupted looks turns up by state, once per start; a partial index keeps
+    # that cheap without indexing the many finished turns.
+    conn.execute("CREATE INDEX turns_streaming ON turns (state) WHERE state = 'streaming'")
+    # The budget ledger: not tied to conversations, so deleting one does not refund tokens.
+    # turn_id is kept for auditing and becomes NULL when the turn is deleted.
+    conn.execute(
+        """
+        CREATE TABLE token_usage (
+            id INTEGER PRIMARY KEY,
+            user TEXT NOT NULL,
+            turn_id INTEGER UNIQUE REFERENCES turns (id) ON DELETE SET NULL,
+            model TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            thoughts_tokens INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX token_usage_user_started ON token_usage (user, started_at)")
+
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: tuple[Migration, ...] = (m001_initial,)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction; rolled back if the body raises.
+
+    Strategy: BEGIN IMMEDIATE takes the write lock at the start, where busy_timeout
+    applies. A deferred transaction that reads first and then writes can fail at once with
+    SQLITE_BUSY when another connection wrote in between; waiting cannot fix that case.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # SQLite may already have rolled back by itself (a full disk, say).
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[str]:
+    """Apply every migration not yet recorded in ``_migrations``, in order.
+
+    Args:
+        conn: a connection in autocommit mode (``isolation_level=None``).
+        migrations: the migrations in order; names must be unique.
+        clock: the time recorded as ``applied_at``.
+
+    Returns:
+        The names applied by this call (empty when the database was up to date).
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied: list[str] = []
+    for migration in migrations:
+        name = migration.__name__
+        with _transaction(conn):
+            # Checked inside the write lock: another process may have migrated meanwhile.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            migration(conn)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                (name, _stamp(clock())),
+            )
+        applied.append(name)
+    return applied
+
+
+# ----- opening ------------------------------------------------------------------------------
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents with mode 0700; leave existing ones."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
+def _connect(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
+    """Open (creating) the database, set the pragmas and migrate; runs on the store thread."""
+    _make_dirs(path.parent)
+    # Create the file ourselves so it is private from the first byte; SQLite gives its
+    # -wal and -shm files the same mode as the database.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"The conversation store {path} cannot use WAL mode (got {mode!r}); "
+                "put it on a local disk."
+            )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        applied = migrate(conn, clock=clock)
+    except BaseException:
+        conn.close()
+        raise
+    if applied:
+        log.info("store %s: applied migrations %s", path, ", ".join(applied))
+    return conn
+
+
+# ----- the store ----------------------------------------------------------------------------
+
+
+_TURN_COLUMNS = (
+    "id, conversation_id, position, question, answer, thoughts, model, state, note, "
+    "finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms, "
+    "incomplete"
+)
+
+
+def _turn_row(row: tuple[object, ...]) -> TurnRow:
+    (id_, conversation_id, position, question, answer, thoughts, model, state, note,
+     finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms,
+     incomplete) = row  # fmt: skip
+    return TurnRow(
+        id=cast(int, id_),
+        conversation_id=cast(int, conversation_id),
+        position=cast(int, position),
+        question=cast(str, question),
+        answer=cast(str, answer),
+        thoughts=cast(str, thoughts),
+        model=cast(str, model),
+        state=cast(StoredState, state),
+        note=cast("str | None", note),
+        finish_reason=cast("str | None", finish_reason),
+        input_tokens=cast("int | None", input_tokens),
+        output_tokens=cast("int | None", output_tokens),
+        thoughts_tokens=cast("int | None", thoughts_tokens),
+        started_at=_parse(cast(str, started_at)),
+        duration_ms=cast("int | None", duration_ms),
+        incomplete=bool(incomplete),
+    )
+
+
+def _touch_conversation_of_turn(conn: sqlite3.Connection, turn_id: int, now: str) -> None:
+    conn.execute(
+        "UPDATE conversations SET updated_at = ? "
+        "WHERE id = (SELECT conversation_id FROM turns WHERE id = ?)",
+        (now, turn_id),
+    )
+
+
+class Store:
+    """The SQLite store; make one with :meth:`open`, end it with :meth:`close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        conn: sqlite3.Connection,
+        clock: Callable[[], datetime],
+    ) -> None:
+        """Private: use :meth:`open`."""
+        self.path = path
+        self._executor = executor
+        self._conn = conn
+        self._clock = clock
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, clock: Callable[[], datetime] = utcnow) -> Store:
+        """Open the store at ``path``, creating and migrating it as needed.
+
+        Args:
+            path: the database file; missing directories are created with mode 0700.
+            clock: returns the current time, aware (injectable for tests).
+
+        Raises:
+            StoreError: the file cannot be created or opened, is not a database, cannot
+                use WAL, or a migration failed.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kindlessh-store")
+        try:
+            future = executor.submit(_connect, path, clock)
+            conn = await asyncio.shield(asyncio.wrap_future(future))
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise StoreError(f"Cannot open the conversation store {path}: {exc}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, executor, conn, clock)
+
+    async def close(self) -> None:
+        """Finish every call already made, then close the database. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def finish(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("PRAGMA optimize")
+            finally:
+                conn.close()
+
+        try:
+            await self._submit(finish)
+        finally:
+            # The close job was the last in the queue, so the thread is idle now.
+            self._executor.shutdown(wait=False)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _now(self) -> str:
+        return _stamp(self._clock())
+
+    async def _call(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError("the conversation store is closed")
+        return await self._submit(job)
+
+    async def _submit(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+
+        def run() -> T:
+            try:
+                return job(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"The conversation store failed: {exc}.") from exc
+
+        # Strategy: shield, so that cancelling the awaiting task never cancels a job still
+        # queued; the job runs and only its result is dropped (see the module contract).
+        future = self._executor.submit(run)
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    # ----- conversations --------------------------------------------------------------------
+
+    async def new_conversation(self, user: str, title: str) -> int:
+        """Create an empty conversation for ``user``.
+
+        Returns:
+            The new conversation's id.
+        """
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO conversations (user, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                (user, title, now, now),
+            )
+            return cast(int, cursor.lastrowid)
+
+        return await self._call(job)
+
+    async def list_conversations(
+        self, user: str, limit: int = 50, offset: int = 0
+    ) -> list[ConversationRow]:
+        """``user``'s conversations, most recently updated first (newest id on ties).
+
+        Args:
+            limit: at most this many rows.
+            offset: skip this many rows first (for paging).
+        """
+
+        def job(conn: sqlite3.Connection) -> list[ConversationRow]:
+            rows = conn.execute(
+                "SELECT c.id, c.title, c.created_at, c.updated_at, "
+                "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) "
+                "FROM conversations c WHERE c.user = ? "
+                "ORDER BY c.updated_at DESC, c.id DESC LIMIT ? OFFSET ?",
+                (user, limit, offset),
+            ).fetchall()
+            return [
+                ConversationRow(id_, title, _parse(created), _parse(updated), count)
+                for id_, title, created, updated, count in rows
+            ]
+
+        return await self._call(job)
+
+    async def latest_conversation(self, user: str) -> int | None:
+        """The id of ``user``'s most recently updated conversation, or ``None``."""
+
+        def job(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT id FROM conversations WHERE user = ? "
+                "ORDER BY updated_at DESC, id DESC LIMIT 1",
+                (user,),
+            ).fetchone()
+            return None if row is None else cast(int, row[0])
+
+        return await self._call(job)
+
+    async def load_turns(self, user: str, conversation_id: int) -> list[TurnRow]:
+        """The turns of one of ``user``'s conversations, in order.
+
+        Raises:
+            ConversationNotFound: no such conversation, or it is not ``user``'s.
+        """
+
+        def job(conn: sqlite3.Connection) -> list[TurnRow]:
+            owned = conn.execute(
+                "SELECT 1 FROM conversations WHERE id = ? AND user = ?",
+                (conversation_id, user),
+            ).fetchone()
+            if owned is None:
+                raise ConversationNotFound(f"No conversation {conversation_id}.")
+            rows = conn.execute(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ? ORDER BY position",
+                (conversation_id,),
+            ).fetchall()
+            return [_turn_row(row) for row in rows]
+
+        return await self._call(job)
+
+    async def delete_conversation(self, user: str, conversation_id: int) -> bool:
+        """Delete one of ``user``'s conversations and its turns (not its token usage).
+
+        Returns:
+            False when there was no such conversation for ``user``.
+        """
+
+        def job(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM conversations WHERE id = ? AND user = ?", (conversation_id, user)
+            )
+            return cursor.rowcount > 0
+
+        return await self._call(job)
+
+    # ----- turns ----------------------------------------------------------------------------
+
+    async def add_turn(self, conversation_id: int, question: str, model: str) -> int:
+        """Start a turn at the end of a conversation: state ``streaming``, incomplete,
+        empty answer.
+
+        Returns:
+            The new turn's id.
+
+        Raises:
+            ConversationNotFound: the conversation does not exist (any more).
+        """
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                exists = conn.execute(
+                    "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+                ).fetchone()
+                if exists is None:
+                    raise ConversationNotFound(f"No conversation {conversation_id}.")
+                cursor = conn.execute(
+                    "INSERT INTO turns (conversation_id, position, question, answer, thoughts, "
+                    "model, state, started_at, incomplete) "
+                    "SELECT ?, COALESCE(MAX(position), 0) + 1, ?, '', '', ?, 'streaming', ?, 1 "
+                    "FROM turns WHERE conversation_id = ?",
+                    (conversation_id, question, model, now, conversation_id),
+                )
+                conn.execute(
+                    "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
+                )
+                return cast(int, cursor.lastrowid)
+
+        return await self._call(job)
+
+    async def save_progress(self, turn_id: int, answer: str, thoughts: str) -> bool:
+        """Commit the text streamed so far (the whole text, not a delta).
+
+        Returns:
+            False when the turn no longer exists or is no longer streaming; a late
+            progress save never overwrites a finished turn.
+        """
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "UPDATE turns SET answer = ?, thoughts = ? "
+                    "WHERE id = ? AND state = 'streaming'",
+                    (answer, thoughts, turn_id),
+                )
+                if cursor.rowcount == 0:
+                    return False
+                _touch_conversation_of_turn(conn, turn_id, now)
+                return True
+
+        return await self._call(job)
+
+    async def finish_turn(
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        thoughts: str,
+        state: FinalState,
+        incomplete: bool,
+        note: str | None = None,
+        finish_reason: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        thoughts_tokens: int | None = None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """Store a turn's final text and outcome, and record its tokens in the ledger.
+
+        Args:
+            state: ``done``, ``stopped`` or ``failed``.
+            incomplete: True when the answer did not end normally.
+            note: why it ended early, in words for the reader.
+            finish_reason: the upstream's word (``STOP``, ``MAX_TOKENS``...).
+            input_tokens, output_tokens, thoughts_tokens: the last usage figures, if any.
+            duration_ms: how long the answer took.
+
+        Returns:
+            False when the turn no longer exists (its conversation was deleted meanwhile).
+
+        Raises:
+            ValueError: ``state`` is not a final state.
+        """
+        if state not in ("done", "stopped", "failed"):
+            raise ValueError(f"not a final state: {state!r}")
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "UPDATE turns SET answer = ?, thoughts = ?, state = ?, note = ?, "
+                    "finish_reason = ?, input_tokens = ?, output_tokens = ?, "
+                    "thoughts_tokens = ?, duration_ms = ?, incomplete = ? WHERE id = ?",
+                    (answer, thoughts, state, note, finish_reason, input_tokens, output_tokens,
+                     thoughts_tokens, duration_ms, int(incomplete), turn_id),
+                )  # fmt: skip
+                if cursor.rowcount == 0:
+                    return False
+                if input_tokens or output_tokens or thoughts_tokens:
+                    # An upsert: finishing a turn twice replaces its ledger entry.
+                    conn.execute(
+                        "INSERT INTO token_usage (user, turn_id, model, started_at, "
+                        "input_tokens, output_tokens, thoughts_tokens) "
+                        "SELECT c.user, t.id, t.model, t.started_at, ?, ?, ? "
+                        "FROM turns t JOIN conversations c ON c.id = t.conversation_id "
+                        "WHERE t.id = ? "
+                        "ON CONFLICT (turn_id) DO UPDATE SET input_tokens = excluded.input_tokens, "
+                        "output_tokens = excluded.output_tokens, "
+                        "thoughts_tokens = excluded.thoughts_tokens",
+                        (input_tokens or 0, output_tokens or 0, thoughts_tokens or 0, turn_id),
+                    )
+                _touch_conversation_of_turn(conn, turn_id, now)
+                return True
+
+        return await self._call(job)
+
+    async def delete_turn(self, turn_id: int) -> bool:
+        """Delete a turn (``/retry`` replaces the last answer); its token usage stays.
+
+        Returns:
+            False when the turn did not exist.
+        """
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                _touch_conversation_of_turn(conn, turn_id, now)
+                cursor = conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
+                return cursor.rowcount > 0
+
+        return await self._call(job)
+
+    async def recover_interrupted(self) -> int:
+        """Mark every turn still ``streaming`` as stopped and incomplete.
+
+        Call it once at start-up, before any session opens: it cannot tell an answer left
+        over from a crash from one streaming now.
+
+        Conversations keep their ``updated_at``: a restart is not the reader's activity
+        and must not reorder their list.
+
+        Returns:
+            How many turns were marked.
+        """
+
+        def job(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE turns SET state = 'stopped', incomplete = 1, note = ? "
+                "WHERE state = 'streaming'",
+                (INTERRUPTED_NOTE,),
+            )
+            return cursor.rowcount
+
+        count = await self._call(job)
+        if count:
+            log.warning("marked %d interrupted answer(s) as stopped", count)
+        return count
+
+    async def tokens_used(self, user: str, since: datetime) -> int:
+        """Input, output and thinking tokens of ``user``'s turns started at or after
+        ``since``, including turns since deleted (for a daily budget).
+
+        Raises:
+            ValueError: ``since`` is naive.
+        """
+        since_text = _stamp(since)
+
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(input_tokens + output_tokens + thoughts_tokens), 0) "
+                "FROM token_usage WHERE user = ? AND started_at >= ?",
+                (user, since_text),
+            ).fetchone()
+            return cast(int, row[0])
+
+        return await self._call(job)
