@@ -27,7 +27,6 @@ from prompt_toolkit.application.current import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from ._conversation import Conversation
 from ._input import ChannelInput
 from ._profile import choose_profile, make_profile
 from ._sanitize import sanitize_inline
@@ -255,12 +254,13 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                     "error",
                 )
             )
-        conversation = Conversation(ctx.provider, ctx.generation, ctx.retry)
         self._input = ChannelInput()
+        chat = await ctx.hub.resume(self.username)
         try:
             with create_app_session(input=self._input, output=output):
                 self.ui = ChatUI(
-                    conversation,
+                    chat,
+                    hub=ctx.hub,
                     username=self.username,
                     profile=profile,
                     profiles={
@@ -273,4 +273,5 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         finally:
             self._input.close()
             self._input = None
-            await conversation.aclose()
+            # The chat may go on without this screen (an answer finishing on its own).
+            ctx.hub.release(self.ui.chat if self.ui is not None else chat)

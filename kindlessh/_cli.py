@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import getpass
 import logging
 import signal
@@ -40,16 +41,13 @@ def _connect_command(config: Config, port: int) -> str:
 
 
 def describe(server: Server) -> list[str]:
-    """The start-up lines: where to connect, the host key, keys and API key status."""
+    """The start-up lines: where to connect, the host keys, keys and API key status."""
     config = server.ctx.config
-    key = server.host_key
-    made = " (created now)" if key.created else ""
-    lines = [
-        f"kindlessh {__version__} listening on {config.server.host}:{server.port}",
-        f"Host key {key.path}{made}:",
-        f"  ED25519 {key.fingerprint}",
-        f"Connect:  {_connect_command(config, server.port)}",
-    ]
+    lines = [f"kindlessh {__version__} listening on {config.server.host}:{server.port}"]
+    for key in server.host_keys:
+        made = " (created now)" if key.created else ""
+        lines += [f"Host key {key.path}{made}:", f"  {key.label} {key.fingerprint}"]
+    lines.append(f"Connect:  {_connect_command(config, server.port)}")
     auth = server.ctx.authorized
     count = auth.count()
     if count:
@@ -125,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:
         where = f"{config.server.host}:{config.server.port}"
-        sys.stderr.write(f"kindlessh: cannot listen on {where} ({exc.strerror or exc})\n")
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is in use by another program; choose another with --port"
+        else:
+            why = exc.strerror or str(exc)
+        sys.stderr.write(f"kindlessh: cannot listen on {where}: {why}\n")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -73,6 +73,7 @@ class ChatConfig:
     """``[chat]``: limits on what a person sends."""
 
     max_prompt_chars: int = 4000
+    finish_on_disconnect: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class StorageConfig:
     """``[storage]``: where conversations are kept."""
 
     path: Path = Path("data/kindlessh.sqlite3")
+    export_dir: Path = Path("data/exports")
+    commit_interval_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("storage", "commit_interval_ms"): (
+        lambda v: 50 <= v <= 60000, "milliseconds from 50 to 60000"
+    ),
     ("ui", "profile"): (lambda v: v in ("eink", "smooth"), '"eink" or "smooth"'),
     ("ui", "eink_interval_ms"): (lambda v: 250 <= v <= 5000, "milliseconds from 250 to 5000"),
     ("ui", "smooth_interval_ms"): (lambda v: 10 <= v <= 5000, "milliseconds from 10 to 5000"),

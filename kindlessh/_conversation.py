@@ -95,11 +95,17 @@ class Conversation:
         self.version = 0
         self._subscribers: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stop_note = ""
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change; returns a function that unsubscribes."""
         self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):  # already gone: aclose() let go of all
+                self._subscribers.remove(callback)
+
+        return unsubscribe
 
     def _changed(self) -> None:
         self.version += 1
@@ -136,6 +142,7 @@ class Conversation:
             )
         if self.answering:
             raise InputRejected("An answer is still coming; wait for it or press Ctrl-C.")
+        self._stop_note = ""
         history: list[Message] = []
         for turn in self.turns:
             if turn.answer:
@@ -193,7 +200,8 @@ class Conversation:
                 turn.note = f"Gemini sent no text{why}; try asking differently"
         except asyncio.CancelledError:
             turn.state = "stopped"
-            turn.note = "stopped; the text above is what arrived" if turn.answer else "stopped"
+            why = self._stop_note or "stopped"
+            turn.note = f"{why}; the text above is what arrived" if turn.answer else why
             raise
         except KindleSSHError as exc:
             self._fail(turn, str(exc))
@@ -209,7 +217,7 @@ class Conversation:
         """A task cancelled before it first ran never entered _run: end its turn here."""
         if turn.active:
             turn.state = "stopped"
-            turn.note = "stopped"
+            turn.note = self._stop_note or "stopped"
             self._changed()
 
     @staticmethod
@@ -234,11 +242,18 @@ class Conversation:
             self.turns.append(last)
             raise
 
-    def stop(self) -> bool:
-        """Stop the answer in flight, keeping what arrived. Returns False if none was."""
+    def stop(self, why: str = "") -> bool:
+        """Stop the answer in flight, keeping what arrived. Returns False if none was.
+
+        ``why`` becomes the turn's note (default "stopped")."""
         if not self.answering:
             return False
         assert self._task is not None
+        if self._task.cancelling():
+            # Already stopping: a second cancel would interrupt the upstream response's
+            # own close, leaving its connection open.
+            return True
+        self._stop_note = why
         self._task.cancel()
         return True
 

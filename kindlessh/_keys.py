@@ -5,6 +5,9 @@ Contract:
   first run with mode 0600 (and its folder with 0700). An existing key that others can
   read, that cannot be read, or that is not a private key stops the start with a
   :class:`~kindlessh._errors.ConfigError` naming the file and the fix.
+- :func:`load_or_create_rsa_host_key` does the same for the RSA 3072 host key kept next
+  to it (:func:`rsa_host_key_path`), for clients without Ed25519; a key there that is not
+  RSA is refused. :attr:`HostKey.keypair` signs with rsa-sha2-256/512 only, never ssh-rsa.
 - :class:`AuthorizedKeys` reads an OpenSSH ``authorized_keys`` file and re-reads it when
   it changes, so a key added while the server runs works on the next login.
 """
@@ -20,6 +23,11 @@ import asyncssh
 
 from ._errors import ConfigError
 
+RSA_KEY_BITS = 3072
+# Host key algorithms offered for an RSA key: SHA-2 only. asyncssh would also offer
+# ssh-rsa (SHA-1 signatures, disabled by OpenSSH since 8.8) and the ssh.com variants.
+RSA_HOST_KEY_ALGS = (b"rsa-sha2-256", b"rsa-sha2-512")
+
 
 @dataclass(frozen=True)
 class HostKey:
@@ -34,6 +42,34 @@ class HostKey:
         """The SHA256 fingerprint as OpenSSH prints it."""
         return str(self.key.get_fingerprint("sha256"))
 
+    @property
+    def label(self) -> str:
+        """The key type as OpenSSH names it in fingerprints: ``ED25519``, ``RSA``."""
+        return self.key.get_algorithm().removeprefix("ssh-").upper()
+
+    @property
+    def keypair(self) -> asyncssh.SSHKeyPair:
+        """The key for ``server_host_keys``; an RSA key offers rsa-sha2-256/512 only."""
+        (pair,) = asyncssh.load_keypairs([self.key])
+        if self.key.get_algorithm() == "ssh-rsa":
+            # asyncssh has no server-side HostKeyAlgorithms option: listen() offers
+            # each key pair's host_key_algorithms, so trim that list here.
+            pair.host_key_algorithms = [
+                alg for alg in pair.host_key_algorithms if alg in RSA_HOST_KEY_ALGS
+            ]
+        return pair
+
+
+def rsa_host_key_path(host_key: Path) -> Path:
+    """Where the RSA host key lives, next to the Ed25519 ``host_key``.
+
+    ``ssh_host_ed25519_key`` -> ``ssh_host_rsa_key`` (OpenSSH's names); any other name
+    gets ``_rsa`` appended (``host_key`` -> ``host_key_rsa``).
+    """
+    name = host_key.name
+    new = name.replace("ed25519", "rsa") if "ed25519" in name else name + "_rsa"
+    return host_key.with_name(new)
+
 
 def load_or_create_host_key(path: Path) -> HostKey:
     """Load the host key at ``path``, creating an Ed25519 key there if it is missing.
@@ -42,9 +78,27 @@ def load_or_create_host_key(path: Path) -> HostKey:
         ConfigError: the key cannot be created or read, is readable by group or others,
             or is not a valid private key.
     """
-    where = f"[server] host_key {path}"
+    return _load_or_create(path, "ssh-ed25519", f"[server] host_key {path}")
+
+
+def load_or_create_rsa_host_key(host_key: Path) -> HostKey:
+    """Load the RSA host key next to ``host_key``, creating an RSA 3072 key if missing.
+
+    Raises:
+        ConfigError: as :func:`load_or_create_host_key`, or the file holds another type.
+    """
+    path = rsa_host_key_path(host_key)
+    where = f"RSA host key {path} (next to [server] host_key)"
+    loaded = _load_or_create(path, "ssh-rsa", where)
+    if loaded.key.get_algorithm() != "ssh-rsa":
+        raise ConfigError(f"{where}: not an RSA key; move it away to get a new one")
+    return loaded
+
+
+def _load_or_create(path: Path, algorithm: str, where: str) -> HostKey:
     if not path.exists():
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="kindlessh host key")
+        options = {"key_size": RSA_KEY_BITS} if algorithm == "ssh-rsa" else {}
+        key = asyncssh.generate_private_key(algorithm, comment="kindlessh host key", **options)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Strategy: create with 0600 in one step; write_private_key() would use the

@@ -1,9 +1,11 @@
 """The SSH server: listening, authentication and connection policy (asyncssh).
 
 Contract:
-- :func:`start_server` loads (or creates) the host key, binds, and returns a running
+- :func:`start_server` loads (or creates) the host keys, binds, and returns a running
   :class:`Server`; ``await server.close()`` stops listening, ends every session and
   closes the upstream client.
+- Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
+  2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
 - Public-key authentication only, against ``[server] authorized_keys`` (re-read when it
   changes); any key there may log in and the SSH username names the account. With no
   keys configured the server still runs, refuses everyone, and its auth banner says how
@@ -21,15 +23,23 @@ from typing import Any
 
 import asyncssh
 from asyncssh.kex import get_default_kex_algs
+from asyncssh.public_key import get_default_public_key_algs
 
 from ._channel import ChatSession
 from ._config import Config
-from ._conversation import GenerationSettings
+from ._conversation import Conversation, GenerationSettings
 from ._gemini import GeminiProvider
-from ._keys import AuthorizedKeys, HostKey, load_or_create_host_key
+from ._hub import Hub
+from ._keys import (
+    AuthorizedKeys,
+    HostKey,
+    load_or_create_host_key,
+    load_or_create_rsa_host_key,
+)
 from ._provider import Provider
 from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
+from ._store import Store
 
 log = logging.getLogger("kindlessh.server")
 
@@ -57,6 +67,16 @@ def kex_algorithms() -> list[str]:
     return algs
 
 
+def signature_algorithms() -> list[str]:
+    """asyncssh's signature list with RSA limited to rsa-sha2-256/512.
+
+    Drops SHA-1 ``ssh-rsa`` and the ``ssh-rsa-sha*@ssh.com`` variants. On a server this
+    is what the ``server-sig-algs`` extension tells clients; the host key's own
+    algorithms are limited in :attr:`HostKey.keypair`.
+    """
+    return [a.decode() for a in get_default_public_key_algs() if not a.startswith(b"ssh-rsa")]
+
+
 @dataclass
 class ServerContext:
     """What every connection of one server shares."""
@@ -66,6 +86,7 @@ class ServerContext:
     authorized: AuthorizedKeys
     generation: GenerationSettings
     retry: RetryPolicy
+    hub: Hub
     sessions: set[ChatSession] = field(default_factory=set)
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
 
@@ -126,11 +147,21 @@ class Server:
     """A running kindlessh server."""
 
     def __init__(
-        self, acceptor: asyncssh.SSHAcceptor, ctx: ServerContext, host_key: HostKey
+        self,
+        acceptor: asyncssh.SSHAcceptor,
+        ctx: ServerContext,
+        host_key: HostKey,
+        rsa_host_key: HostKey | None = None,
     ) -> None:
         self._acceptor = acceptor
         self.ctx = ctx
         self.host_key = host_key
+        self.rsa_host_key = rsa_host_key
+
+    @property
+    def host_keys(self) -> list[HostKey]:
+        """Every host key offered, Ed25519 first."""
+        return [k for k in (self.host_key, self.rsa_host_key) if k is not None]
 
     @property
     def port(self) -> int:
@@ -150,6 +181,8 @@ class Server:
         with contextlib.suppress(TimeoutError):
             # Python 3.12+ waits here for every connection to be gone.
             await asyncio.wait_for(self._acceptor.wait_closed(), 5)
+        # Answers still coming are stopped and saved as they stand, marked interrupted.
+        await self.ctx.hub.aclose()
         closer = getattr(self.ctx.provider, "aclose", None)
         if closer is not None:
             await closer()
@@ -167,7 +200,15 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         OSError: the address cannot be bound.
     """
     host_key = load_or_create_host_key(config.server.host_key)
+    # A host_key that is itself RSA needs no second one (asyncssh refuses two of a type).
+    rsa_host_key = (
+        None if host_key.label == "RSA" else load_or_create_rsa_host_key(config.server.host_key)
+    )
     gemini = config.gemini
+    store = await Store.open(config.storage.path)
+    recovered = await store.recover_interrupted()
+    if recovered:
+        log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
     ctx = ServerContext(
         config=config,
         provider=provider or GeminiProvider(gemini),
@@ -184,14 +225,31 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             jitter=gemini.retry_jitter,
             budget=gemini.retry_budget,
         ),
+        hub=Hub(
+            store,
+            lambda: Conversation(ctx.provider, ctx.generation, ctx.retry),
+            commit_interval=config.storage.commit_interval_ms / 1000,
+            finish_on_disconnect=config.chat.finish_on_disconnect,
+            export_dir=config.storage.export_dir,
+        ),
     )
-    srv = config.server
-    acceptor = await asyncssh.listen(
+    try:
+        acceptor = await _listen(ctx, [k for k in (host_key, rsa_host_key) if k is not None])
+    except BaseException:
+        await store.close()
+        raise
+    return Server(acceptor, ctx, host_key, rsa_host_key)
+
+
+async def _listen(ctx: ServerContext, host_keys: list[HostKey]) -> asyncssh.SSHAcceptor:
+    srv = ctx.config.server
+    return await asyncssh.listen(
         srv.host,
         srv.port,
         server_factory=lambda: KindleSSHServer(ctx),
-        server_host_keys=[host_key.key],
+        server_host_keys=[k.keypair for k in host_keys],
         kex_algs=kex_algorithms(),
+        signature_algs=signature_algorithms(),
         line_editor=False,
         encoding="utf-8",
         errors="replace",
@@ -204,4 +262,3 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         keepalive_count_max=srv.keepalive_count_max,
         server_version="kindlessh",
     )
-    return Server(acceptor, ctx, host_key)

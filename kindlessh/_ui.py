@@ -13,6 +13,11 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -27,7 +32,8 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from ._conversation import Conversation, Turn
-from ._errors import InputRejected
+from ._errors import InputRejected, KindleSSHError
+from ._hub import Chat, Hub
 from ._profile import Profile
 from ._sanitize import sanitize_inline
 from ._throttle import CommitThrottle
@@ -35,6 +41,10 @@ from ._view import Item, Line, Look, Notice, Shown
 
 HELP = """Commands:
   /new     start a fresh conversation
+  /history   list your conversations (/history 2: older)
+  /open N    reopen conversation N and continue it
+  /delete N  delete conversation N (asks first)
+  /export    save this conversation as a Markdown file
   /retry   ask the last question again
   /eink    e-ink screen: few repaints, pages
   /thoughts  show or hide the model's thinking
@@ -78,7 +88,8 @@ class ChatUI:
     """One person's chat screen.
 
     Args:
-        conversation: what to show and where questions go.
+        chat: the conversation to show first (where questions go).
+        hub: where the person's other conversations are (/new, /history, /open...).
         username: the account name, shown in the welcome line.
         profile: the screen profile to start with.
         profiles: the profiles ``/eink`` and ``/smooth`` switch to.
@@ -87,15 +98,20 @@ class ChatUI:
 
     def __init__(
         self,
-        conversation: Conversation,
+        chat: Chat,
         *,
+        hub: Hub,
         username: str,
         profile: Profile,
         profiles: dict[str, Profile] | None = None,
         notices: list[Notice] | None = None,
     ) -> None:
-        self.conversation = conversation
+        self.chat = chat
+        self.hub = hub
         self.username = username
+        self._unsubscribe: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._confirm: tuple[int, str] | None = None  # a delete waiting for "y"
         self.profile = profile
         self.profiles = profiles or {profile.name: profile}
         self.items: list[Item] = []
@@ -114,6 +130,7 @@ class ChatUI:
         )
         for notice in notices or []:
             self.items.append(Item(notice=notice))
+        self._show_turns()
         self.input = Buffer(multiline=False, name="input")
         self.app: Application[None] = Application(
             layout=Layout(
@@ -153,6 +170,56 @@ class ChatUI:
             refresh_interval=None,
             enable_page_navigation_bindings=False,
         )
+
+    # ----- the conversation shown ------------------------------------------------------
+
+    @property
+    def conversation(self) -> Conversation:
+        """The conversation on the screen."""
+        return self.chat.conversation
+
+    def _show_turns(self) -> None:
+        """Put the chat's turns on the screen, as far as they have arrived."""
+        turns = self.conversation.turns
+        for turn in turns:
+            self.items.append(Item(turn=turn))
+            # Attached mid-answer: what has arrived shows at once, then it streams on.
+            self._shown[turn.id] = (len(turn.answer), len(turn.thoughts))
+        if turns and self.chat.id is not None:
+            live = " (its answer is still coming)" if self.conversation.answering else ""
+            self.say(
+                f"Conversation {self.chat.id} reopened{live}: /history lists the others, "
+                "/new starts a fresh one."
+            )
+
+    def switch(self, chat: Chat) -> None:
+        """Show ``chat`` instead of the current one (``/new``, ``/open``)."""
+        old = self.chat
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.chat = chat
+        self.hub.release(old)
+        if self._unsubscribe is not None:
+            self._unsubscribe = chat.conversation.subscribe(self._on_change)
+        self.items = []
+        self._shown.clear()
+        self._scroll = self._page_back = 0
+        self._pinned = None
+        self._show_turns()
+        self.app_invalidate()
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run a command that needs the store; its failure becomes an error line."""
+
+        async def run() -> None:
+            try:
+                await job
+            except KindleSSHError as exc:
+                self.say(str(exc), "error")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ----- transcript -----------------------------------------------------------------
 
@@ -295,6 +362,17 @@ class ChatUI:
         text = self.input.text
         if not text.strip():
             return
+        if self._confirm is not None:
+            number, _ = self._confirm
+            self._confirm = None
+            if text.strip().lower() in ("y", "yes", "n", "no"):
+                self.input.reset()
+                if text.strip().lower().startswith("y"):
+                    self._spawn(self._delete(number))
+                else:
+                    self.say(f"Conversation {number} was not deleted.")
+                return
+            self.say(f"Conversation {number} was not deleted.")
         if text.startswith("/"):
             self.input.reset()
             self.command(text.strip())
@@ -312,14 +390,24 @@ class ChatUI:
 
     def command(self, line: str) -> None:
         """Run a slash command."""
-        name = line.split()[0].lower()
+        name, *args = line.split()
+        name = name.lower()
         if name in ("/quit", "/exit", "/q"):
             self.quit()
         elif name == "/new":
-            self.conversation.clear()
-            self.items = []
-            self._shown.clear()
+            self.switch(self.hub.new(self.chat.user))
             self.say("New conversation. Earlier turns are no longer sent to Gemini.")
+        elif name == "/history":
+            page = self._number(args, default=1)
+            if page is not None:
+                self._spawn(self._history(page))
+        elif name in ("/open", "/delete"):
+            number = self._number(args)
+            if number is not None:
+                job = self._open(number) if name == "/open" else self._ask_delete(number)
+                self._spawn(job)
+        elif name == "/export":
+            self._spawn(self._export())
         elif name == "/retry":
             old = self.conversation.current
             try:
@@ -353,6 +441,66 @@ class ChatUI:
             )
         else:
             self.say(f"Unknown command {sanitize_inline(name, 20)}; /help lists commands.", "error")
+
+    def _number(self, args: list[str], default: int | None = None) -> int | None:
+        """The command's number argument; says what is wrong and gives None if bad."""
+        if not args and default is not None:
+            return default
+        if len(args) == 1 and args[0].lstrip("#").isdigit() and len(args[0]) < 10:
+            return int(args[0].lstrip("#"))
+        self.say("Give a number, as shown by /history: /open 3", "error")
+        return None
+
+    async def _history(self, page: int) -> None:
+        size = max(3, self.app.output.get_size().rows - 7)
+        rows = await self.hub.history(self.chat.user, limit=size + 1, offset=(page - 1) * size)
+        if not rows:
+            self.say("No conversations yet." if page == 1 else "No older conversations.")
+            return
+        width = self.app.output.get_size().columns - 2
+        lines = ["Your conversations (newest first):" if page == 1 else f"Page {page}:"]
+        for row in rows[:size]:
+            when = row.updated_at.astimezone().strftime("%b %d %H:%M")
+            mark = "*" if row.id == self.chat.id else " "
+            head = f"{mark}{row.id:>3} {when} "
+            tail = f" ({row.turn_count})"
+            room = max(4, width - get_cwidth(head) - get_cwidth(tail))
+            title = sanitize_inline(row.title, room)
+            lines.append(head + title + tail)
+        more = f"; /history {page + 1} shows older ones" if len(rows) > size else ""
+        lines.append(f"/open N reopens one (* is this one; turns in brackets){more}.")
+        self.say("\n".join(lines))
+
+    async def _open(self, number: int) -> None:
+        if number == self.chat.id:
+            self.say(f"Conversation {number} is the one on the screen.")
+            return
+        chat = await self.hub.open(self.chat.user, number)
+        self.switch(chat)
+
+    async def _ask_delete(self, number: int) -> None:
+        row = await self.hub.title(self.chat.user, number)
+        self._confirm = (number, row.title)
+        self.say(
+            f'Delete conversation {number}, "{sanitize_inline(row.title, 40)}" '
+            f"({row.turn_count} turns)? Type y and Enter to delete it; anything else keeps it."
+        )
+
+    async def _delete(self, number: int) -> None:
+        showing = number == self.chat.id
+        if not await self.hub.delete(self.chat.user, number):
+            self.say(f"No conversation {number}.", "error")
+            return
+        if showing:
+            self.switch(self.hub.new(self.chat.user))
+        self.say(f"Conversation {number} deleted.")
+
+    async def _export(self) -> None:
+        if not self.conversation.turns:
+            self.say("Nothing to export yet: ask a question first.", "error")
+            return
+        path = await self.hub.export(self.chat, datetime.now(UTC))
+        self.say(f"Saved as Markdown on the server: {path}")
 
     def quit(self) -> None:
         """Leave the chat."""
@@ -450,10 +598,13 @@ class ChatUI:
 
     async def run(self) -> None:
         """Show the chat until the person leaves."""
-        unsubscribe = self.conversation.subscribe(self._on_change)
+        self._unsubscribe = self.conversation.subscribe(self._on_change)
         try:
             await self.app.run_async(handle_sigint=False, set_exception_handler=False)
         finally:
-            unsubscribe()
+            self._unsubscribe()
+            self._unsubscribe = None
             self.throttle.cancel()
+            for task in list(self._tasks):
+                task.cancel()
 

@@ -30,6 +30,12 @@ def client_key() -> asyncssh.SSHKey:
     return asyncssh.generate_private_key("ssh-ed25519", comment="reader@kindle")
 
 
+@pytest.fixture(scope="session")
+def rsa_host_key() -> bytes:
+    """One RSA 3072 host key for every test server (making one takes up to 0.3 s)."""
+    return asyncssh.generate_private_key("ssh-rsa", key_size=3072).export_private_key()
+
+
 @pytest.fixture
 async def fake_gemini() -> AsyncIterator[FakeGemini]:
     async with FakeGemini() as fg:
@@ -59,12 +65,16 @@ ServerFactory = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def make_server(
-    tmp_path: Path, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    tmp_path: Path, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini, rsa_host_key: bytes
 ) -> AsyncIterator[ServerFactory]:
     """Start the real server with a config file; keyword sections override defaults."""
     servers: list[Server] = []
 
     async def make(**overrides: dict[str, Any]) -> Server:
+        rsa_path = tmp_path / "host_key_rsa"
+        if not rsa_path.exists():
+            rsa_path.write_bytes(rsa_host_key)
+            rsa_path.chmod(0o600)
         auth = tmp_path / "authorized_keys"
         auth.write_text(client_key.export_public_key().decode())
         sections: dict[str, dict[str, Any]] = {

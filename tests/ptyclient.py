@@ -1,4 +1,5 @@
-"""Drive a real SSH client binary (OpenSSH ``ssh``, Dropbear ``dbclient``) under a PTY."""
+"""Drive a real SSH client binary (OpenSSH ``ssh``, Dropbear ``dbclient``, PuTTY ``plink``)
+under a PTY."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import fcntl
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyte
 import pytest
@@ -67,11 +69,19 @@ class PtyClient:
         return " ".join(line.strip() for line in self.screen.display if line.strip())
 
     async def wait_for(self, what: str, timeout: float = 10.0) -> None:
+        await self.wait_until(
+            lambda: what in self.text() or what in self.joined(), repr(what), timeout
+        )
+
+    async def wait_until(
+        self, check: Callable[[], bool], what: str, timeout: float = 10.0
+    ) -> None:
+        """Wait until ``check()`` holds for the screen; ``what`` describes it on failure."""
         deadline = time.monotonic() + timeout
-        while what not in self.text() and what not in self.joined():
+        while not check():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.eof:
-                raise AssertionError(f"waited for {what!r}; the screen shows:\n{self.text()}")
+                raise AssertionError(f"waited for {what}; the screen shows:\n{self.text()}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
@@ -81,6 +91,14 @@ class PtyClient:
     async def send(self, data: bytes) -> None:
         os.write(self.master, data)
         await asyncio.sleep(0)
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Resize the pty (and the pyte screen), as a terminal window or kterm does."""
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.screen.resize(rows, cols)
+        # The pty is not the client's controlling terminal (Popen hands it over as plain
+        # fds), so the kernel sends no SIGWINCH; send it as the terminal would.
+        self.proc.send_signal(signal.SIGWINCH)
 
     async def wait_exit(self, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout

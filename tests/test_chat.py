@@ -250,8 +250,10 @@ async def test_unreachable_upstream_is_one_clear_line(
 
 
 async def test_disconnect_mid_answer_leaves_nothing_running(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
 ) -> None:
+    """With finish_on_disconnect off, a dropped connection stops its answer."""
+    server = await make_server(chat={"finish_on_disconnect": False})
     baseline = len(asyncio.all_tasks())
     term = await Terminal.connect(server.port, client_key)
     await term.wait_for("/help")

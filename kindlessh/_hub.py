@@ -1,0 +1,286 @@
+"""The live conversations of every user, shared by their connections.
+
+Contract:
+- A :class:`Chat` is one conversation in memory with its recorder and the number of
+  screens showing it. A user's connections share their chats: a second connection, or a
+  reconnection while an answer is still coming, attaches to the same chat and sees it
+  stream live.
+- :meth:`Hub.resume` gives a connection the user's chat to start with: the one most
+  recently in use if it is still in memory, otherwise the latest stored conversation,
+  otherwise a new one. Every chat handed out is given back with :meth:`Hub.release`.
+- When the last screen leaves a chat whose answer is still coming, the answer goes on
+  to the end and is saved (``finish_on_disconnect``), or is stopped and saved as it
+  stands. A chat with no screen and no answer leaves memory; the store keeps it.
+- Users only ever reach their own conversations.
+- :meth:`Hub.aclose` (server shutdown) stops every answer, marking it interrupted, saves
+  everything and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from ._conversation import Conversation, Turn
+from ._provider import Usage
+from ._recorder import Recorder
+from ._store import ConversationNotFound, ConversationRow, Store, TurnRow
+
+log = logging.getLogger("kindlessh.hub")
+
+SHUTDOWN_NOTE = "interrupted: the server stopped"
+
+
+class Chat:
+    """One conversation in memory, its recorder, and how many screens show it."""
+
+    def __init__(self, user: str, conversation: Conversation, recorder: Recorder) -> None:
+        self.user = user
+        self.conversation = conversation
+        self.recorder = recorder
+        self.viewers = 0
+        self.closed = False  # leaving memory: never handed out again
+        self.used = 0  # a counter stamp: the chat a user touched last wins in resume
+
+    @property
+    def id(self) -> int | None:
+        """The stored conversation's id, None until its first question is saved."""
+        return self.recorder.conversation_id
+
+
+def _turn_from_row(row: TurnRow) -> Turn:
+    state = row.state if row.state != "streaming" else "stopped"
+    turn = Turn(
+        row.question,
+        answer=row.answer,
+        thoughts=row.thoughts,
+        state=state,
+        note=row.note,
+        finish_reason=row.finish_reason or "",
+    )
+    if row.input_tokens is not None or row.output_tokens is not None:
+        turn.usage = Usage(
+            prompt_tokens=row.input_tokens or 0,
+            output_tokens=row.output_tokens or 0,
+            thought_tokens=row.thoughts_tokens or 0,
+        )
+    turn.duration = (row.duration_ms or 0) / 1000
+    return turn
+
+
+class Hub:
+    """Every user's chats in memory, over one store.
+
+    Args:
+        store: where conversations are kept.
+        make_conversation: a new, empty conversation (provider and settings bound).
+        commit_interval: seconds between saves of a streaming answer.
+        finish_on_disconnect: whether an answer goes on when its last screen leaves.
+        export_dir: the folder under which each user's exports are written.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        make_conversation: Callable[[], Conversation],
+        *,
+        commit_interval: float,
+        finish_on_disconnect: bool,
+        export_dir: Path,
+    ) -> None:
+        self.store = store
+        self.make_conversation = make_conversation
+        self.commit_interval = commit_interval
+        self.finish_on_disconnect = finish_on_disconnect
+        self.export_dir = export_dir
+        self.chats: list[Chat] = []
+        self._stamp = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # ----- handing chats out ----------------------------------------------------------
+
+    def _attach(self, chat: Chat) -> Chat:
+        self._stamp += 1
+        chat.viewers += 1
+        chat.used = self._stamp
+        return chat
+
+    def _new_chat(
+        self, user: str, conversation_id: int | None = None, rows: list[TurnRow] | None = None
+    ) -> Chat:
+        conversation = self.make_conversation()
+        saved: dict[Turn, int] = {}
+        for row in rows or []:
+            turn = _turn_from_row(row)
+            conversation.turns.append(turn)
+            saved[turn] = row.id
+        recorder = Recorder(
+            self.store,
+            conversation,
+            user,
+            interval=self.commit_interval,
+            conversation_id=conversation_id,
+            saved=saved,
+        )
+        chat = Chat(user, conversation, recorder)
+        self.chats.append(chat)
+        return chat
+
+    async def resume(self, user: str) -> Chat:
+        """The chat a new connection of ``user`` starts with (see the module contract)."""
+        mine = [c for c in self.chats if c.user == user and not c.closed]
+        if mine:
+            return self._attach(max(mine, key=lambda c: c.used))
+        latest = await self.store.latest_conversation(user)
+        if latest is not None:
+            with contextlib.suppress(ConversationNotFound):
+                return await self.open(user, latest)
+        return self.new(user)
+
+    def new(self, user: str) -> Chat:
+        """A fresh chat for ``user`` (stored from its first question on)."""
+        return self._attach(self._new_chat(user))
+
+    async def open(self, user: str, conversation_id: int) -> Chat:
+        """``user``'s stored conversation ``conversation_id``, live if it is in memory.
+
+        Raises:
+            ConversationNotFound: no such conversation of this user.
+        """
+        for chat in self.chats:
+            if chat.user == user and chat.id == conversation_id and not chat.closed:
+                return self._attach(chat)
+        rows = await self.store.load_turns(user, conversation_id)
+        # Loading awaited: another connection may have opened it meanwhile.
+        for chat in self.chats:
+            if chat.user == user and chat.id == conversation_id and not chat.closed:
+                return self._attach(chat)
+        return self._attach(self._new_chat(user, conversation_id, rows))
+
+    def release(self, chat: Chat) -> None:
+        """A screen stops showing ``chat``."""
+        chat.viewers = max(0, chat.viewers - 1)
+        if chat.viewers:
+            return
+        if chat.conversation.answering:
+            if self.finish_on_disconnect:
+                task = asyncio.get_running_loop().create_task(self._finish_unwatched(chat))
+            else:
+                chat.conversation.stop("stopped: the connection closed")
+                task = asyncio.get_running_loop().create_task(self._drop(chat))
+        else:
+            task = asyncio.get_running_loop().create_task(self._drop(chat))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _finish_unwatched(self, chat: Chat) -> None:
+        await chat.conversation.wait()
+        if not chat.viewers:
+            await self._drop(chat)
+
+    async def _drop(self, chat: Chat) -> None:
+        if chat.viewers or chat.closed:
+            return
+        chat.closed = True
+        await chat.conversation.aclose()
+        await chat.recorder.aclose()
+        # Removed only once saved: shutdown must still find it if this is cancelled.
+        if chat in self.chats:
+            self.chats.remove(chat)
+
+    # ----- the user's library ---------------------------------------------------------
+
+    async def history(self, user: str, limit: int, offset: int = 0) -> list[ConversationRow]:
+        """``user``'s stored conversations, most recently used first."""
+        # Unsaved progress would make the list's turn counts and order lag behind.
+        for chat in [c for c in self.chats if c.user == user]:
+            await chat.recorder.flush()
+        return await self.store.list_conversations(user, limit=limit, offset=offset)
+
+    async def title(self, user: str, conversation_id: int) -> ConversationRow:
+        """One of ``user``'s conversations, for a confirmation question.
+
+        Raises:
+            ConversationNotFound: no such conversation of this user.
+        """
+        offset = 0
+        while True:
+            rows = await self.store.list_conversations(user, limit=200, offset=offset)
+            for row in rows:
+                if row.id == conversation_id:
+                    return row
+            if len(rows) < 200:
+                raise ConversationNotFound(f"No conversation {conversation_id}.")
+            offset += 200
+
+    async def delete(self, user: str, conversation_id: int) -> bool:
+        """Delete one of ``user``'s conversations; an answer still coming in it stops."""
+        for chat in [c for c in self.chats if c.user == user and c.id == conversation_id]:
+            chat.conversation.stop("stopped: the conversation was deleted")
+            await chat.conversation.wait()
+            await chat.recorder.flush()
+        return await self.store.delete_conversation(user, conversation_id)
+
+    async def export(self, chat: Chat, now: datetime) -> Path:
+        """Write ``chat`` as Markdown to the user's export folder; returns the file."""
+        await chat.recorder.flush()
+        folder = self.export_dir / _safe_name(chat.user)
+        await asyncio.to_thread(_write_export, folder, chat, now)
+        return _export_path(folder, chat, now)
+
+    # ----- shutdown -------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop every answer (marked interrupted), save everything, close the store."""
+        for chat in self.chats:
+            chat.closed = True
+            chat.conversation.stop(SHUTDOWN_NOTE)
+        for chat in list(self.chats):
+            await chat.conversation.aclose()
+            await chat.recorder.aclose()
+        self.chats.clear()
+        for task in list(self._closing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+
+def _safe_name(name: str) -> str:
+    """A folder name for a user: letters, digits, ``._-`` only, never empty or dotted."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:64]
+    return safe or "_"
+
+
+def _export_path(folder: Path, chat: Chat, now: datetime) -> Path:
+    number = chat.id if chat.id is not None else 0
+    return folder / f"conversation-{number}-{now:%Y%m%d-%H%M%S}.md"
+
+
+def _write_export(folder: Path, chat: Chat, now: datetime) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = _export_path(folder, chat, now)
+    path.write_text(to_markdown(chat, now), encoding="utf-8")
+
+
+def to_markdown(chat: Chat, now: datetime) -> str:
+    """A conversation as a Markdown document: each question as a quote, then its answer.
+
+    The text is raw, as stored (a file, not the screen); notes are kept in brackets.
+    """
+    turns = chat.conversation.turns
+    title = " ".join(turns[0].question.split())[:80] if turns else "Empty conversation"
+    head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
+    blocks = [head]
+    for turn in turns:
+        lines = ["> " + line for line in turn.question.splitlines() or [""]]
+        lines += ["", turn.answer.rstrip()]
+        if turn.note:
+            lines += ["", f"*[{turn.note}]*"]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n---\n\n".join(blocks)

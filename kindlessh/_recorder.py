@@ -1,0 +1,139 @@
+"""Keeping one conversation saved in the store while it changes.
+
+Contract:
+- A :class:`Recorder` watches one :class:`Conversation` and mirrors its turns into the
+  :class:`Store`: a new turn is added at once (the stored conversation is created with
+  the first question as its title), a streaming answer is saved at most once per
+  ``interval``, and a finished turn is written with its outcome and usage. A turn that
+  leaves the conversation (``/retry`` replaces the last answer) is deleted.
+- Writes happen in one background task, in order, never on the caller's path: the chat
+  never waits for the disk. :meth:`flush` writes everything now (shutdown, tests).
+- A store error is logged and retried on the next change; it never reaches the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ._conversation import Conversation, Turn
+from ._errors import KindleSSHError
+from ._store import Store
+
+log = logging.getLogger("kindlessh.recorder")
+
+TITLE_CHARS = 80
+
+
+def title_for(question: str) -> str:
+    """A conversation's title: its first question on one line, cut to a list's width."""
+    title = " ".join(question.split())
+    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1] + "…"
+
+
+class Recorder:
+    """Mirrors ``conversation`` into ``store`` for ``user``.
+
+    Args:
+        conversation_id: the stored conversation, when the turns came from the store;
+            None creates one with the first question.
+        saved: turns already stored and finished (loaded from the store), by turn.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        conversation: Conversation,
+        user: str,
+        *,
+        interval: float,
+        conversation_id: int | None = None,
+        saved: dict[Turn, int] | None = None,
+    ) -> None:
+        self.store = store
+        self.conversation = conversation
+        self.user = user
+        self.interval = interval
+        self.conversation_id = conversation_id
+        self._ids: dict[Turn, int] = dict(saved or {})
+        self._finished: set[Turn] = set(self._ids)
+        self._progress: dict[Turn, tuple[int, int]] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._unsubscribe = conversation.subscribe(self._wake.set)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stored_id(self, turn: Turn) -> int | None:
+        """The store's id of ``turn``, once it is saved."""
+        return self._ids.get(turn)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+            if any(turn.active for turn in self.conversation.turns):
+                # Strategy: progress is saved once per interval, not per delta; a
+                # SIGKILL loses at most this much, and the disk is spared 40 writes/s.
+                await asyncio.sleep(self.interval)
+
+    async def flush(self) -> None:
+        """Write every change made so far."""
+        async with self._lock:
+            try:
+                await self._sync()
+            except KindleSSHError as exc:
+                log.warning("saving the conversation failed: %s", exc)
+
+    async def _sync(self) -> None:
+        turns = list(self.conversation.turns)
+        for turn in [t for t in self._ids if t not in turns]:
+            turn_id = self._ids.pop(turn)
+            self._finished.discard(turn)
+            self._progress.pop(turn, None)
+            await self.store.delete_turn(turn_id)
+        for turn in turns:
+            if turn not in self._ids:
+                if self.conversation_id is None:
+                    self.conversation_id = await self.store.new_conversation(
+                        self.user, title_for(turn.question)
+                    )
+                self._ids[turn] = await self.store.add_turn(
+                    self.conversation_id, turn.question, self.conversation.provider.model
+                )
+            turn_id = self._ids[turn]
+            if turn in self._finished:
+                continue
+            if turn.active:
+                size = (len(turn.answer), len(turn.thoughts))
+                if size != self._progress.get(turn, (0, 0)):
+                    await self.store.save_progress(turn_id, turn.answer, turn.thoughts)
+                    self._progress[turn] = size
+                continue
+            usage = turn.usage
+            state = "done" if turn.state == "done" else turn.state
+            assert state in ("done", "stopped", "failed")
+            await self.store.finish_turn(
+                turn_id,
+                answer=turn.answer,
+                thoughts=turn.thoughts,
+                state=state,
+                incomplete=turn.incomplete,
+                note=turn.note,
+                finish_reason=turn.finish_reason or None,
+                input_tokens=usage.prompt_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                thoughts_tokens=usage.thought_tokens if usage else None,
+                duration_ms=round(turn.duration * 1000),
+            )
+            self._finished.add(turn)
+
+    async def aclose(self) -> None:
+        """Write what is left and stop watching."""
+        with contextlib.suppress(ValueError):  # the conversation may have let go first
+            self._unsubscribe()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.flush()

@@ -1,0 +1,198 @@
+"""Real SSH clients against the real server: OpenSSH ``ssh``, Dropbear ``dbclient``, PuTTY
+``plink``, each under a PTY, each with an Ed25519 key in its own key format.
+
+Each one logs in, asks a question and must show the whole streamed answer: at the Kindle's
+54x20 with the default profile (``ssh -t host``) and at 60x30 with ``eink`` on the ssh
+line. Host keys: Ed25519 plus an RSA key offered as rsa-sha2-256/512 only, never SHA-1
+``ssh-rsa``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncssh
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kindlessh import Server
+from kindlessh._cli import describe
+from kindlessh._errors import ConfigError
+from kindlessh._keys import RSA_KEY_BITS, load_or_create_rsa_host_key, rsa_host_key_path
+
+from .conftest import ServerFactory
+from .fake_gemini import FakeGemini, Reply
+from .ptyclient import PtyClient, need_binary
+
+# Streamed in pieces cut inside words, and by the fake server inside "data: ", CRLFs and
+# the UTF-8 of the dash, so the client sees the answer arrive bit by bit.
+ANSWER = (
+    "Kindle panels show sixteen grey levels and refresh slowly.",
+    "So the e-ink screen — unlike a laptop — paints the reply in a few large steps.",
+)
+CHUNKS = ("Kindle panels sh", "ow sixteen grey le", "vels and refresh slowly.\n\n",
+          "So the e-ink screen — unl", "ike a laptop — paints the re", "ply in a few large steps.")
+QUESTION = "How does a Kindle show text?"
+FAST = {"ui": {"eink_interval_ms": 250, "smooth_interval_ms": 20}}
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _authorize(server: Server, public_key_line: str) -> None:
+    """Add a key; the server re-reads authorized_keys at the next login."""
+    with server.ctx.authorized.path.open("a") as fh:
+        fh.write(public_key_line.strip() + "\n")
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def openssh_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
+    ssh = need_binary("ssh", "openssh-client")
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(client_key.export_private_key("openssh"))
+    key.chmod(0o600)
+    return [
+        ssh, "-t", "-p", str(server.port), "-i", str(key),
+        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        "reader@127.0.0.1",
+    ]
+
+
+def dropbear_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
+    dbclient = need_binary("dbclient", "dropbear-bin")
+    dropbearkey = need_binary("dropbearkey", "dropbear-bin")
+    key = tmp_path / "id_dropbear"
+    _run(dropbearkey, "-t", "ed25519", "-f", str(key))
+    public = [ln for ln in _run(dropbearkey, "-y", "-f", str(key)).splitlines()
+              if ln.startswith("ssh-ed25519 ")]
+    _authorize(server, public[0])
+    # -y -y: accept any host key without asking (the test's known_hosts is nowhere).
+    return [dbclient, "-t", "-y", "-y", "-i", str(key), "-p", str(server.port),
+            "reader@127.0.0.1"]
+
+
+def putty_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
+    plink = need_binary("plink", "putty-tools")
+    puttygen = need_binary("puttygen", "putty-tools")
+    key = tmp_path / "key.ppk"
+    _run(puttygen, "-t", "ed25519", "-o", str(key), "--new-passphrase", "/dev/null")
+    _authorize(server, _run(puttygen, "-L", str(key)))
+    return [plink, "-ssh", "-batch", "-t", "-P", str(server.port), "-i", str(key),
+            "-hostkey", server.host_key.fingerprint, "reader@127.0.0.1"]
+
+
+CLIENTS: dict[str, Callable[[Server, asyncssh.SSHKey, Path], list[str]]] = {
+    "openssh": openssh_argv,
+    "dropbear": dropbear_argv,
+    "putty": putty_argv,
+}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(
+    ("command", "cols", "rows"), [("", 54, 20), ("eink", 60, 30)], ids=["54x20", "eink-60x30"]
+)
+async def test_client_asks_and_sees_the_whole_streamed_answer(
+    client: str, command: str, cols: int, rows: int, make_server: ServerFactory,
+    client_key: asyncssh.SSHKey, fake_gemini: FakeGemini, tmp_path: Path,
+) -> None:
+    server = await make_server(**FAST)
+    argv = CLIENTS[client](server, client_key, tmp_path) + ([command] if command else [])
+    fake_gemini.enqueue(Reply.text(CHUNKS, split="awkward"))
+    term = PtyClient(argv, cols=cols, rows=rows)
+    try:
+        await term.wait_for("/help")
+        await term.send(QUESTION.encode() + b"\r")
+        await term.wait_for("large steps.")
+        screen = _words(term.joined())
+        assert f"> {QUESTION}" in screen
+        for paragraph in ANSWER:
+            assert _words(paragraph) in screen, term.text()
+        assert len(fake_gemini.responses) == 1
+        await term.send(b"/quit\r")
+        assert await term.wait_exit() == 0
+        assert b"kindlessh: bye." in term.raw
+    finally:
+        term.close()
+
+
+async def test_dropbear_resize_repaints_at_the_new_size(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    """kterm's keyboard toggle (54x20 -> 54x30) reaches the server as dbclient's
+    window-change, and the status line moves down to the new bottom."""
+    server = await make_server(**FAST)
+    term = PtyClient(dropbear_argv(server, client_key, tmp_path) + ["eink"], cols=54, rows=20)
+    try:
+        await term.wait_until(lambda: "ready" in term.screen.display[18], "the status line")
+        term.resize(54, 30)
+        await term.wait_until(
+            lambda: "ready" in term.screen.display[28], "the status line on row 29 of 30"
+        )
+        assert "Hello reader" in term.screen.display[0]
+    finally:
+        term.close()
+
+
+# ----- host keys ----------------------------------------------------------------------------
+
+
+async def _host_key_seen(server: Server, algorithm: str) -> asyncssh.SSHKey:
+    """The host key a client allowing only ``algorithm`` gets (key exchange, no login)."""
+    key = await asyncssh.get_server_host_key(
+        "127.0.0.1", server.port, server_host_key_algs=[algorithm]
+    )
+    assert key is not None
+    return key
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-sha2-256", "rsa-sha2-512", "ssh-ed25519"])
+async def test_host_key_algorithms_offered(server: Server, algorithm: str) -> None:
+    key = await _host_key_seen(server, algorithm)
+    expected = server.host_key if algorithm == "ssh-ed25519" else server.rsa_host_key
+    assert expected is not None
+    assert key.get_fingerprint() == expected.fingerprint
+
+
+@pytest.mark.parametrize("algorithm", ["ssh-rsa", "ssh-rsa-sha256@ssh.com"])
+async def test_rsa_host_key_never_signs_with_sha1_or_ssh_com(
+    server: Server, algorithm: str
+) -> None:
+    with pytest.raises(asyncssh.KeyExchangeFailed):
+        await _host_key_seen(server, algorithm)
+
+
+def test_rsa_host_key_sits_next_to_the_ed25519_one(tmp_path: Path) -> None:
+    assert rsa_host_key_path(tmp_path / "ssh_host_ed25519_key") == tmp_path / "ssh_host_rsa_key"
+    assert rsa_host_key_path(tmp_path / "host_key") == tmp_path / "host_key_rsa"
+    host_key = tmp_path / "keys" / "ssh_host_ed25519_key"
+    first = load_or_create_rsa_host_key(host_key)
+    assert first.created and first.label == "RSA"
+    assert first.path.stat().st_mode & 0o777 == 0o600
+    pyca = first.key.pyca_key
+    assert isinstance(pyca, rsa.RSAPrivateKey) and pyca.key_size == RSA_KEY_BITS
+    again = load_or_create_rsa_host_key(host_key)
+    assert not again.created and again.fingerprint == first.fingerprint
+    first.path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_or_create_rsa_host_key(host_key)
+    first.path.unlink()
+    first.path.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    first.path.chmod(0o600)
+    with pytest.raises(ConfigError, match="not an RSA key"):
+        load_or_create_rsa_host_key(host_key)
+
+
+async def test_both_fingerprints_are_printed_at_start(server: Server) -> None:
+    text = "\n".join(describe(server))
+    assert server.rsa_host_key is not None
+    assert f"ED25519 {server.host_key.fingerprint}" in text
+    assert f"RSA {server.rsa_host_key.fingerprint}" in text
