@@ -133,7 +133,10 @@ class Recorder:
         """Write what is left and stop watching."""
         with contextlib.suppress(ValueError):  # the conversation may have let go first
             self._unsubscribe()
-        self._task.cancel()
+        async with self._lock:
+            # Never cancel a write half-way: the store would keep a row whose id this
+            # recorder never learnt, and the next flush would write the turn twice.
+            self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self.flush()

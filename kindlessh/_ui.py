@@ -288,7 +288,25 @@ class ChatUI:
             self._shown[turn.id] = (len(turn.answer), len(turn.thoughts))
         self.app_invalidate()
 
+    def _sync_items(self) -> None:
+        """Follow the conversation's turns, whichever screen changed them (a question
+        asked, or an answer replaced by /retry, on another connection of the user)."""
+        turns = self.conversation.turns
+        if [item.turn for item in self.items if item.turn is not None] == turns:
+            return
+        present = set(turns)
+        self.items = [item for item in self.items if item.turn is None or item.turn in present]
+        shown = {item.turn for item in self.items if item.turn is not None}
+        for turn in turns:
+            if turn not in shown:
+                self.items.append(Item(turn=turn))
+        # A new question is where the reader looks next.
+        self._scroll = self._page_back = 0
+        self._pinned = None
+        self.app_invalidate()
+
     def _on_change(self) -> None:
+        self._sync_items()
         turn = self.conversation.current
         if turn is None or not turn.active:
             self.throttle.flush()  # the final state, at once
@@ -378,15 +396,12 @@ class ChatUI:
             self.command(text.strip())
             return
         try:
-            turn = self.conversation.ask(text)
+            self.conversation.ask(text)
         except InputRejected as exc:
             self.say(str(exc), "error")
             return
         self.input.reset(append_to_history=True)
-        self.items.append(Item(turn=turn))
-        self._scroll = self._page_back = 0
-        self._pinned = None
-        self.app_invalidate()
+        self._sync_items()
 
     def command(self, line: str) -> None:
         """Run a slash command."""
@@ -409,17 +424,12 @@ class ChatUI:
         elif name == "/export":
             self._spawn(self._export())
         elif name == "/retry":
-            old = self.conversation.current
             try:
-                turn = self.conversation.retry()
+                self.conversation.retry()
             except InputRejected as exc:
                 self.say(str(exc), "error")
                 return
-            self.items = [item for item in self.items if item.turn is not old]
-            self.items.append(Item(turn=turn))
-            self._scroll = self._page_back = 0
-            self._pinned = None
-            self.app_invalidate()
+            self._sync_items()
         elif name in ("/eink", "/smooth"):
             self.set_profile(name[1:])
         elif name == "/thoughts":
@@ -483,7 +493,8 @@ class ChatUI:
         self._confirm = (number, row.title)
         self.say(
             f'Delete conversation {number}, "{sanitize_inline(row.title, 40)}" '
-            f"({row.turn_count} turns)? Type y and Enter to delete it; anything else keeps it."
+            f"({row.turn_count} turn{'' if row.turn_count == 1 else 's'})? "
+            "Type y and Enter to delete it; anything else keeps it."
         )
 
     async def _delete(self, number: int) -> None:

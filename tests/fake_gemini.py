@@ -277,6 +277,13 @@ class Reply:
     first_byte_delay: float = 0.0
     chunk_delay: float = 0.0
     ending: Ending = "complete"
+    gate: asyncio.Event | None = None  # see gated()
+    gate_after: int = 0
+
+    def gated(self, after: int, gate: asyncio.Event) -> Reply:
+        """This reply, pausing after ``after`` body pieces until ``gate`` is set (an
+        answer that is still coming for exactly as long as a test needs)."""
+        return dataclasses.replace(self, gate=gate, gate_after=after)
 
     @property
     def data(self) -> bytes:
@@ -826,6 +833,8 @@ class FakeGemini:
             if log is not None and reply.first_byte_delay:
                 await asyncio.sleep(reply.first_byte_delay)
             for i, piece in enumerate(pieces):
+                if reply.gate is not None and i == reply.gate_after:
+                    await reply.gate.wait()
                 if i:
                     await asyncio.sleep(reply.chunk_delay)
                 await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)

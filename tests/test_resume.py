@@ -1,0 +1,367 @@
+"""Conversations that survive: dropped connections, restarts, two screens, history."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import asyncssh
+
+from kindlessh import Server
+from kindlessh._store import Store
+
+from .conftest import ServerFactory
+from .fake_gemini import FakeGemini, Reply
+from .sshterm import Terminal
+from .test_cli import _start, _stop
+
+
+def _gated(gate: asyncio.Event) -> Reply:
+    """An answer that stops after its first words until ``gate`` is set."""
+    return Reply.text(["First words arrive. ", "Then the middle. ", "And the end."]).gated(1, gate)
+
+
+async def _settled(server: Server) -> None:
+    """Wait until no chat is in memory, i.e. everything is stored."""
+    for _ in range(250):
+        if not server.ctx.hub.chats:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"chats still in memory: {server.ctx.hub.chats}")
+
+
+async def _connect(server: Server, key: asyncssh.SSHKey, **kw: object) -> Terminal:
+    term = await Terminal.connect(server.port, key, **kw)  # type: ignore[arg-type]
+    await term.wait_for("/help")
+    return term
+
+
+async def test_reconnecting_during_an_answer_shows_it_live(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    gate = asyncio.Event()
+    fake_gemini.enqueue(_gated(gate))
+    first = await _connect(server, client_key)
+    await first.ask("tell me")
+    await first.wait_for("First words arrive.")
+    await first.close()  # the Kindle's Wi-Fi sleeps
+
+    second = await _connect(server, client_key)
+    try:
+        await second.wait_for("answer is still coming")
+        await second.wait_for("First words arrive.")
+        gate.set()
+        await second.wait_for("And the end.")
+        await second.wait_for(lambda t: "ready" in t.text())
+        assert "First words arrive. Then the middle. And the end." in second.joined()
+        assert "[" not in second.joined().split("> tell me")[1]  # no note: it ended well
+        # One upstream answer, never cut off or asked twice.
+        assert len(fake_gemini.requests) == 1
+        assert fake_gemini.responses[0].completed
+        assert not fake_gemini.responses[0].client_closed.is_set()
+    finally:
+        await second.close()
+
+
+async def test_reconnecting_after_the_answer_shows_it_whole(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    gate = asyncio.Event()
+    fake_gemini.enqueue(_gated(gate))
+    first = await _connect(server, client_key)
+    await first.ask("tell me")
+    await first.wait_for("First words arrive.")
+    await first.close()
+    gate.set()
+    await asyncio.wait_for(fake_gemini.responses[0].finished.wait(), 5)
+    await _settled(server)
+
+    second = await _connect(server, client_key)
+    try:
+        await second.wait_for("And the end.")
+        text = second.joined()
+        assert "Conversation 1 reopened" in text
+        assert "> tell me" in text
+        assert "answer is still coming" not in text
+        # The conversation goes on with its history.
+        fake_gemini.enqueue(Reply.text(["Sure."]))
+        await second.ask("and then?")
+        await second.wait_for("Sure.")
+        contents = fake_gemini.requests[1].json["contents"]
+        assert contents[0]["parts"][0]["text"] == "tell me"
+        assert contents[1]["parts"][0]["text"] == (
+            "First words arrive. Then the middle. And the end."
+        )
+    finally:
+        await second.close()
+
+
+async def test_without_finish_on_disconnect_the_answer_stops_and_is_kept(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(chat={"finish_on_disconnect": False})
+    gate = asyncio.Event()
+    fake_gemini.enqueue(_gated(gate))
+    first = await _connect(server, client_key)
+    await first.ask("tell me")
+    await first.wait_for("First words arrive.")
+    await first.close()
+    await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2)
+    await _settled(server)
+    second = await _connect(server, client_key)
+    try:
+        await second.wait_for("[stopped: the connection closed; the text above is what")
+        assert "First words arrive." in second.joined()
+    finally:
+        await second.close()
+
+
+async def test_two_screens_of_one_user_watch_the_same_answer(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    gate = asyncio.Event()
+    fake_gemini.enqueue(_gated(gate))
+    laptop = await _connect(server, client_key, cols=80, rows=24)
+    kindle = None
+    try:
+        await laptop.ask("tell me")
+        await laptop.wait_for("First words arrive.")
+        kindle = await _connect(server, client_key, command="eink")
+        await kindle.wait_for("First words arrive.")
+        gate.set()
+        for term in (laptop, kindle):
+            await term.wait_for("And the end.")
+        # Either screen may ask the next question; both see it.
+        fake_gemini.enqueue(Reply.text(["Answer two."]))
+        await kindle.ask("second question")
+        await laptop.wait_for("Answer two.")
+        await laptop.wait_for("> second question")
+    finally:
+        await laptop.close()
+        if kindle is not None:
+            await kindle.close()
+
+
+async def test_restart_between_turns_keeps_the_conversation(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server()
+    fake_gemini.enqueue(Reply.text(["Paris is the capital."]))
+    term = await _connect(server, client_key)
+    await term.ask("capital of France?")
+    await term.wait_for("Paris is the capital.")
+    await term.close()
+    await server.close()
+
+    server = await make_server()
+    term = await _connect(server, client_key)
+    try:
+        await term.wait_for("Paris is the capital.")
+        fake_gemini.enqueue(Reply.text(["About 2 million."]))
+        await term.ask("population?")
+        await term.wait_for("About 2 million.")
+        assert [c["parts"][0]["text"] for c in fake_gemini.requests[1].json["contents"]] == [
+            "capital of France?",
+            "Paris is the capital.",
+            "population?",
+        ]
+    finally:
+        await term.close()
+
+
+async def test_stopping_the_server_mid_answer_keeps_the_text_marked(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server()
+    fake_gemini.enqueue(_gated(asyncio.Event()))
+    term = await _connect(server, client_key)
+    await term.ask("tell me")
+    await term.wait_for("First words arrive.")
+    await server.close()
+    await term.wait_closed()
+    assert "shutting down" in term.raw_text()
+
+    server = await make_server()
+    term = await _connect(server, client_key)
+    try:
+        await term.wait_for("[interrupted: the server stopped; the text above is what")
+        assert "First words arrive." in term.joined()
+    finally:
+        await term.close()
+    store = server.ctx.hub.store
+    (turn,) = await store.load_turns("reader", 1)
+    assert turn.incomplete and turn.state == "stopped"
+    assert turn.answer == "First words arrive. "
+
+
+async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
+    tmp_path: Path, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    """The real command: SIGTERM ends sessions with a goodbye within 5 s and the
+    partial answer is in the database, marked incomplete."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
+    config = tmp_path / "kindlessh.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
+    )
+    fake_gemini.enqueue(_gated(asyncio.Event()))
+    proc, lines = await _start(
+        tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
+    )
+    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines)).group(1))  # type: ignore[union-attr]
+    try:
+        term = await _connect_port(port, client_key)
+        await term.ask("tell me")
+        await term.wait_for("First words arrive.")
+    finally:
+        code = await _stop(proc)
+    await term.wait_closed()
+    assert code == 0
+    assert "the server is shutting down" in term.raw_text()
+    store = await Store.open(tmp_path / "data" / "kindlessh.sqlite3")
+    try:
+        (turn,) = await store.load_turns("reader", 1)
+    finally:
+        await store.close()
+    assert turn.answer == "First words arrive. "
+    assert turn.incomplete and turn.note and "the server stopped" in turn.note
+
+
+async def _connect_port(port: int, key: asyncssh.SSHKey) -> Terminal:
+    term = await Terminal.connect(port, key)
+    await term.wait_for("/help")
+    return term
+
+
+async def test_users_see_only_their_own_conversations(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.enqueue(Reply.text(["Alice's answer."]))
+    alice = await _connect(server, client_key, username="alice")
+    await alice.ask("alice's secret question")
+    await alice.wait_for("Alice's answer.")
+    await alice.close()
+    await _settled(server)
+
+    bob = await _connect(server, client_key, username="bob")
+    try:
+        assert "secret" not in bob.joined()
+        await bob.send("/history\r")
+        await bob.wait_for("No conversations yet.")
+        await bob.send("/open 1\r")
+        await bob.wait_for("No conversation 1.")
+        await bob.send("/delete 1\r")
+        await bob.wait_for("No conversation 1.")
+        assert "secret" not in bob.joined()
+    finally:
+        await bob.close()
+    assert len(await server.ctx.hub.store.load_turns("alice", 1)) == 1
+
+
+async def test_history_open_delete_and_export(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    term = await _connect(server, client_key, cols=54, rows=20)
+    try:
+        fake_gemini.enqueue(Reply.text(["Blue."]))
+        await term.ask("colour of the sky?")
+        await term.wait_for("Blue.")
+        await term.send("/new\r")
+        await term.wait_for("New conversation.")
+        fake_gemini.enqueue(Reply.text(["Four."]))
+        await term.ask("two plus two?")
+        await term.wait_for("Four.")
+
+        await term.send("/history\r")
+        await term.wait_for("Your conversations")
+        rows = [r for r in term.screen.display if re.match(r"[ *]\s*\d+ \w{3} \d\d", r[2:])]
+        assert len(rows) == 2, term.text()
+        assert "two plus two? (1)" in rows[0] and rows[0][2] == "*"  # newest first, shown
+        assert "colour of the sky? (1)" in rows[1]
+
+        await term.send("/open 1\r")
+        await term.wait_for("Conversation 1 reopened")
+        await term.wait_for("Blue.")
+        assert "Four." not in term.text()
+        fake_gemini.enqueue(Reply.text(["Because of Rayleigh scattering."]))
+        await term.ask("why?")
+        await term.wait_for("Rayleigh")
+        assert len(fake_gemini.requests[2].json["contents"]) == 3  # its own history only
+
+        await term.send("/export\r")
+        await term.wait_for("Saved as Markdown")
+        exported = list((tmp_path / "data" / "exports" / "reader").glob("*.md"))
+        assert len(exported) == 1
+        assert exported[0].name in "".join(row.strip() for row in term.screen.display)
+        doc = exported[0].read_text()
+        assert "> colour of the sky?" in doc and "Blue." in doc and "Rayleigh" in doc
+
+        await term.send("/delete 1\r")
+        await term.wait_for("Delete conversation 1,")
+        await term.send("n\r")
+        await term.wait_for("Conversation 1 was not deleted.")
+        await term.send("/delete 2\r")
+        await term.wait_for("Delete conversation 2,")
+        await term.send("y\r")
+        await term.wait_for("Conversation 2 deleted.")
+        rows = await server.ctx.hub.store.list_conversations("reader")
+        assert [r.id for r in rows] == [1]
+    finally:
+        await term.close()
+
+
+async def test_deleting_the_conversation_on_screen_starts_a_new_one(
+    term: Terminal, fake_gemini: FakeGemini, server: Server
+) -> None:
+    fake_gemini.enqueue(Reply.text(["Gone soon."]))
+    await term.ask("temporary")
+    await term.wait_for("Gone soon.")
+    await term.send("/delete 1\r")
+    await term.wait_for("Type y and Enter")
+    await term.send("yes\r")
+    await term.wait_for("Conversation 1 deleted.")
+    assert "Gone soon." not in term.text()
+    assert await server.ctx.hub.store.list_conversations("reader") == []
+
+
+async def test_retry_replaces_the_stored_answer(
+    term: Terminal, fake_gemini: FakeGemini, server: Server
+) -> None:
+    fake_gemini.enqueue(Reply.text(["Draft."]), Reply.text(["Better."]))
+    await term.ask("write")
+    await term.wait_for("Draft.")
+    await term.send("/retry\r")
+    await term.wait_for("Better.")
+    await term.wait_for(lambda t: "ready" in t.text())
+    await term.send("/history\r")
+    await term.wait_for("write (1)")
+    (turn,) = await server.ctx.hub.store.load_turns("reader", 1)
+    assert turn.answer == "Better."
+
+
+async def test_hostile_history_is_sanitised_when_replayed(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    hostile = "Copy \x1b]52;c;cm0gLXJmIH4=\x07 and \x9b2J title \x1b]0;pwned\x07 done."
+    (tmp_path / "data").mkdir()
+    store = await Store.open(tmp_path / "data" / "kindlessh.sqlite3")
+    conversation = await store.new_conversation("reader", "evil \x1b[2J title")
+    turn = await store.add_turn(conversation, "q \x1b]52;c;eA==\x07", "gemini-2.5-flash")
+    await store.finish_turn(turn, answer=hostile, thoughts="", state="done", incomplete=False)
+    await store.close()
+
+    server = await make_server()
+    term = await _connect(server, client_key)
+    try:
+        await term.wait_for("done.")
+        await term.send("/history\r")
+        await term.wait_for("Your conversations")
+        raw = term.raw_text()
+        for bad in ("\x1b]52", "\x1b]0;", "\x9b", "\x07", "\x1b[2J title"):
+            assert bad not in raw, repr(bad)
+        assert "^[]52;c;cm0gLXJmIH4=^G" in term.joined()
+    finally:
+        await term.close()
+
