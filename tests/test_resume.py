@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 
 import asyncssh
@@ -365,3 +366,48 @@ async def test_hostile_history_is_sanitised_when_replayed(
     finally:
         await term.close()
 
+
+
+async def test_sigkill_loses_at_most_the_last_commit_interval(
+    tmp_path: Path, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    """Progress is committed while the answer streams: after a SIGKILL the database
+    holds the text that arrived, and the next start marks the turn interrupted."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
+    config = tmp_path / "kindlessh.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
+        "[storage]\ncommit_interval_ms = 50\n"
+    )
+    fake_gemini.enqueue(_gated(asyncio.Event()))
+    proc, lines = await _start(
+        tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
+    )
+    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines)).group(1))  # type: ignore[union-attr]
+    database = tmp_path / "data" / "kindlessh.sqlite3"
+    try:
+        term = await _connect_port(port, client_key)
+        await term.ask("tell me")
+        await term.wait_for("First words arrive.")
+        # Read the live database from outside (WAL allows a reader beside the writer).
+        for _ in range(250):
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                row = db.execute("SELECT answer, state FROM turns").fetchone()
+            if row == ("First words arrive. ", "streaming"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the streaming answer was never committed: {row}")
+    finally:
+        proc.kill()
+        await proc.wait()
+    await term.wait_closed()
+    store = await Store.open(database)
+    try:
+        assert await store.recover_interrupted() == 1
+        (turn,) = await store.load_turns("reader", 1)
+    finally:
+        await store.close()
+    assert turn.answer == "First words arrive. "
+    assert turn.incomplete and turn.state == "stopped"
