@@ -216,3 +216,38 @@ async def test_a_very_large_terminal_works(
         assert "ready" in term.screen.display[98]
     finally:
         await term.close()
+
+
+@pytest.mark.parametrize(("profile", "interval_ms"), [("eink", 250), ("smooth", 100)])
+async def test_writes_while_streaming_follow_the_profile_interval(
+    make_server: ServerFactory,
+    client_key: asyncssh.SSHKey,
+    fake_gemini: FakeGemini,
+    profile: str,
+    interval_ms: int,
+) -> None:
+    """Channel writes, not only commits: 40 chunks at 40/s arrive; the client gets at
+    most one write per interval while they stream, plus the question's own repaint,
+    the leading edge and the final state."""
+    server = await make_server(ui={f"{profile}_interval_ms": interval_ms})
+    words = [f"w{i:02d} " for i in range(40)]
+    fake_gemini.enqueue(Reply.text(words, chunk_delay=0.025))
+    term = await Terminal.connect(server.port, client_key, command=profile, cols=80, rows=30)
+    try:
+        await term.wait_for("/help")
+        await term.send("count")
+        await term.wait_for("> count")
+        session = _session(server)
+        before = session.output.writes
+        await term.send("\r")
+        await term.wait_for("w39")
+        await term.wait_for(lambda t: "ready" in t.text())
+        writes = session.output.writes - before
+        turn = session.ui.conversation.current
+        allowed = turn.duration / (interval_ms / 1000) + 3
+        assert writes <= allowed, (writes, allowed, turn.duration)
+        assert writes < len(words) / 2  # far fewer than one per chunk
+        assert term.packets == session.output.writes
+        assert "".join(words).strip() in term.joined()
+    finally:
+        await term.close()

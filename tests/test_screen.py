@@ -243,9 +243,10 @@ async def test_second_session_on_one_connection_is_refused(
 async def test_hostile_sequences_split_at_every_byte_never_reach_the_channel(
     term: Terminal, fake_gemini: FakeGemini
 ) -> None:
-    # One piece per character: every payload is split at every boundary on the way in.
+    # One event per character, and the HTTP body one byte per chunk: every payload is
+    # split at every boundary on the way in, UTF-8 sequences (C1 controls) included.
     text = "".join(HOSTILE) + " end-of-hostile."
-    fake_gemini.enqueue(Reply.text(list(text)))
+    fake_gemini.enqueue(Reply.text(list(text), split="bytes"))
     await term.ask("again, one byte at a time")
     await term.wait_for("end-of-hostile.")
     await term.wait_for(lambda t: "ready" in t.text())
