@@ -9,6 +9,7 @@ line. Host keys: Ed25519 plus an RSA key offered as rsa-sha2-256/512 only, never
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,70 @@ async def test_client_asks_and_sees_the_whole_streamed_answer(
         await term.send(b"/quit\r")
         assert await term.wait_exit() == 0
         assert b"kindlessh: bye." in term.raw
+    finally:
+        term.close()
+
+
+def _session(server: Server):  # type: ignore[no-untyped-def]
+    (session,) = server.ctx.sessions
+    return session
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
+    client: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,
+    fake_gemini: FakeGemini, tmp_path: Path,
+) -> None:
+    """kterm's keyboard toggle while an e-ink answer streams: 54x20 -> 54x30 -> 54x20.
+    Each resize is one write; the whole answer ends up on the screen exactly once."""
+    server = await make_server(**FAST)
+    gate = asyncio.Event()
+    lines = [f"Line {i:02d} of the answer.\n" for i in range(12)]
+    fake_gemini.enqueue(Reply.text(lines).gated(6, gate))
+    term = PtyClient(CLIENTS[client](server, client_key, tmp_path) + ["eink"], cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        await term.send(b"lines\r")
+        await term.wait_for("Line 05")
+        session = _session(server)
+        for cols, rows in ((54, 30), (54, 20)):
+            before = session.output.writes
+            term.resize(cols, rows)
+            await term.wait_until(
+                lambda r=rows: "answering" in term.screen.display[r - 2], f"status on {rows - 1}"
+            )
+            await asyncio.sleep(0.3)  # any second repaint would have come by now
+            assert session.output.writes - before == 1, (cols, rows)
+        gate.set()
+        await term.wait_for("Line 11")
+        await term.wait_until(lambda: "ready" in term.screen.display[18], "ready")
+        text = term.text()
+        for i in range(12):
+            assert text.count(f"Line {i:02d} of the answer.") == 1, text
+        assert all(len(row.rstrip()) <= 54 for row in term.screen.display)
+    finally:
+        term.close()
+
+
+@pytest.mark.parametrize(("cols", "rows"), [(66, 20), (54, 30)], ids=["touch-66x20", "54x30"])
+async def test_kindle_screen_sizes_read_well(
+    cols: int, rows: int, make_server: ServerFactory, client_key: asyncssh.SSHKey,
+    fake_gemini: FakeGemini, tmp_path: Path,
+) -> None:
+    """The Kindle Touch (66x20) and a Paperwhite with its keyboard down (54x30)."""
+    server = await make_server(**FAST)
+    fake_gemini.enqueue(Reply.text(CHUNKS, split="awkward"))
+    term = PtyClient(dropbear_argv(server, client_key, tmp_path) + ["eink"], cols=cols, rows=rows)
+    try:
+        await term.wait_for("/help")
+        await term.send(QUESTION.encode() + b"\r")
+        await term.wait_for("large steps.")
+        await term.wait_until(lambda: "ready" in term.screen.display[rows - 2], "ready")
+        screen = _words(term.joined())
+        for paragraph in ANSWER:
+            assert _words(paragraph) in screen
+        assert all(len(row.rstrip()) <= cols for row in term.screen.display)
+        assert term.screen.display[rows - 1].startswith(">")  # the input line at the bottom
     finally:
         term.close()
 
