@@ -1,7 +1,17 @@
-"""Command line: ``kindlessh serve [--config FILE] [--host H] [--port N]``.
+"""Command line: ``kindlessh serve`` and ``kindlessh user add|list|remove|set``.
+
+```
+kindlessh serve [--config FILE] [--host H] [--port N] [-v]
+kindlessh user add NAME --key FILE|- [--profile eink|smooth] [--config FILE]
+kindlessh user list [--config FILE]
+kindlessh user remove NAME [--config FILE]
+kindlessh user set NAME --profile eink|smooth [--config FILE]
+```
 
 Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config, unusable
-host key, port in use) print one line to stderr and return 2; no traceback.
+host key, port in use) print one line to stderr and return 2; a user command that cannot
+be done prints one line and returns 1; no traceback. User commands change the files
+under ``[server] users_dir``; a running server picks the change up at the next login.
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ from pathlib import Path
 
 from . import __version__
 from ._config import Config, load_config
-from ._errors import ConfigError
+from ._errors import ConfigError, UserError
+from ._keys import AuthorizedKeys
 from ._server import Server, start_server
+from ._users import PROFILES, Users, check_name, parse_keys
 
 log = logging.getLogger("kindlessh")
 
@@ -50,9 +62,13 @@ def describe(server: Server) -> list[str]:
     lines.append(f"Connect:  {_connect_command(config, server.port)}")
     auth = server.ctx.authorized
     count = auth.count()
+    users = server.ctx.users.names()
+    if users:
+        shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+        lines.append(f"Users: {len(users)} in {server.ctx.users.root} ({shown})")
     if count:
         lines.append(f"Authorized keys: {count} in {auth.path}")
-    else:
+    elif not users:
         lines += [
             "No keys are authorized yet, so nobody can log in. "
             f"Add your public key to {auth.path}:",
@@ -87,8 +103,54 @@ async def _serve(config: Config) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def _read_key_text(source: str) -> tuple[str, str]:
+    """The text of ``--key``: a file, or standard input for ``-``."""
+    if source == "-":
+        return sys.stdin.read(), "standard input"
+    try:
+        return Path(source).read_text(encoding="utf-8"), source
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UserError(f"--key {source}: cannot read it ({reason})") from None
+
+
+def _user_command(args: argparse.Namespace, config: Config) -> int:
+    users = Users(config.server.users_dir)
+    if args.action != "list":
+        check_name(args.name)  # before reading a key, so a bad name is the one complaint
+    if args.action == "add":
+        text, where = _read_key_text(args.key)
+        entries = parse_keys(text, where)
+        added = users.add(args.name, entries, args.profile)
+        for entry in added:
+            _out(f"{args.name}: added {entry.fingerprint} {entry.comment}".rstrip())
+        if len(added) < len(entries):
+            _out(f"{args.name}: {len(entries) - len(added)} key(s) already there, skipped")
+        _out(f"{args.name} can log in now as: ssh -t {args.name}@<this server> "
+             "(no restart needed)")
+    elif args.action == "list":
+        names = users.names()
+        for name in names:
+            info = users.info(name)
+            others = f", {info.other_lines} line(s) not understood" if info.other_lines else ""
+            _out(f"{name}: {len(info.keys)} key(s), profile {info.profile}{others}")
+            for entry in info.keys:
+                _out(f"  {entry.fingerprint} {entry.comment}".rstrip())
+        if not names:
+            _out(f"No users in {users.root}.")
+        shared = AuthorizedKeys(config.server.authorized_keys).count()
+        _out(f"{shared} key(s) in {config.server.authorized_keys} may log in as any "
+             "other name.")
+    elif args.action == "remove":
+        info = users.remove(args.name)
+        _out(f"{args.name}: removed, with {len(info.keys)} key(s)")
+    else:
+        count = users.set_profile(args.name, args.profile)
+        _out(f"{args.name}: profile {args.profile} on {count} key(s)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kindlessh", description="An SSH server that chats with Google Gemini."
     )
@@ -99,7 +161,37 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
-    args = parser.parse_args(argv)
+
+    user = sub.add_parser("user", help="add, list or remove users and their keys")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="give a user a public key (creates the user)")
+    add.add_argument("name", help="user name: the SSH login name")
+    add.add_argument("--key", required=True, metavar="FILE",
+                     help="public key file (OpenSSH format, options allowed), - for stdin")
+    add.add_argument("--profile", choices=PROFILES, help="screen profile for these keys")
+    actions.add_parser("list", help="users, their keys and profiles")
+    remove = actions.add_parser("remove", help="delete a user and their keys")
+    remove.add_argument("name")
+    setp = actions.add_parser("set", help="change a user's screen profile")
+    setp.add_argument("name")
+    setp.add_argument("--profile", choices=PROFILES, required=True)
+    for p in (add, remove, setp, actions.choices["list"]):
+        p.add_argument("--config", type=Path, help="TOML config file (default: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "user":
+        try:
+            return _user_command(args, load_config(args.config))
+        except ConfigError as exc:
+            sys.stderr.write(f"kindlessh: {exc}\n")
+            return 2
+        except UserError as exc:
+            sys.stderr.write(f"kindlessh: {exc}\n")
+            return 1
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

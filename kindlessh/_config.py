@@ -21,6 +21,7 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,27 @@ DEFAULT_SYSTEM_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """``[server]``: where to listen and which keys may log in."""
+    """``[server]``: where to listen, who may log in, and the limits on connections."""
 
     host: str = "0.0.0.0"
     port: int = 2222
     host_key: Path = Path("keys/ssh_host_ed25519_key")
     authorized_keys: Path = Path("keys/authorized_keys")
-    login_timeout: float = 60.0
+    users_dir: Path = Path("keys/users")
+    login_timeout: float = 30.0
+    max_auth_tries: int = 4
+    max_startups: int = 10
+    max_startups_rate: int = 30
+    max_startups_full: int = 60
+    max_startups_per_source: int = 3
+    penalty_authfail: float = 5.0
+    penalty_noauth: float = 1.0
+    penalty_grace: float = 10.0
+    penalty_min: float = 15.0
+    penalty_max: float = 600.0
+    penalty_exempt: str = ""
+    max_sessions: int = 100
+    max_sessions_per_user: int = 5
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
@@ -106,10 +121,43 @@ class Config:
     source: Path | None = None
 
 
+def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
+    """``"10.0.0.0/8, ::1"`` as networks (a bare address is a /32 or /128).
+
+    Raises:
+        ValueError: an item is not an address or network.
+    """
+    return [ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()]
+
+
+def _networks_ok(text: str) -> bool:
+    try:
+        parse_networks(text)
+    except ValueError:
+        return False
+    return True
+
+
 # Per-key checks beyond the type: (predicate, description of the valid range).
 _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("server", "port"): (lambda v: 0 <= v <= 65535, "a port number from 0 to 65535"),
     ("server", "login_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("server", "max_auth_tries"): (lambda v: 1 <= v <= 100, "a count from 1 to 100"),
+    ("server", "max_startups"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_startups_rate"): (lambda v: 0 <= v <= 100, "a percentage from 0 to 100"),
+    ("server", "max_startups_full"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_startups_per_source"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "penalty_authfail"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("server", "penalty_noauth"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("server", "penalty_grace"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("server", "penalty_min"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("server", "penalty_max"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("server", "penalty_exempt"): (
+        lambda v: _networks_ok(v),
+        'addresses or networks separated by commas, such as "192.168.1.0/24, ::1"',
+    ),
+    ("server", "max_sessions"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_sessions_per_user"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),
@@ -249,6 +297,16 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
         name: _section(name, sections.get(name, {}), cls, origin, base)
         for name, cls in _SECTIONS.items()
     }
+    srv = built["server"]
+    for low, high in (
+        ("max_startups", "max_startups_full"),
+        ("penalty_min", "penalty_max"),
+    ):
+        if getattr(srv, low) > getattr(srv, high):
+            raise ConfigError(
+                f"{origin}: [server] {low} ({getattr(srv, low)}) is above {high} "
+                f"({getattr(srv, high)}); expected at most {high}"
+            )
     key = env.get("GEMINI_API_KEY", "").strip()
     if key:
         built["gemini"] = dataclasses.replace(built["gemini"], api_key=key)

@@ -6,6 +6,7 @@ one line in the chat transcript or printed once at start-up, never as a tracebac
 ```
 KindleSSHError
   ConfigError                 bad or unreadable configuration (start-up)
+  UserError                   a ``kindlessh user`` command cannot be done (bad name, key)
   UpstreamError               anything that went wrong talking to the model API
     ApiKeyMissing             no API key configured
     ApiKeyInvalid             the API rejected the key (400 API_KEY_INVALID, 403)
@@ -33,6 +34,10 @@ class KindleSSHError(Exception):
 
 class ConfigError(KindleSSHError):
     """The configuration cannot be used; the message names the file, key and problem."""
+
+
+class UserError(KindleSSHError):
+    """A user command cannot be done; the message names the user or key and the fix."""
 
 
 class UpstreamError(KindleSSHError):

@@ -9,7 +9,8 @@ Contract:
   to it (:func:`rsa_host_key_path`), for clients without Ed25519; a key there that is not
   RSA is refused. :attr:`HostKey.keypair` signs with rsa-sha2-256/512 only, never ssh-rsa.
 - :class:`AuthorizedKeys` reads an OpenSSH ``authorized_keys`` file and re-reads it when
-  it changes, so a key added while the server runs works on the next login.
+  it changes, so a key added while the server runs works on the next login; a strict
+  one (a per-user file) is ignored while group or others may write it.
 """
 
 from __future__ import annotations
@@ -133,13 +134,16 @@ class AuthorizedKeys:
 
     ``get()`` returns the parsed keys, or None when the file is missing or holds no key.
     A file that fails to parse keeps the last good keys and records the problem in
-    ``error`` (the server must not lock everyone out because of one bad edit).
+    ``error`` (the server must not lock everyone out because of one bad edit). With
+    ``strict``, a file that group or others may write is not trusted at all (OpenSSH
+    StrictModes): ``get()`` is None and ``error`` says how to fix it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, strict: bool = False) -> None:
         self.path = path
+        self.strict = strict
         self.error: str | None = None
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._keys: asyncssh.SSHAuthorizedKeys | None = None
         self._count = 0
 
@@ -149,10 +153,19 @@ class AuthorizedKeys:
         except OSError:
             self._stamp, self._keys, self._count = None, None, 0
             return
-        stamp = (st.st_mtime, st.st_size)
+        # The inode catches an atomic replace; the mode catches a chmod.
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
         if stamp == self._stamp:
             return
         self._stamp = stamp
+        if self.strict and st.st_mode & 0o022:
+            mode = stat.S_IMODE(st.st_mode)
+            self.error = (
+                f"{self.path}: other users may change it (mode {mode:04o}), so its keys "
+                f"are ignored; run: chmod 600 {self.path}"
+            )
+            self._keys, self._count = None, 0
+            return
         try:
             text = self.path.read_text(encoding="utf-8")
             lines = [ln for ln in text.splitlines() if ln.strip() and ln.lstrip()[0] != "#"]

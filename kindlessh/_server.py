@@ -6,11 +6,19 @@ Contract:
   closes the upstream client.
 - Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
-- Public-key authentication only, against ``[server] authorized_keys`` (re-read when it
-  changes); any key there may log in and the SSH username names the account. With no
-  keys configured the server still runs, refuses everyone, and its auth banner says how
-  the owner adds a key.
-- One session per connection; no forwarding, agent, X11, SFTP or SCP.
+- Public-key authentication only. A user name with a file under ``[server] users_dir``
+  logs in with that file's keys alone; any other name with a key from ``[server]
+  authorized_keys``, the SSH username naming the account. Both are re-read when they
+  change. With no keys at all the server still runs, refuses everyone, and its auth
+  banner says how the owner adds a key. A user name with unprintable characters is
+  refused (asyncssh already refuses control characters and names of 1 KiB or more);
+  logs and screens show at most 32 characters of any name, sanitised.
+- Connection policy (:mod:`._guard`): a connection refused by the startup limits or a
+  penalty is dropped before the SSH banner; one not logged in after ``login_timeout``
+  is cut; the ``max_auth_tries``-th failed login ends the connection.
+- One session per connection, counted against ``max_sessions`` and
+  ``max_sessions_per_user``; over a cap the session is a one-line "server full" notice.
+  No forwarding, agent, X11, SFTP or SCP.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ._channel import ChatSession
 from ._config import Config
 from ._conversation import Conversation, GenerationSettings
 from ._gemini import GeminiProvider
+from ._guard import Guard
 from ._hub import Hub
 from ._keys import (
     AuthorizedKeys,
@@ -38,9 +47,11 @@ from ._keys import (
     load_or_create_rsa_host_key,
 )
 from ._provider import Provider
+from ._refused import RefusedSession
 from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
 from ._store import Store
+from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
 
@@ -49,6 +60,16 @@ NO_KEYS_BANNER = (
     "(one line from ~/.ssh/id_ed25519.pub) to the authorized_keys file named in its "
     "config; no restart is needed.\r\n"
 )
+MAX_USERNAME = 32  # characters of a user name shown in logs and on screen
+
+
+def acceptable_username(name: str) -> bool:
+    """A user name we accept: not empty, and printable (no escapes, no bidi marks).
+
+    Strategy: longer names are accepted and cut for display, as before; the account is
+    the sanitised name, which can never equal a ``users_dir`` name unless it is one.
+    """
+    return bool(name) and name.isprintable()
 
 
 def kex_algorithms() -> list[str]:
@@ -88,35 +109,126 @@ class ServerContext:
     generation: GenerationSettings
     retry: RetryPolicy
     hub: Hub
+    users: Users
+    guard: Guard
     sessions: set[ChatSession] = field(default_factory=set)
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
 
 
 class KindleSSHServer(asyncssh.SSHServer):
-    """Per-connection policy: authentication and the one session."""
+    """Per-connection policy: admission, authentication and the one session."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._addr = "?"
+        self._let_in = False
+        self._logged_in = False
+        self._timed_out = False
+        self._replies = 0  # userauth failure replies sent
+        self._bad_name = False
+        self._login_timer: asyncio.TimerHandle | None = None
         self._sessions = 0
+        self._session_user: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self.ctx.connections.add(conn)
         peer = conn.get_extra_info("peername")
-        log.info("connection from %s", peer[0] if peer else "?")
+        self._addr = str(peer[0]) if peer else "?"
+        refusal = self.ctx.guard.admit(self._addr)
+        if refusal is not None:
+            log.debug("dropped a connection from %s: %s", self._addr, refusal)
+            # Before the banner: a refused connection costs no key exchange.
+            conn.abort()
+            return
+        self._let_in = True
+        self.ctx.connections.add(conn)
+        log.info("connection from %s", self._addr)
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.ctx.config.server.login_timeout, self._login_expired
+        )
+        self._count_failures(conn)
+
+    def _count_failures(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Cut the connection at the ``max_auth_tries``-th failed login.
+
+        Strategy: asyncssh has no hook for a failed attempt (a refused method never
+        reaches this class), but every failure, whatever the method, is answered by
+        ``send_userauth_failure``; wrapping it on this connection counts them all. The
+        first answer is free: clients open with a ``none`` request to learn the methods
+        (OpenSSH does not count it either).
+        """
+        limit = self.ctx.config.server.max_auth_tries
+        reply = conn.send_userauth_failure
+
+        def counted(partial_success: bool) -> None:
+            self._replies += 1
+            if self._replies - 1 >= limit:
+                log.info("%s: %d failed logins; disconnecting", self._addr, limit)
+                conn.disconnect(
+                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                    "Too many authentication failures",
+                )
+                return
+            reply(partial_success)
+
+        # setattr: mypy refuses an assignment to a method, even on an instance.
+        setattr(conn, "send_userauth_failure", counted)  # noqa: B010
+
+    def _login_expired(self) -> None:
+        self._login_timer = None
+        self._timed_out = True
+        timeout = self.ctx.config.server.login_timeout
+        log.info("%s: not logged in within %g s; disconnecting", self._addr, timeout)
+        if self._conn is not None:
+            self._conn.disconnect(
+                asyncssh.DISC_CONNECTION_LOST, "Timeout before authentication"
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if not self._let_in:
+            return
+        self._let_in = False
         if self._conn is not None:
             self.ctx.connections.discard(self._conn)
+        if self._session_user is not None:
+            self.ctx.guard.close_session(self._session_user)
+            self._session_user = None
+        failed = max(0, self._replies - 1) + self._bad_name
+        self.ctx.guard.closed(
+            self._addr, logged_in=self._logged_in, failed=failed, timed_out=self._timed_out
+        )
 
     def begin_auth(self, username: str) -> bool:
-        assert self._conn is not None
-        keys = self.ctx.authorized.get()
-        if keys is None:
-            self._conn.send_auth_banner(NO_KEYS_BANNER)
+        conn = self._conn
+        assert conn is not None
+        if not acceptable_username(username):
+            # Shown only by its length: the name itself may be an escape sequence.
+            self._bad_name = True
+            conn.set_authorized_keys(None)
+            log.info(
+                "%s: refused a user name of %d characters that are not all printable",
+                self._addr, len(username),
+            )
+            conn.disconnect(
+                asyncssh.DISC_ILLEGAL_USER_NAME, "kindlessh: a user name must be printable"
+            )
+            return True
+        user_keys = self.ctx.users.authorized(username)
+        if user_keys is not None:
+            # The name is a user's: only that user's keys may log in as it.
+            keys = user_keys.get()
+            if keys is None and user_keys.error:
+                log.warning("%s", user_keys.error)
         else:
-            self._conn.set_authorized_keys(keys)
+            keys = self.ctx.authorized.get()
+            if keys is None and not self.ctx.users.names():
+                conn.send_auth_banner(NO_KEYS_BANNER)
+        # Always set, even to None: keys chosen for an earlier name must not carry over.
+        conn.set_authorized_keys(keys)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -130,15 +242,27 @@ class KindleSSHServer(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self._conn is not None
-        user = sanitize_inline(str(self._conn.get_extra_info("username")), 32)
-        log.info("%s logged in", user)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self._logged_in = True
+        self.ctx.guard.logged_in(self._addr)
+        user = sanitize_inline(str(self._conn.get_extra_info("username")), MAX_USERNAME)
+        log.info("%s logged in from %s", user, self._addr)
 
     def session_requested(self) -> Any:
         assert self._conn is not None
         if self._sessions:
             return False  # one chat per connection
         self._sessions += 1
-        username = sanitize_inline(str(self._conn.get_extra_info("username") or "you"), 32)
+        username = sanitize_inline(
+            str(self._conn.get_extra_info("username") or "you"), MAX_USERNAME
+        )
+        full = self.ctx.guard.open_session(username)
+        if full is not None:
+            log.info("%s from %s: %s", username, self._addr, full)
+            return RefusedSession(full)
+        self._session_user = username
         key_env = self._conn.get_key_option("environment", {})
         env = {str(k): str(v) for k, v in key_env.items()} if isinstance(key_env, dict) else {}
         return ChatSession(self.ctx, username, env)
@@ -214,6 +338,8 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         config=config,
         provider=provider or GeminiProvider(gemini),
         authorized=AuthorizedKeys(config.server.authorized_keys),
+        users=Users(config.server.users_dir),
+        guard=Guard(config.server),
         generation=GenerationSettings(
             system_instruction=gemini.system_instruction,
             temperature=gemini.temperature,
@@ -266,7 +392,9 @@ async def _listen(ctx: ServerContext, host_keys: list[HostKey]) -> asyncssh.SSHA
         x11_forwarding=False,
         allow_scp=False,
         gss_host=None,
-        login_timeout=srv.login_timeout,
+        # KindleSSHServer enforces login_timeout itself (to know which connections it
+        # cut); asyncssh's own timer is only a backstop.
+        login_timeout=srv.login_timeout * 2,
         keepalive_interval=srv.keepalive_interval,
         keepalive_count_max=srv.keepalive_count_max,
         server_version="kindlessh",

@@ -80,6 +80,9 @@ def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
         ("[server\n", "not valid TOML"),
         ("server = 1\n", "[server] must be a table"),
         ("[ui]\nsmooth_interval_ms = 1.5\n", "[ui] smooth_interval_ms: expected an integer"),
+        ("[server]\npenalty_exempt = '10.0.0.0/8, nonsense'\n", "[server] penalty_exempt"),
+        ("[server]\nmax_startups = 70\n", "[server] max_startups (70) is above"),
+        ("[server]\nmax_auth_tries = 0\n", "[server] max_auth_tries: 0 is out of range"),
     ],
 )
 def test_bad_config_is_one_line_naming_file_and_key(

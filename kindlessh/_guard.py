@@ -1,0 +1,239 @@
+"""Admission: which connections may try to log in, and how many chats may run.
+
+asyncssh has none of these limits (DESIGN §4 A3-A5); OpenSSH's MaxStartups,
+PerSourceMaxStartups and PerSourcePenalties are the model.
+
+Contract:
+- :meth:`Guard.admit` is asked about every new TCP connection before the SSH banner. It
+  returns None (let in: the connection counts as *logging in* until :meth:`Guard.logged_in`
+  or :meth:`Guard.closed`) or why to drop it at once:
+  - its source address is serving a penalty;
+  - that address already has ``max_startups_per_source`` connections logging in;
+  - ``max_startups_full`` connections are logging in over all; or, from ``max_startups``
+    on, a random early drop whose chance rises linearly from ``max_startups_rate`` % to
+    100 % at ``max_startups_full``.
+- :meth:`Guard.closed` ends a connection that was let in and charges its address by how
+  it ended: failed logins ``penalty_authfail`` seconds, cut by the login timeout
+  ``penalty_grace``, closed without trying ``penalty_noauth``, logged in nothing. The
+  seconds drain in real time; once ``penalty_min`` have piled up the address is refused
+  for that long, doubled for every penalty it served within the last ``penalty_max``
+  seconds, and never longer than ``penalty_max``. Addresses in ``penalty_exempt`` are
+  never charged. IPv4 addresses count per /32, IPv6 per /128 (an IPv4-mapped IPv6
+  address as its IPv4 address).
+- At most :data:`MAX_SOURCES` addresses are remembered; past that, new addresses go
+  unpenalised rather than evict others (OpenSSH's "permissive" overflow), so memory stays
+  bounded under a spoofed flood.
+- :meth:`Guard.open_session` and :meth:`Guard.close_session` count chat sessions:
+  ``max_sessions`` in all and ``max_sessions_per_user`` per user name. Over a cap,
+  ``open_session`` returns the one "server full" line to show instead of the chat.
+- ``clock`` (monotonic seconds) and ``rng`` are plain attributes so tests can replace them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv6Address, ip_address
+
+from ._config import ServerConfig, parse_networks
+
+log = logging.getLogger("kindlessh.guard")
+
+MAX_SOURCES = 65536
+_WARN_EVERY = 60.0  # seconds between two "dropping connections" warnings
+
+
+def source_of(addr: str) -> str:
+    """The penalty and startup key of a peer address: the address, IPv4-mapped unwrapped."""
+    try:
+        ip = ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return addr
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+@dataclass
+class _Record:
+    drains_at: float = 0.0  # the piled-up penalty seconds run out at this time
+    refused_until: float = 0.0
+    served: int = 0  # penalties served recently; each doubles the next
+
+
+class Guard:
+    """Counters and penalties shared by every connection of one server."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.clock: Callable[[], float] = time.monotonic
+        self.rng = random.Random()
+        self._exempt = parse_networks(config.penalty_exempt)
+        self._records: dict[str, _Record] = {}
+        self._next_purge = 0.0
+        self._logging_in: dict[str, int] = {}
+        self._logging_in_total = 0
+        self._sessions: dict[str, int] = {}
+        self._sessions_total = 0
+        self._warned_at = -_WARN_EVERY
+
+    # ----- before login ---------------------------------------------------------------
+
+    @property
+    def logging_in(self) -> int:
+        """Connections let in that have not logged in yet."""
+        return self._logging_in_total
+
+    def refused_for(self, addr: str) -> float:
+        """Seconds ``addr`` stays refused for its penalty (0 when it is not)."""
+        record = self._records.get(source_of(addr))
+        return max(0.0, record.refused_until - self.clock()) if record else 0.0
+
+    def admit(self, addr: str) -> str | None:
+        """Let a new connection from ``addr`` in (None), or say why it is dropped."""
+        cfg = self.config
+        src = source_of(addr)
+        left = self.refused_for(src)
+        if left > 0:
+            return f"penalty for failed logins, {left:.0f} s left"
+        if self._logging_in.get(src, 0) >= cfg.max_startups_per_source:
+            return f"{cfg.max_startups_per_source} connections from it are logging in already"
+        total = self._logging_in_total
+        if total >= cfg.max_startups:
+            full = cfg.max_startups_full
+            chance = 100.0
+            if total < full:
+                ramp = (total - cfg.max_startups) / (full - cfg.max_startups)
+                chance = cfg.max_startups_rate + (100 - cfg.max_startups_rate) * ramp
+            if self.rng.random() * 100 < chance:
+                self._warn_startups(total)
+                return f"{total} connections are logging in (max_startups)"
+        self._logging_in[src] = self._logging_in.get(src, 0) + 1
+        self._logging_in_total += 1
+        return None
+
+    def _warn_startups(self, total: int) -> None:
+        now = self.clock()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "dropping new connections: %d are logging in at once (max_startups %d, "
+                "full at %d); a scan or a flood?",
+                total, self.config.max_startups, self.config.max_startups_full,
+            )
+
+    def _left_login(self, src: str) -> None:
+        count = self._logging_in.get(src, 0) - 1
+        if count > 0:
+            self._logging_in[src] = count
+        else:
+            self._logging_in.pop(src, None)
+        self._logging_in_total = max(0, self._logging_in_total - 1)
+
+    def logged_in(self, addr: str) -> None:
+        """A connection from ``addr`` that was let in has logged in."""
+        self._left_login(source_of(addr))
+
+    def closed(self, addr: str, *, logged_in: bool, failed: int, timed_out: bool) -> None:
+        """A connection from ``addr`` that was let in has closed; charge its penalty.
+
+        Args:
+            addr: the peer address.
+            logged_in: it logged in (no penalty).
+            failed: how many login attempts failed on it.
+            timed_out: it was cut by the login timeout.
+        """
+        src = source_of(addr)
+        if logged_in:
+            return
+        self._left_login(src)
+        cfg = self.config
+        if timed_out:
+            self.charge(src, cfg.penalty_grace)
+        elif failed:
+            self.charge(src, cfg.penalty_authfail)
+        else:
+            self.charge(src, cfg.penalty_noauth)
+
+    def charge(self, addr: str, seconds: float) -> None:
+        """Add ``seconds`` of penalty to ``addr``; refuse it once enough have piled up."""
+        src = source_of(addr)
+        if seconds <= 0 or self._is_exempt(src):
+            return
+        now = self.clock()
+        record = self._records.get(src)
+        if record is None:
+            if len(self._records) >= MAX_SOURCES:
+                self._purge(now)
+                if len(self._records) >= MAX_SOURCES:
+                    return  # permissive overflow: never evict a penalty being served
+            record = self._records[src] = _Record()
+        if record.refused_until > now:
+            return  # connections let in before the penalty began add nothing
+        cfg = self.config
+        record.drains_at = max(record.drains_at, now) + seconds
+        pending = record.drains_at - now
+        if pending < cfg.penalty_min:
+            return
+        recent = record.refused_until > 0 and now - record.refused_until < cfg.penalty_max
+        record.served = min(record.served + 1, 30) if recent else 0
+        length = min(cfg.penalty_max, pending * 2**record.served)
+        record.refused_until = now + length
+        record.drains_at = now
+        log.warning("refusing %s for %.0f s after repeated failed or idle logins", src, length)
+
+    def _is_exempt(self, src: str) -> bool:
+        if not self._exempt:
+            return False
+        try:
+            ip = ip_address(src)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._exempt)
+
+    def _purge(self, now: float) -> None:
+        """Forget addresses quiet for ``penalty_max`` (at most one sweep a second)."""
+        if now < self._next_purge:
+            return
+        self._next_purge = now + 1.0
+        horizon = now - self.config.penalty_max
+        self._records = {
+            src: r for src, r in self._records.items()
+            if max(r.drains_at, r.refused_until) > horizon
+        }
+
+    # ----- after login ----------------------------------------------------------------
+
+    @property
+    def sessions(self) -> int:
+        """Chat sessions open now."""
+        return self._sessions_total
+
+    def open_session(self, user: str) -> str | None:
+        """Count a new chat session for ``user`` (None), or the "server full" line."""
+        cfg = self.config
+        if self._sessions_total >= cfg.max_sessions:
+            return (
+                f"server full: {cfg.max_sessions} chats are open, the most this server "
+                "takes. Try again later."
+            )
+        if self._sessions.get(user, 0) >= cfg.max_sessions_per_user:
+            return (
+                f"server full for {user}: {cfg.max_sessions_per_user} chats are open under "
+                "this name, the most allowed. Close one and try again."
+            )
+        self._sessions[user] = self._sessions.get(user, 0) + 1
+        self._sessions_total += 1
+        return None
+
+    def close_session(self, user: str) -> None:
+        """A chat session counted by :meth:`open_session` has ended."""
+        count = self._sessions.get(user, 0) - 1
+        if count > 0:
+            self._sessions[user] = count
+        else:
+            self._sessions.pop(user, None)
+        self._sessions_total = max(0, self._sessions_total - 1)
