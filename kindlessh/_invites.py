@@ -1,0 +1,213 @@
+"""One-time invite codes: how a new device (a Kindle) enrols its key without copying it.
+
+Contract:
+- :class:`Invites` keeps the pending invites in one JSON file (mode 0600), written by
+  ``kindlessh invite`` and read and consumed by the running server. Every
+  read-modify-write holds an exclusive ``flock`` on a lock file beside it and replaces
+  the file atomically, so the two never lose each other's changes.
+- A code is shown once, when it is made, and stored only as a salted scrypt hash. At most
+  one invite is pending per name: a new one replaces the old. Invites expire; expired
+  ones are dropped whenever the file is written.
+- :meth:`Invites.redeem` checks a typed code (in constant time) and, when it is right,
+  consumes the invite in the same locked step: a code works once. Counting wrong tries
+  is the caller's part. Codes are typed on an on-screen keyboard, so case, spaces and
+  hyphens in what is typed do not matter.
+- Every refusal raises :class:`~kindlessh._errors.UserError` with a message for the owner.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ._errors import UserError
+
+# Lower-case letters and digits without look-alikes (i l o 0 1): 31 symbols.
+ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+CODE_LENGTH = 9  # 9 * log2(31) = 44.6 bits
+CODE_BITS = CODE_LENGTH * math.log2(len(ALPHABET))
+DEFAULT_TTL = timedelta(minutes=15)
+MAX_TTL = timedelta(days=7)
+# scrypt with 16 MiB of memory: a leaked file does not give the codes away cheaply, and
+# one check costs a few tens of milliseconds (the server runs it off the event loop).
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_TTL = re.compile(r"(\d{1,6})\s*([smhd]?)")
+_UNITS = {"s": 1, "": 60, "m": 60, "h": 3600, "d": 86400}
+
+
+def new_code() -> str:
+    """A fresh random code of :data:`CODE_LENGTH` symbols from :data:`ALPHABET`."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def normalise(typed: str) -> str:
+    """What a person typed, as a code: lower case, without spaces and hyphens."""
+    return re.sub(r"[\s\-]", "", typed).lower()
+
+
+def parse_ttl(text: str) -> timedelta:
+    """``15m``, ``2h``, ``1d``, ``900s`` (a bare number is minutes) as a duration.
+
+    Raises:
+        UserError: not such a duration, zero, or longer than a week.
+    """
+    found = _TTL.fullmatch(text.strip().lower())
+    if found is None:
+        raise UserError(f"--ttl {text!r}: give a duration such as 15m, 2h or 1d")
+    ttl = timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
+    if not timedelta(0) < ttl <= MAX_TTL:
+        raise UserError(f"--ttl {text!r}: give a duration above zero and at most 7 days")
+    return ttl
+
+
+def _hash(code: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(code.encode(), salt=salt, **_SCRYPT)
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A pending invite (never its code)."""
+
+    name: str
+    profile: str | None
+    created: datetime
+    expires: datetime
+
+    def left(self, now: datetime) -> timedelta:
+        """Time until it expires (zero or less once it has)."""
+        return self.expires - now
+
+
+class Invites:
+    """The pending invites in ``path`` (see the module contract)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """The file's records, under the lock; changes to the dict are written back."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            records = self._read()
+            before = json.dumps(records, sort_keys=True)
+            yield records
+            if json.dumps(records, sort_keys=True) != before:
+                self._write(records)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the invites in {self.path}: {exc}") from exc
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, records: dict[str, Any]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(records, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def _invite(name: str, record: dict[str, Any]) -> Invite | None:
+        try:
+            return Invite(
+                name=name,
+                profile=record.get("profile"),
+                created=datetime.fromisoformat(record["created"]),
+                expires=datetime.fromisoformat(record["expires"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None  # a damaged record invites nobody
+
+    @classmethod
+    def _prune(cls, records: dict[str, Any], now: datetime) -> None:
+        for name in list(records):
+            invite = cls._invite(name, records[name])
+            if invite is None or invite.left(now) <= timedelta(0):
+                del records[name]
+
+    def create(
+        self, name: str, *, profile: str | None, ttl: timedelta, now: datetime
+    ) -> tuple[str, Invite]:
+        """Make an invite for ``name``; returns its code (shown once) and the invite."""
+        code = new_code()
+        salt = secrets.token_bytes(16)
+        invite = Invite(name, profile, now, now + ttl)
+        with self._locked() as records:
+            self._prune(records, now)
+            records[name] = {
+                "salt": base64.b64encode(salt).decode(),
+                "hash": base64.b64encode(_hash(code, salt)).decode(),
+                "profile": profile,
+                "created": _stamp(now),
+                "expires": _stamp(invite.expires),
+            }
+        return code, invite
+
+    def pending(self, name: str, now: datetime) -> Invite | None:
+        """The unexpired invite for ``name``, if any (a read; nothing is written)."""
+        record = self._read().get(name)
+        invite = self._invite(name, record) if isinstance(record, dict) else None
+        return invite if invite is not None and invite.left(now) > timedelta(0) else None
+
+    def redeem(self, name: str, typed: str, now: datetime) -> Invite | None:
+        """Consume ``name``'s invite if ``typed`` is its code; None if wrong or gone.
+
+        Slow on purpose (scrypt): call it off the event loop.
+        """
+        code = normalise(typed)
+        with self._locked() as records:
+            self._prune(records, now)
+            record = records.get(name)
+            if record is None:
+                return None
+            invite = self._invite(name, record)
+            try:
+                salt = base64.b64decode(record["salt"])
+                stored = base64.b64decode(record["hash"])
+            except (KeyError, TypeError, ValueError):
+                return None
+            if invite is None or not hmac.compare_digest(_hash(code, salt), stored):
+                return None
+            del records[name]
+            return invite
+
+    def revoke(self, name: str) -> bool:
+        """Drop ``name``'s invite; False if there was none."""
+        with self._locked() as records:
+            return records.pop(name, None) is not None
+
+    def all(self, now: datetime) -> list[Invite]:
+        """Every pending invite, soonest to expire first."""
+        with self._locked() as records:
+            self._prune(records, now)
+            found = [self._invite(name, r) for name, r in records.items()]
+        return sorted((i for i in found if i is not None), key=lambda i: i.expires)
