@@ -111,11 +111,16 @@ class ChatSession(asyncssh.SSHServerSession[str]):
     """One SSH session channel running the chat."""
 
     def __init__(
-        self, ctx: ServerContext, username: str, key_env: dict[str, str] | None = None
+        self,
+        ctx: ServerContext,
+        username: str,
+        key_env: dict[str, str] | None = None,
+        greeting: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.username = username
         self.key_env = key_env or {}
+        self.greeting = greeting  # a line about the login itself (a key just registered)
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._pty = False
         self._command = ""
@@ -245,7 +250,7 @@ class ChatSession(asyncssh.SSHServerSession[str]):
             enable_bell=False,
             enable_cpr=False,
         )
-        notices = []
+        notices = [Notice(self.greeting)] if self.greeting else []
         if not ctx.config.gemini.api_key:
             notices.append(
                 Notice(

@@ -6,6 +6,8 @@ kindlessh user add NAME --key FILE|- [--profile eink|smooth] [--config FILE]
 kindlessh user list [--config FILE]
 kindlessh user remove NAME [--config FILE]
 kindlessh user set NAME --profile eink|smooth [--config FILE]
+kindlessh invite NAME [--profile eink|smooth] [--ttl 15m] [--quiet] [--config FILE]
+kindlessh invite --list | --revoke NAME [--config FILE]
 ```
 
 Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config, unusable
@@ -26,11 +28,13 @@ import logging
 import signal
 import socket
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import __version__
 from ._config import Config, load_config
 from ._errors import ConfigError, UserError
+from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
 from ._server import Server, start_server
 from ._users import PROFILES, Users, check_name, parse_keys
@@ -43,13 +47,56 @@ def _out(line: str = "") -> None:
     sys.stdout.flush()
 
 
-def _connect_command(config: Config, port: int) -> str:
+def _connect_command(config: Config, port: int, user: str | None = None) -> str:
     host = config.server.host
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
-    user = getpass.getuser()
+    user = user or getpass.getuser()
     port_arg = "" if port == 22 else f"-p {port} "
     return f"ssh -t {port_arg}{user}@{host}"
+
+
+def _minutes(left: timedelta) -> str:
+    minutes = max(1, round(left.total_seconds() / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def _invite_command(args: argparse.Namespace, config: Config) -> int:
+    invites = Invites.beside(config.server.users_dir)
+    now = datetime.now(UTC)
+    if args.list:
+        pending = invites.all(now)
+        for invite in pending:
+            profile = f", profile {invite.profile}" if invite.profile else ""
+            _out(f"{invite.name}: expires in {_minutes(invite.left(now))}{profile}")
+        if not pending:
+            _out("No invites are pending.")
+        return 0
+    if args.revoke:
+        check_name(args.revoke)
+        if not invites.revoke(args.revoke):
+            raise UserError(f"no invite is pending for {args.revoke}")
+        _out(f"{args.revoke}: invite revoked")
+        return 0
+    if not args.name:
+        raise UserError("give a name (kindlessh invite NAME), or --list or --revoke NAME")
+    name = check_name(args.name)
+    code, invite = invites.create(
+        name, profile=args.profile, ttl=parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL,
+        now=now,
+    )
+    if args.quiet:
+        _out(code)
+        return 0
+    profile = f" with the {args.profile} screen" if args.profile else ""
+    _out(f"Invite for {name}{profile}: valid for {_minutes(invite.left(now))}, once.")
+    _out(f"Code: {code}")
+    _out("On the Kindle (or any device), connect and type the code when asked:")
+    _out(f"  {_connect_command(config, config.server.port, name)}")
+    _out("The key the device offers is then registered for "
+         f"{name}; next time it logs in by itself.")
+    _out(f"({CODE_BITS:.0f}-bit code; kindlessh invite --revoke {name} cancels it.)")
+    return 0
 
 
 def describe(server: Server) -> list[str]:
@@ -177,15 +224,27 @@ def _parser() -> argparse.ArgumentParser:
     setp.add_argument("--profile", choices=PROFILES, required=True)
     for p in (add, remove, setp, actions.choices["list"]):
         p.add_argument("--config", type=Path, help="TOML config file (default: none)")
+
+    invite = sub.add_parser(
+        "invite", help="a one-time code that lets a new device register its key"
+    )
+    invite.add_argument("name", nargs="?", help="the user the device logs in as")
+    invite.add_argument("--profile", choices=PROFILES, help="screen profile for its key")
+    invite.add_argument("--ttl", help="how long the code works (default 15m; 2h, 1d...)")
+    invite.add_argument("--quiet", action="store_true", help="print only the code")
+    invite.add_argument("--list", action="store_true", help="the pending invites")
+    invite.add_argument("--revoke", metavar="NAME", help="cancel NAME's invite")
+    invite.add_argument("--config", type=Path, help="TOML config file (default: none)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "user":
+    if args.command in ("user", "invite"):
+        command = _user_command if args.command == "user" else _invite_command
         try:
-            return _user_command(args, load_config(args.config))
+            return command(args, load_config(args.config))
         except ConfigError as exc:
             sys.stderr.write(f"kindlessh: {exc}\n")
             return 2

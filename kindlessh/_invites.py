@@ -98,6 +98,12 @@ class Invite:
 class Invites:
     """The pending invites in ``path`` (see the module contract)."""
 
+    @classmethod
+    def beside(cls, users_dir: Path) -> Invites:
+        """The invites of a server whose users live in ``users_dir``: ``invites.json``
+        next to that folder (``keys/invites.json`` by default)."""
+        return cls(users_dir.parent / "invites.json")
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")

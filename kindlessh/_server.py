@@ -28,6 +28,7 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -37,9 +38,11 @@ from asyncssh.public_key import get_default_public_key_algs
 from ._channel import ChatSession
 from ._config import Config
 from ._conversation import Conversation, GenerationSettings
+from ._errors import UserError
 from ._gemini import GeminiProvider
 from ._guard import Guard
 from ._hub import Hub
+from ._invites import Invite, Invites
 from ._keys import (
     AuthorizedKeys,
     HostKey,
@@ -51,9 +54,17 @@ from ._refused import RefusedSession
 from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
 from ._store import Store
-from ._users import Users
+from ._users import KeyEntry, Users, valid_name
 
 log = logging.getLogger("kindlessh.server")
+
+MAX_CODE_TRIES = 3
+NO_CLIENT_KEY = (
+    "kindlessh: an invite is waiting for you, but your SSH client offered no key to "
+    "register. Make one, then connect again:\n"
+    "  Dropbear: dropbearkey -t ed25519 -f ~/.ssh/id_dropbear\n"
+    "  OpenSSH:  ssh-keygen -t ed25519"
+)
 
 NO_KEYS_BANNER = (
     "kindlessh: no keys are authorized on this server yet. The owner adds your public key "
@@ -130,6 +141,12 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._login_timer: asyncio.TimerHandle | None = None
         self._sessions = 0
         self._session_user: str | None = None
+        # Enrolment by invite code (see begin_auth and the kbdint methods).
+        self._invite: Invite | None = None
+        self._offered: list[asyncssh.SSHKey] = []
+        self._code_tries = 0
+        self._greeting: str | None = None
+        self._enrolled_env: dict[str, str] = {}
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -229,16 +246,104 @@ class KindleSSHServer(asyncssh.SSHServer):
                 conn.send_auth_banner(NO_KEYS_BANNER)
         # Always set, even to None: keys chosen for an earlier name must not carry over.
         conn.set_authorized_keys(keys)
+        self._invite = None
+        self._offered = []
+        if valid_name(username):
+            invites = Invites.beside(self.ctx.config.server.users_dir)
+            try:
+                self._invite = invites.pending(username, datetime.now(UTC))
+            except UserError as exc:
+                log.warning("%s", exc)
         return True
 
     def public_key_auth_supported(self) -> bool:
         return True
 
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Called for a key that is not authorized: with an invite pending for the name,
+        remember the first keys offered, to register one once the code is typed."""
+        if self._invite is not None and len(self._offered) < 16:
+            self._offered.append(key)
+        return False
+
     def password_auth_supported(self) -> bool:
         return False
 
     def kbdint_auth_supported(self) -> bool:
-        return False
+        # Offered only while an invite is pending for the name: nothing else is ever
+        # asked by keyboard, so no password can be guessed here.
+        return self._invite is not None and self._code_tries < MAX_CODE_TRIES
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
+        if not self._offered:
+            return ("kindlessh", NO_CLIENT_KEY, "", ())
+        fingerprint = self._offered[0].get_fingerprint()
+        return (
+            "kindlessh invite",
+            f"To register this device's key ({fingerprint}) for {username}:",
+            "",
+            ((f"Invite code for {username}: ", True),),
+        )
+
+    async def validate_kbdint_response(self, username: str, responses: Any) -> bool:
+        conn = self._conn
+        assert conn is not None
+        if not self._offered:
+            conn.disconnect(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "kindlessh: no key offered; make one (ssh-keygen -t ed25519 or "
+                "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear) and connect again",
+            )
+            return False
+        if len(responses) != 1:
+            return False
+        self._code_tries += 1
+        invites = Invites.beside(self.ctx.config.server.users_dir)
+        try:
+            # scrypt takes a few tens of milliseconds: off the event loop.
+            invite = await asyncio.to_thread(
+                invites.redeem, username, str(responses[0]), datetime.now(UTC)
+            )
+        except UserError as exc:
+            log.warning("%s", exc)
+            invite = None
+        if invite is None:
+            log.info("%s: wrong invite code for %s (try %d)", self._addr, username,
+                     self._code_tries)
+            if self._code_tries >= MAX_CODE_TRIES:
+                conn.disconnect(
+                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                    "kindlessh: too many wrong invite codes",
+                )
+            return False
+        return self._enrol(username, invite)
+
+    def _enrol(self, username: str, invite: Invite) -> bool:
+        key = self._offered[0]
+        line = key.export_public_key().decode().strip()
+        try:
+            entry = KeyEntry.parse(line, "the offered key")
+            self.ctx.users.add(username, [entry], invite.profile)
+        except UserError as exc:
+            log.error("could not register a key for %s: %s", username, exc)
+            return False
+        fingerprint = key.get_fingerprint()
+        log.info("registered key %s for %s from %s (invite)", fingerprint, username, self._addr)
+        others = len(self._offered) - 1
+        extra = (
+            f" Your device offered {others + 1} keys; the first one was registered."
+            if others
+            else ""
+        )
+        self._greeting = (
+            f"Your key {fingerprint} is now registered for {username}: next time it logs "
+            f"in by itself.{extra}"
+        )
+        if invite.profile:
+            self._enrolled_env = {"KINDLESSH_PROFILE": invite.profile}
+        return True
 
     def auth_completed(self) -> None:
         assert self._conn is not None
@@ -265,7 +370,8 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._session_user = username
         key_env = self._conn.get_key_option("environment", {})
         env = {str(k): str(v) for k, v in key_env.items()} if isinstance(key_env, dict) else {}
-        return ChatSession(self.ctx, username, env)
+        env.update(self._enrolled_env)  # the invite's profile, for this first login too
+        return ChatSession(self.ctx, username, env, greeting=self._greeting)
 
 
 class Server:

@@ -7,7 +7,6 @@ import asyncio
 import fcntl
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import termios
@@ -29,6 +28,11 @@ def need_binary(name: str, package: str) -> str:
     return path
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid(): make standard input (the pty) the controlling tty."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class PtyClient:
     """A client process on a pseudo-terminal of ``cols`` x ``rows``, read through pyte."""
 
@@ -39,6 +43,10 @@ class PtyClient:
             list(argv), stdin=slave, stdout=slave, stderr=slave,
             start_new_session=True, close_fds=True,
             env={**os.environ, "TERM": "xterm"},
+            # The pty becomes the client's controlling terminal, as in a real terminal:
+            # clients read passphrases and keyboard-interactive answers from /dev/tty,
+            # and the kernel sends SIGWINCH on a resize.
+            preexec_fn=_take_terminal,
         )
         os.close(slave)
         os.set_blocking(self.master, False)
@@ -94,11 +102,9 @@ class PtyClient:
 
     def resize(self, cols: int, rows: int) -> None:
         """Resize the pty (and the pyte screen), as a terminal window or kterm does."""
+        # The kernel sends the client SIGWINCH: the pty is its controlling terminal.
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.screen.resize(rows, cols)
-        # The pty is not the client's controlling terminal (Popen hands it over as plain
-        # fds), so the kernel sends no SIGWINCH; send it as the terminal would.
-        self.proc.send_signal(signal.SIGWINCH)
 
     async def wait_exit(self, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout

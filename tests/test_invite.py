@@ -1,0 +1,251 @@
+"""Pairing a device with a one-time invite code: OpenSSH and Dropbear typing the code
+through a pty, then logging in with the key alone; and every way it must fail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from kindlessh import Server
+from kindlessh._invites import Invites
+
+from .conftest import ServerFactory
+from .fake_gemini import FakeGemini, Reply
+from .ptyclient import PtyClient, need_binary
+from .sshterm import Terminal
+
+FAST = {"ui": {"eink_interval_ms": 250, "smooth_interval_ms": 20}}
+
+
+def _invites(tmp_path: Path) -> Invites:
+    return Invites.beside(tmp_path / "keys" / "users")
+
+
+def _invite_cli(tmp_path: Path, *args: str) -> str:
+    """``kindlessh invite`` as the owner runs it, next to the running server."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kindlessh", "invite", *args,
+         "--config", str(tmp_path / "kindlessh.toml")],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return result.stdout
+
+
+def _user_file(tmp_path: Path, name: str) -> Path:
+    return tmp_path / "keys" / "users" / name
+
+
+class _CodeTyper(asyncssh.SSHClient):
+    """An asyncssh client that answers keyboard-interactive prompts with ``answers``."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.instructions: list[str] = []
+        self.prompts: list[str] = []
+
+    def kbdint_auth_requested(self) -> str:
+        return ""
+
+    def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Any
+    ) -> list[str] | None:
+        self.instructions.append(instructions)
+        self.prompts += [p for p, _ in prompts]
+        if not prompts:
+            return []
+        return [self.answers.pop(0)] if self.answers else None
+
+
+async def _try(server: Server, name: str, keys: list[asyncssh.SSHKey], answers: list[str]
+               ) -> tuple[_CodeTyper, BaseException | None]:
+    typer = _CodeTyper(list(answers))
+    try:
+        conn = await asyncssh.connect(
+            "127.0.0.1", server.port, username=name, client_keys=keys or None,
+            known_hosts=None, agent_path=None, password=None, kbdint_auth=True,
+            client_factory=lambda: typer, preferred_auth="publickey,keyboard-interactive",
+        )
+    except (asyncssh.Error, OSError) as exc:
+        return typer, exc
+    conn.close()
+    await conn.wait_closed()
+    return typer, None
+
+
+async def test_invite_with_openssh_then_the_key_alone(
+    make_server: ServerFactory, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    ssh = need_binary("ssh", "openssh-client")
+    server = await make_server(**FAST)
+    code = _invite_cli(tmp_path, "kindle", "--profile", "eink", "--quiet").strip()
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    base = [ssh, "-t", "-p", str(server.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR"]
+    term = PtyClient([*base, "kindle@127.0.0.1"], cols=54, rows=20)
+    try:
+        await term.wait_for("Invite code for kindle:")
+        await term.send(code.encode() + b"\r")
+        await term.wait_for("/help")
+        await term.wait_for("is now registered for kindle")
+        await term.send(b"/help\r")
+        await term.wait_for("Screen: eink")  # the invite's profile, from the first login
+        await term.send(b"/quit\r")
+        assert await term.wait_exit() == 0
+    finally:
+        term.close()
+    public = key.with_suffix(".pub").read_text().split()[1]
+    stored = _user_file(tmp_path, "kindle").read_text()
+    assert public in stored and 'environment="KINDLESSH_PROFILE=eink"' in stored
+    assert _invite_cli(tmp_path, "--list").strip() == "No invites are pending."
+
+    # Next time: the key alone (BatchMode forbids any prompt), straight into the chat.
+    fake_gemini.enqueue(Reply.text(["Welcome back."]))
+    term = PtyClient([*base, "-o", "BatchMode=yes", "kindle@127.0.0.1"], cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        assert "registered" not in term.text()
+        await term.send(b"hello\r")
+        await term.wait_for("Welcome back.")
+    finally:
+        term.close()
+
+
+async def test_invite_with_dropbear_typing_the_code(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    dbclient = need_binary("dbclient", "dropbear-bin")
+    dropbearkey = need_binary("dropbearkey", "dropbear-bin")
+    server = await make_server(**FAST)
+    code = _invite_cli(tmp_path, "paperwhite", "--quiet").strip()
+    key = tmp_path / "id_dropbear"
+    subprocess.run([dropbearkey, "-t", "ed25519", "-f", str(key)], check=True,
+                   capture_output=True)
+    argv = [dbclient, "-t", "-y", "-y", "-i", str(key), "-p", str(server.port),
+            "paperwhite@127.0.0.1"]
+    term = PtyClient(argv, cols=54, rows=20)
+    try:
+        await term.wait_for("Invite code for paperwhite:")
+        # Typed as on a Kindle keyboard: spaced out, some capitals.
+        typed = f"{code[:3].upper()} {code[3:6]} {code[6:]}"
+        await term.send(typed.encode() + b"\r")
+        await term.wait_for("is now registered for paperwhite")
+        await term.send(b"/quit\r")
+        assert await term.wait_exit() == 0
+    finally:
+        term.close()
+    term = PtyClient(argv, cols=54, rows=20)
+    try:
+        await term.wait_for("/help")
+        assert "Invite code" not in term.text()
+    finally:
+        term.close()
+
+
+async def test_a_wrong_code_three_times_disconnects_and_keeps_the_invite(
+    server: Server, tmp_path: Path
+) -> None:
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    typer, error = await _try(server, "kindle", [key], ["aaaaaaaaa"] * 5)
+    assert error is not None
+    assert typer.prompts == ["Invite code for kindle: "] * 3
+    assert not _user_file(tmp_path, "kindle").exists()
+    assert _invites(tmp_path).pending("kindle", datetime.now(UTC)) is not None
+    # The right code still works on a new connection (if the source is not penalised).
+    typer, error = await _try(server, "kindle", [key], [code])
+    assert error is None
+
+
+async def test_an_expired_code_does_nothing(server: Server, tmp_path: Path) -> None:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=15),
+                                        now=past)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    typer, error = await _try(server, "kindle", [key], [code])
+    assert isinstance(error, asyncssh.PermissionDenied)
+    assert typer.prompts == []  # no pending invite: no keyboard-interactive at all
+
+
+async def test_a_code_works_once(server: Server, tmp_path: Path) -> None:
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    first = asyncssh.generate_private_key("ssh-ed25519")
+    second = asyncssh.generate_private_key("ssh-ed25519")
+    _, error = await _try(server, "kindle", [first], [code])
+    assert error is None
+    typer, error = await _try(server, "kindle", [second], [code])
+    assert isinstance(error, asyncssh.PermissionDenied)
+    assert typer.prompts == []
+    stored = _user_file(tmp_path, "kindle").read_text()
+    assert first.export_public_key().decode().split()[1] in stored
+    assert second.export_public_key().decode().split()[1] not in stored
+
+
+async def test_a_revoked_invite_does_nothing(server: Server, tmp_path: Path) -> None:
+    code = _invite_cli(tmp_path, "kindle", "--quiet").strip()
+    assert "kindle: invite revoked" in _invite_cli(tmp_path, "--revoke", "kindle")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    typer, error = await _try(server, "kindle", [key], [code])
+    assert isinstance(error, asyncssh.PermissionDenied)
+    assert typer.prompts == []
+
+
+async def test_a_client_with_no_key_is_told_how_to_make_one(
+    server: Server, tmp_path: Path
+) -> None:
+    _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                              now=datetime.now(UTC))
+    typer, error = await _try(server, "kindle", [], ["whatever"])
+    assert error is not None
+    (instructions,) = typer.instructions
+    assert "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear" in instructions
+    assert "ssh-keygen -t ed25519" in instructions
+    assert typer.prompts == []
+
+
+async def test_several_keys_offered_only_the_first_is_registered(
+    server: Server, tmp_path: Path, client_key: asyncssh.SSHKey
+) -> None:
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(2)]
+    _, error = await _try(server, "kindle", keys, [code])
+    assert error is None
+    stored = _user_file(tmp_path, "kindle").read_text()
+    assert keys[0].export_public_key().decode().split()[1] in stored
+    assert keys[1].export_public_key().decode().split()[1] not in stored
+    term = await Terminal.connect(server.port, keys[0], username="kindle")
+    try:
+        await term.wait_for("/help")
+    finally:
+        await term.close()
+
+
+@pytest.mark.parametrize("args", [["Bad Name"], ["kindle", "--ttl", "9d"], []])
+def test_bad_invite_commands_say_why(tmp_path: Path, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kindlessh", "invite", *args], cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("kindlessh: ")
+
+
+def test_invite_prints_the_code_and_the_command(tmp_path: Path) -> None:
+    (tmp_path / "kindlessh.toml").write_text('[server]\nport = 2222\nhost = "192.168.1.20"\n')
+    out = _invite_cli(tmp_path, "kindle", "--profile", "eink")
+    assert "ssh -t -p 2222 kindle@192.168.1.20" in out
+    code = next(line for line in out.splitlines() if line.startswith("Code: "))[6:]
+    assert len(code) == 9
+    assert _invites(tmp_path).redeem("kindle", code, datetime.now(UTC)) is not None
+
