@@ -6,13 +6,19 @@ Contract:
   closes the upstream client.
 - Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
-- Public-key authentication only. A user name with a file under ``[server] users_dir``
+- Public-key authentication only (and invite codes, below). A user name with a file under ``[server] users_dir``
   logs in with that file's keys alone; any other name with a key from ``[server]
   authorized_keys``, the SSH username naming the account. Both are re-read when they
   change. With no keys at all the server still runs, refuses everyone, and its auth
   banner says how the owner adds a key. A user name with unprintable characters is
   refused (asyncssh already refuses control characters and names of 1 KiB or more);
   logs and screens show at most 32 characters of any name, sanitised.
+- Pairing: while ``kindlessh invite NAME`` has an invite pending, a login as NAME with
+  an unknown key is asked for the code (keyboard-interactive, at most 3 tries, each
+  wrong one a failed login for the policy below); the right code registers the first
+  key the client offered for NAME (with the invite's profile) and the chat opens with a
+  line saying so. With no invite pending, keyboard-interactive is not offered at all. A
+  client that offered no key is told how to make one and disconnected.
 - Connection policy (:mod:`._guard`): a connection refused by the startup limits or a
   penalty is dropped before the SSH banner; one not logged in after ``login_timeout``
   is cut; the ``max_auth_tries``-th failed login ends the connection.
