@@ -19,6 +19,7 @@ from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
 from .ptyclient import PtyClient, need_binary
 from .sshterm import Terminal
+from .test_security import FakeClock, until
 
 FAST = {"ui": {"eink_interval_ms": 250, "smooth_interval_ms": 20}}
 
@@ -249,3 +250,32 @@ def test_invite_prints_the_code_and_the_command(tmp_path: Path) -> None:
     assert len(code) == 9
     assert _invites(tmp_path).redeem("kindle", code, datetime.now(UTC)) is not None
 
+
+
+async def test_wrong_codes_count_toward_the_source_penalty(
+    server: Server, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    server.ctx.guard.clock = clock
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    for _ in range(3):  # three connections guessing: 3 x 5 s reaches the 15 s that refuse
+        _, error = await _try(server, "kindle", [key], ["aaaaaaaaa"] * 3)
+        assert error is not None
+        await until(lambda: server.ctx.guard.logging_in == 0)
+    assert server.ctx.guard.refused_for("127.0.0.1") == 15
+    typer, error = await _try(server, "kindle", [key], [code])  # even the right code
+    assert error is not None and typer.prompts == []
+
+
+async def test_an_enrolment_is_logged_with_name_fingerprint_and_address(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    with caplog.at_level("INFO", logger="kindlessh.server"):
+        _, error = await _try(server, "kindle", [key], [code])
+    assert error is None
+    assert f"registered key {key.get_fingerprint()} for kindle from 127.0.0.1" in caplog.text
