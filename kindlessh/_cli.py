@@ -51,7 +51,11 @@ def _connect_command(config: Config, port: int, user: str | None = None) -> str:
     host = config.server.host
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
-    user = user or getpass.getuser()
+    if user is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a bare container)
+            user = "you"
     port_arg = "" if port == 22 else f"-p {port} "
     return f"ssh -t {port_arg}{user}@{host}"
 
