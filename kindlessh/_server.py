@@ -56,6 +56,7 @@ from ._keys import (
     load_or_create_rsa_host_key,
 )
 from ._provider import Provider
+from ._quota import Quota
 from ._refused import RefusedSession
 from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
@@ -126,6 +127,7 @@ class ServerContext:
     generation: GenerationSettings
     retry: RetryPolicy
     hub: Hub
+    quota: Quota
     users: Users
     guard: Guard
     sessions: set[ChatSession] = field(default_factory=set)
@@ -240,18 +242,6 @@ class KindleSSHServer(asyncssh.SSHServer):
                 asyncssh.DISC_ILLEGAL_USER_NAME, "kindlessh: a user name must be printable"
             )
             return True
-        user_keys = self.ctx.users.authorized(username)
-        if user_keys is not None:
-            # The name is a user's: only that user's keys may log in as it.
-            keys = user_keys.get()
-            if keys is None and user_keys.error:
-                log.warning("%s", user_keys.error)
-        else:
-            keys = self.ctx.authorized.get()
-            if keys is None and not self.ctx.users.names():
-                conn.send_auth_banner(NO_KEYS_BANNER)
-        # Always set, even to None: keys chosen for an earlier name must not carry over.
-        conn.set_authorized_keys(keys)
         self._invite = None
         self._offered = []
         if valid_name(username):
@@ -260,6 +250,18 @@ class KindleSSHServer(asyncssh.SSHServer):
                 self._invite = invites.pending(username, datetime.now(UTC))
             except UserError as exc:
                 log.warning("%s", exc)
+        user_keys = self.ctx.users.authorized(username)
+        if user_keys is not None:
+            # The name is a user's: only that user's keys may log in as it.
+            keys = user_keys.get()
+            if keys is None and user_keys.error:
+                log.warning("%s", user_keys.error)
+        else:
+            keys = self.ctx.authorized.get()
+            if keys is None and not self.ctx.users.names() and self._invite is None:
+                conn.send_auth_banner(NO_KEYS_BANNER)
+        # Always set, even to None: keys chosen for an earlier name must not carry over.
+        conn.set_authorized_keys(keys)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -268,7 +270,9 @@ class KindleSSHServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         """Called for a key that is not authorized: with an invite pending for the name,
         remember the first keys offered, to register one once the code is typed."""
-        if self._invite is not None and len(self._offered) < 16:
+        known = {k.public_data for k in self._offered}
+        # Dropbear offers its default key again when -i names the same file.
+        if self._invite is not None and len(known) < 16 and key.public_data not in known:
             self._offered.append(key)
         return False
 
@@ -284,11 +288,13 @@ class KindleSSHServer(asyncssh.SSHServer):
         self, username: str, lang: str, submethods: str
     ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
         if not self._offered:
-            return ("kindlessh", NO_CLIENT_KEY, "", ())
+            return ("", NO_CLIENT_KEY + "\n", "", ())
         fingerprint = self._offered[0].get_fingerprint()
+        # No name, and the instruction ends its own line: dbclient prints both as they
+        # are, with no line break after either.
         return (
-            "kindlessh invite",
-            f"To register this device's key ({fingerprint}) for {username}:",
+            "",
+            f"To register this device's key ({fingerprint}) for {username}:\n",
             "",
             ((f"Invite code for {username}: ", True),),
         )
@@ -446,6 +452,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     recovered = await store.recover_interrupted()
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
+    quota = Quota(config.quota, store)
     ctx = ServerContext(
         config=config,
         provider=provider or GeminiProvider(gemini),
@@ -464,9 +471,13 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             jitter=gemini.retry_jitter,
             budget=gemini.retry_budget,
         ),
+        quota=quota,
         hub=Hub(
             store,
-            lambda: Conversation(ctx.provider, ctx.generation, ctx.retry),
+            lambda user: Conversation(
+                ctx.provider, ctx.generation, ctx.retry, quota=ctx.quota.of(user)
+            ),
+            quota=quota,
             commit_interval=config.storage.commit_interval_ms / 1000,
             finish_on_disconnect=config.chat.finish_on_disconnect,
             export_dir=config.storage.export_dir,

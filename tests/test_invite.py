@@ -49,6 +49,10 @@ class _CodeTyper(asyncssh.SSHClient):
         self.answers = answers
         self.instructions: list[str] = []
         self.prompts: list[str] = []
+        self.banners: list[str] = []
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        self.banners.append(msg)
 
     def kbdint_auth_requested(self) -> str:
         return ""
@@ -134,10 +138,13 @@ async def test_invite_with_dropbear_typing_the_code(
     term = PtyClient(argv, cols=54, rows=20)
     try:
         await term.wait_for("Invite code for paperwhite:")
+        # dbclient prints the instruction and the prompt as they come: each on its line.
+        assert any(row.startswith("Invite code for paperwhite:") for row in term.screen.display)
         # Typed as on a Kindle keyboard: spaced out, some capitals.
         typed = f"{code[:3].upper()} {code[3:6]} {code[6:]}"
         await term.send(typed.encode() + b"\r")
         await term.wait_for("is now registered for paperwhite")
+        assert "keys;" not in term.joined()  # one key offered, whatever dbclient repeats
         await term.send(b"/quit\r")
         assert await term.wait_exit() == 0
     finally:
@@ -279,3 +286,21 @@ async def test_an_enrolment_is_logged_with_name_fingerprint_and_address(
         _, error = await _try(server, "kindle", [key], [code])
     assert error is None
     assert f"registered key {key.get_fingerprint()} for kindle from 127.0.0.1" in caplog.text
+
+
+async def test_a_new_server_with_only_an_invite_does_not_say_nobody_can_log_in(
+    server: Server, tmp_path: Path
+) -> None:
+    server.ctx.authorized.path.write_text("")  # a fresh server: no keys at all
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+    # Any other name gets the explanation of how the owner adds a key...
+    typer, error = await _try(server, "stranger", [asyncssh.generate_private_key("ssh-ed25519")],
+                              [])
+    assert error is not None
+    assert typer.banners and "no keys are authorized" in typer.banners[0]
+    # ...but not the invited device, which is about to be let in.
+    typer, error = await _try(server, "kindle", [asyncssh.generate_private_key("ssh-ed25519")],
+                              [code])
+    assert error is None
+    assert typer.banners == []
