@@ -8,9 +8,10 @@ Contract:
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
 - Public-key authentication only (and invite codes, below). A user name with a file
   under ``[server] users_dir`` logs in with that file's keys alone; any other name with
-  a key from ``[server] authorized_keys``, the SSH username naming the account. Both are re-read when they
-  change. With no keys at all the server still runs, refuses everyone, and its auth
-  banner says how the owner adds a key. A user name with unprintable characters is
+  a key from ``[server] authorized_keys``, the SSH username naming the account. Both
+  are re-read when they change. With no keys at all the server still runs, refuses
+  everyone, and its auth banner says how the owner adds a key (not to a name with an
+  invite pending). A user name with unprintable characters is
   refused (asyncssh already refuses control characters and names of 1 KiB or more);
   logs and screens show at most 32 characters of any name, sanitised.
 - Pairing: while ``kindlessh invite NAME`` has an invite pending, a login as NAME with
