@@ -38,15 +38,55 @@ async def _connect(server: Server, key: asyncssh.SSHKey, **kw: object) -> Termin
     return term
 
 
+async def _connect_port(port: int, key: asyncssh.SSHKey) -> Terminal:
+    term = await Terminal.connect(port, key)
+    await term.wait_for("/help")
+    return term
+
+
+async def _ask_and_drop(
+    server: Server, key: asyncssh.SSHKey, fake_gemini: FakeGemini, gate: asyncio.Event
+) -> None:
+    """A screen asks for a gated answer, sees its first words, and drops (Wi-Fi sleeps)."""
+    fake_gemini.enqueue(_gated(gate))
+    first = await _connect(server, key)
+    await first.ask("tell me")
+    await first.wait_for("First words arrive.")
+    await first.close()
+
+
+async def _serve_asking(
+    tmp_path: Path, key: asyncssh.SSHKey, fake_gemini: FakeGemini, extra: str = ""
+) -> tuple[asyncio.subprocess.Process, Terminal]:
+    """``kindlessh serve`` in a subprocess, and a screen whose gated answer has begun."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "authorized_keys").write_bytes(key.export_public_key())
+    config = tmp_path / "kindlessh.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
+        + extra
+    )
+    fake_gemini.enqueue(_gated(asyncio.Event()))
+    proc, lines = await _start(
+        tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
+    )
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines))
+    assert found is not None
+    try:
+        term = await _connect_port(int(found.group(1)), key)
+        await term.ask("tell me")
+        await term.wait_for("First words arrive.")
+    except BaseException:
+        await _stop(proc)
+        raise
+    return proc, term
+
+
 async def test_reconnecting_during_an_answer_shows_it_live(
     server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
 ) -> None:
     gate = asyncio.Event()
-    fake_gemini.enqueue(_gated(gate))
-    first = await _connect(server, client_key)
-    await first.ask("tell me")
-    await first.wait_for("First words arrive.")
-    await first.close()  # the Kindle's Wi-Fi sleeps
+    await _ask_and_drop(server, client_key, fake_gemini, gate)  # the Kindle's Wi-Fi sleeps
 
     second = await _connect(server, client_key)
     try:
@@ -69,11 +109,7 @@ async def test_reconnecting_after_the_answer_shows_it_whole(
     server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
 ) -> None:
     gate = asyncio.Event()
-    fake_gemini.enqueue(_gated(gate))
-    first = await _connect(server, client_key)
-    await first.ask("tell me")
-    await first.wait_for("First words arrive.")
-    await first.close()
+    await _ask_and_drop(server, client_key, fake_gemini, gate)
     gate.set()
     await asyncio.wait_for(fake_gemini.responses[0].finished.wait(), 5)
     await _settled(server)
@@ -103,11 +139,7 @@ async def test_without_finish_on_disconnect_the_answer_stops_and_is_kept(
 ) -> None:
     server = await make_server(chat={"finish_on_disconnect": False})
     gate = asyncio.Event()
-    fake_gemini.enqueue(_gated(gate))
-    first = await _connect(server, client_key)
-    await first.ask("tell me")
-    await first.wait_for("First words arrive.")
-    await first.close()
+    await _ask_and_drop(server, client_key, fake_gemini, gate)
     await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2)
     await _settled(server)
     second = await _connect(server, client_key)
@@ -201,23 +233,8 @@ async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
 ) -> None:
     """The real command: SIGTERM ends sessions with a goodbye within 5 s and the
     partial answer is in the database, marked incomplete."""
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
-    config = tmp_path / "kindlessh.toml"
-    config.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
-    )
-    fake_gemini.enqueue(_gated(asyncio.Event()))
-    proc, lines = await _start(
-        tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
-    )
-    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines)).group(1))  # type: ignore[union-attr]
-    try:
-        term = await _connect_port(port, client_key)
-        await term.ask("tell me")
-        await term.wait_for("First words arrive.")
-    finally:
-        code = await _stop(proc)
+    proc, term = await _serve_asking(tmp_path, client_key, fake_gemini)
+    code = await _stop(proc)
     await term.wait_closed()
     assert code == 0
     assert "the server is shutting down" in term.raw_text()
@@ -228,12 +245,6 @@ async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
         await store.close()
     assert turn.answer == "First words arrive. "
     assert turn.incomplete and turn.note and "the server stopped" in turn.note
-
-
-async def _connect_port(port: int, key: asyncssh.SSHKey) -> Terminal:
-    term = await Terminal.connect(port, key)
-    await term.wait_for("/help")
-    return term
 
 
 async def test_users_see_only_their_own_conversations(
@@ -373,23 +384,11 @@ async def test_sigkill_loses_at_most_the_last_commit_interval(
 ) -> None:
     """Progress is committed while the answer streams: after a SIGKILL the database
     holds the text that arrived, and the next start marks the turn interrupted."""
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
-    config = tmp_path / "kindlessh.toml"
-    config.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
-        "[storage]\ncommit_interval_ms = 50\n"
+    proc, term = await _serve_asking(
+        tmp_path, client_key, fake_gemini, "[storage]\ncommit_interval_ms = 50\n"
     )
-    fake_gemini.enqueue(_gated(asyncio.Event()))
-    proc, lines = await _start(
-        tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
-    )
-    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines)).group(1))  # type: ignore[union-attr]
     database = tmp_path / "data" / "kindlessh.sqlite3"
     try:
-        term = await _connect_port(port, client_key)
-        await term.ask("tell me")
-        await term.wait_for("First words arrive.")
         # Read the live database from outside (WAL allows a reader beside the writer).
         for _ in range(250):
             with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
