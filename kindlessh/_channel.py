@@ -11,6 +11,8 @@ Contract:
   a PTY it says to use ``ssh -t``.
 - When the client disconnects, the chat, its answer task and its upstream response are
   all closed; nothing keeps running for a gone session.
+- A chat with no input for ``[server] idle_timeout`` seconds (0: never) is closed with a
+  goodbye line; an answer streaming counts as activity, so it is never closed under one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -128,6 +131,9 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         self._input: ChannelInput | None = None
         self.ui: ChatUI | None = None
         self.output: ChannelOutput | None = None
+        self._last_input = 0.0  # monotonic time of the last input (or streaming answer)
+        self._idle: asyncio.TimerHandle | None = None
+        self._goodbye = "kindlessh: bye."
 
     # ----- asyncssh callbacks --------------------------------------------------------
 
@@ -154,6 +160,9 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         self._task.add_done_callback(lambda _: self.ctx.sessions.discard(self))
 
     def data_received(self, data: str, datatype: Any) -> None:
+        # Strategy: only note the time; the idle timer checks it when it fires, rather
+        # than being re-armed on every keystroke.
+        self._last_input = time.monotonic()
         if self._input is not None:
             self._input.send_text(data)
 
@@ -196,6 +205,30 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         columns = min(max(width, 1), MAX_COLUMNS) if width else 80
         return Size(rows=rows, columns=columns)
 
+    def _check_idle(self) -> None:
+        """The idle timer fired: close the chat if nothing happened for the timeout."""
+        self._idle = None
+        ui = self.ui
+        timeout = self.ctx.config.server.idle_timeout
+        if ui is None or not timeout:
+            return
+        now = time.monotonic()
+        if ui.conversation.answering:
+            # Look again soon: the reader's time starts when the answer ends.
+            self._last_input = now
+            delay = min(timeout, 1.0)
+        else:
+            delay = self._last_input + timeout - now
+        if delay > 0:
+            self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
+            return
+        log.info("%s: closing an idle session", self.username)
+        self._goodbye = (
+            f"kindlessh: closed after {_duration(timeout)} without input; "
+            "your conversations are saved."
+        )
+        ui.quit()
+
     def _drop(self) -> None:
         if self._chan is not None:
             self._chan.abort()
@@ -220,7 +253,7 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                 chan.exit(1)
                 return
             await self._chat(chan)
-            chan.write("kindlessh: bye.\r\n")
+            chan.write(self._goodbye + "\r\n")
             chan.exit(0)
         except asyncio.CancelledError:
             raise
@@ -274,9 +307,25 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                     },
                     notices=notices,
                 )
+                if ctx.config.server.idle_timeout:
+                    self._last_input = time.monotonic()
+                    self._idle = asyncio.get_running_loop().call_later(
+                        ctx.config.server.idle_timeout, self._check_idle
+                    )
                 await self.ui.run()
         finally:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             self._input.close()
             self._input = None
             # The chat may go on without this screen (an answer finishing on its own).
             ctx.hub.release(self.ui.chat if self.ui is not None else chat)
+
+
+def _duration(seconds: float) -> str:
+    """``3600`` as "60 minutes", ``90`` as "90 seconds"."""
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"

@@ -61,6 +61,7 @@ class ServerConfig:
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
+    idle_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """``[quota]``: how much of the Gemini quota each user, and everyone, may use."""
+
+    prompts: int = 3
+    refill_seconds: float = 10.0
+    daily_tokens: int = 100_000
+    max_upstream: int = 8
+    queue_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class UIConfig:
     """``[ui]``: how the chat is painted."""
 
@@ -116,6 +128,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     gemini: GeminiConfig = GeminiConfig()
     chat: ChatConfig = ChatConfig()
+    quota: QuotaConfig = QuotaConfig()
     ui: UIConfig = UIConfig()
     storage: StorageConfig = StorageConfig()
     source: Path | None = None
@@ -161,6 +174,7 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),
+    ("server", "idle_timeout"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "temperature"): (lambda v: 0.0 <= v <= 2.0, "a number from 0.0 to 2.0"),
     ("gemini", "max_output_tokens"): (lambda v: v >= 1, "a count of 1 or more"),
     ("gemini", "base_url"): (
@@ -180,6 +194,11 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("quota", "prompts"): (lambda v: v >= 0, "a count, 0 or more"),
+    ("quota", "refill_seconds"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("quota", "daily_tokens"): (lambda v: v >= 0, "a count, 0 or more"),
+    ("quota", "max_upstream"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("quota", "queue_timeout"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("storage", "commit_interval_ms"): (
         lambda v: 50 <= v <= 60000, "milliseconds from 50 to 60000"
     ),
@@ -192,6 +211,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "gemini": GeminiConfig,
     "chat": ChatConfig,
+    "quota": QuotaConfig,
     "ui": UIConfig,
     "storage": StorageConfig,
 }

@@ -10,6 +10,9 @@ Contract:
 - Each request carries the history of earlier turns that produced text (roles
   ``user``/``model``), then the new question.
 - :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
+- With a :class:`UserQuota`, a question must also be admitted by it (a refusal raises as
+  it does), waits for a shared upstream slot (the turn's ``status`` says how many are
+  ahead), and gives its usage back to the quota when its answer ends, however it ends.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ._provider import (
     Usage,
     finish_note,
 )
+from ._quota import Ticket, UserQuota
 from ._retry import RetryPolicy, stream_with_retries
 
 log = logging.getLogger("kindlessh.conversation")
@@ -87,10 +91,12 @@ class Conversation:
         provider: Provider,
         settings: GenerationSettings,
         retry: RetryPolicy | None = None,
+        quota: UserQuota | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
         self.retry_policy = retry or RetryPolicy()
+        self.quota = quota
         self.turns: list[Turn] = []
         self.version = 0
         self._subscribers: list[Callable[[], None]] = []
@@ -130,6 +136,7 @@ class Conversation:
 
         Raises:
             InputRejected: the question is empty or too long, or an answer is in flight.
+            BudgetExceeded: the user's prompts or tokens are spent for now (quota).
         """
         question = question.strip()
         limit = self.settings.max_prompt_chars
@@ -142,6 +149,7 @@ class Conversation:
             )
         if self.answering:
             raise InputRejected("An answer is still coming; wait for it or press Ctrl-C.")
+        ticket = self.quota.admit() if self.quota is not None else None
         self._stop_note = ""
         history: list[Message] = []
         for turn in self.turns:
@@ -157,8 +165,8 @@ class Conversation:
             temperature=self.settings.temperature,
             max_output_tokens=self.settings.max_output_tokens,
         )
-        self._task = asyncio.get_running_loop().create_task(self._run(turn, request))
-        self._task.add_done_callback(lambda _: self._settle(turn))
+        self._task = asyncio.get_running_loop().create_task(self._run(turn, request, ticket))
+        self._task.add_done_callback(lambda _: self._settle(turn, ticket))
         self._changed()
         return turn
 
@@ -172,13 +180,27 @@ class Conversation:
 
         return on_wait
 
-    async def _run(self, turn: Turn, request: ChatRequest) -> None:
+    def _queued(self, turn: Turn) -> Callable[[int], None]:
+        def on_wait(ahead: int) -> None:
+            where = f"{ahead} ahead" if ahead else "next in line"
+            turn.status = f"Waiting for a free slot ({where})"
+            self._changed()
+
+        return on_wait
+
+    async def _run(self, turn: Turn, request: ChatRequest, ticket: Ticket | None) -> None:
         finish_message = ""
         stream = stream_with_retries(
             self.provider, request, self.retry_policy, on_wait=self._waiting(turn)
         )
+        slot: contextlib.AbstractAsyncContextManager[None] = (
+            ticket.slot(self._queued(turn)) if ticket is not None else contextlib.nullcontext()
+        )
         try:
-            async with contextlib.aclosing(stream) as events:
+            async with slot, contextlib.aclosing(stream) as events:
+                if turn.status is not None:  # it waited for the slot
+                    turn.status = None
+                    self._changed()
                 async for event in events:
                     turn.status = None
                     if isinstance(event, TextDelta):
@@ -211,10 +233,15 @@ class Conversation:
         finally:
             turn.status = None
             turn.duration = time.monotonic() - turn.started
+            if ticket is not None:
+                # Before the last change: a screen that sees the answer end may ask again.
+                ticket.finish(turn.usage)
             self._changed()
 
-    def _settle(self, turn: Turn) -> None:
+    def _settle(self, turn: Turn, ticket: Ticket | None) -> None:
         """A task cancelled before it first ran never entered _run: end its turn here."""
+        if ticket is not None:
+            ticket.finish(turn.usage)
         if turn.active:
             turn.state = "stopped"
             turn.note = self._stop_note or "stopped"

@@ -18,6 +18,7 @@ KindleSSHError
     TruncatedStream           the stream ended before the answer was complete
     StreamProtocolError       bytes that are not the SSE/JSON we expect
   BudgetExceeded              a per-user budget is spent
+  ServerBusy                  no upstream slot came free in time
   InputRejected               the user's input cannot be sent (too long, ...)
 ```
 
@@ -100,6 +101,10 @@ class StreamProtocolError(UpstreamError):
 
 class BudgetExceeded(KindleSSHError):
     """A per-user limit (tokens, prompts) is spent; the message says when it frees up."""
+
+
+class ServerBusy(KindleSSHError):
+    """Every upstream request slot stayed in use for as long as a question may wait."""
 
 
 class InputRejected(KindleSSHError):

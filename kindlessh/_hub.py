@@ -12,6 +12,8 @@ Contract:
   to the end and is saved (``finish_on_disconnect``), or is stopped and saved as it
   stands. A chat with no screen and no answer leaves memory; the store keeps it.
 - Users only ever reach their own conversations.
+- Every connection's first chat (:meth:`Hub.resume`, :meth:`Hub.open`) first has the
+  user's tokens of today loaded into the quota, so their budget holds across restarts.
 - :meth:`Hub.aclose` (server shutdown) stops every answer, marking it interrupted, saves
   everything and closes the store.
 """
@@ -28,8 +30,9 @@ from pathlib import Path
 
 from ._conversation import Conversation, Turn
 from ._provider import Usage
+from ._quota import Quota, day_start
 from ._recorder import Recorder
-from ._store import ConversationNotFound, ConversationRow, Store, TurnRow
+from ._store import ConversationNotFound, ConversationRow, Store, TokenCounts, TurnRow
 
 log = logging.getLogger("kindlessh.hub")
 
@@ -78,7 +81,9 @@ class Hub:
 
     Args:
         store: where conversations are kept.
-        make_conversation: a new, empty conversation (provider and settings bound).
+        make_conversation: a new, empty conversation of a user (provider, settings and
+            the user's quota bound).
+        quota: the limits the conversations are held to (the hub loads usage into it).
         commit_interval: seconds between saves of a streaming answer.
         finish_on_disconnect: whether an answer goes on when its last screen leaves.
         export_dir: the folder under which each user's exports are written.
@@ -87,14 +92,16 @@ class Hub:
     def __init__(
         self,
         store: Store,
-        make_conversation: Callable[[], Conversation],
+        make_conversation: Callable[[str], Conversation],
         *,
+        quota: Quota,
         commit_interval: float,
         finish_on_disconnect: bool,
         export_dir: Path,
     ) -> None:
         self.store = store
         self.make_conversation = make_conversation
+        self.quota = quota
         self.commit_interval = commit_interval
         self.finish_on_disconnect = finish_on_disconnect
         self.export_dir = export_dir
@@ -113,7 +120,7 @@ class Hub:
     def _new_chat(
         self, user: str, conversation_id: int | None = None, rows: list[TurnRow] | None = None
     ) -> Chat:
-        conversation = self.make_conversation()
+        conversation = self.make_conversation(user)
         saved: dict[Turn, int] = {}
         for row in rows or []:
             turn = _turn_from_row(row)
@@ -133,6 +140,7 @@ class Hub:
 
     async def resume(self, user: str) -> Chat:
         """The chat a new connection of ``user`` starts with (see the module contract)."""
+        await self.quota.load(user)
         mine = [c for c in self.chats if c.user == user and not c.closed]
         if mine:
             return self._attach(max(mine, key=lambda c: c.used))
@@ -152,6 +160,7 @@ class Hub:
         Raises:
             ConversationNotFound: no such conversation of this user.
         """
+        await self.quota.load(user)
         for chat in self.chats:
             if chat.user == user and chat.id == conversation_id and not chat.closed:
                 return self._attach(chat)
@@ -201,6 +210,12 @@ class Hub:
         for chat in [c for c in self.chats if c.user == user]:
             await chat.recorder.flush()
         return await self.store.list_conversations(user, limit=limit, offset=offset)
+
+    async def usage(self, user: str) -> TokenCounts:
+        """``user``'s tokens of today (UTC) by kind, every finished answer included."""
+        for chat in [c for c in self.chats if c.user == user]:
+            await chat.recorder.flush()
+        return await self.store.token_counts(user, day_start(self.quota.now()))
 
     async def title(self, user: str, conversation_id: int) -> ConversationRow:
         """One of ``user``'s conversations, for a confirmation question.

@@ -95,6 +95,20 @@ class TurnRow:
     incomplete: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Tokens spent, by kind, as usageMetadata reported them."""
+
+    input: int = 0
+    output: int = 0
+    thoughts: int = 0
+
+    @property
+    def total(self) -> int:
+        """All three together: what a budget counts."""
+        return self.input + self.output + self.thoughts
+
+
 def utcnow() -> datetime:
     """The current time in UTC (the default clock)."""
     return datetime.now(UTC)
@@ -681,5 +695,24 @@ class Store:
                 (user, since_text),
             ).fetchone()
             return cast(int, row[0])
+
+        return await self._call(job)
+
+    async def token_counts(self, user: str, since: datetime) -> TokenCounts:
+        """Like :meth:`tokens_used`, by kind (input, output, thinking).
+
+        Raises:
+            ValueError: ``since`` is naive.
+        """
+        since_text = _stamp(since)
+
+        def job(conn: sqlite3.Connection) -> TokenCounts:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+                "COALESCE(SUM(thoughts_tokens), 0) FROM token_usage "
+                "WHERE user = ? AND started_at >= ?",
+                (user, since_text),
+            ).fetchone()
+            return TokenCounts(int(row[0]), int(row[1]), int(row[2]))
 
         return await self._call(job)

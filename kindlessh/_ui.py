@@ -7,8 +7,8 @@ Contract:
   quits; PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
 - Streamed text reaches the screen through a :class:`CommitThrottle`; typed keys are
   never throttled.
-- Input that cannot be sent (too long, an answer still coming) stays in the input line
-  and a notice says why: nothing the person typed is lost.
+- Input that cannot be sent (too long, an answer still coming, over a quota) stays in
+  the input line and a notice says why: nothing the person typed is lost.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from ._conversation import Conversation, Turn
-from ._errors import InputRejected, KindleSSHError
+from ._errors import BudgetExceeded, InputRejected, KindleSSHError
 from ._hub import Chat, Hub
 from ._profile import Profile
+from ._quota import span
 from ._sanitize import sanitize_inline
 from ._throttle import CommitThrottle
 from ._view import Item, Line, Look, Notice, Shown
@@ -46,6 +47,7 @@ HELP = """Commands:
   /delete N  delete conversation N (asks first)
   /export    save this conversation as a Markdown file
   /retry   ask the last question again
+  /usage   your tokens today and what is left
   /eink    e-ink screen: few repaints, pages
   /thoughts  show or hide the model's thinking
   /smooth  laptop screen: smooth streaming
@@ -397,7 +399,7 @@ class ChatUI:
             return
         try:
             self.conversation.ask(text)
-        except InputRejected as exc:
+        except (InputRejected, BudgetExceeded) as exc:
             self.say(str(exc), "error")
             return
         self.input.reset(append_to_history=True)
@@ -423,10 +425,12 @@ class ChatUI:
                 self._spawn(job)
         elif name == "/export":
             self._spawn(self._export())
+        elif name == "/usage":
+            self._spawn(self._usage())
         elif name == "/retry":
             try:
                 self.conversation.retry()
-            except InputRejected as exc:
+            except (InputRejected, BudgetExceeded) as exc:
                 self.say(str(exc), "error")
                 return
             self._sync_items()
@@ -512,6 +516,31 @@ class ChatUI:
             return
         path = await self.hub.export(self.chat, datetime.now(UTC))
         self.say(f"Saved as Markdown on the server: {path}")
+
+    async def _usage(self) -> None:
+        user = self.chat.user
+        counts = await self.hub.usage(user)
+        status = self.hub.quota.status(user)
+        when = f"{status.resets_at:%H:%M} UTC, in {span(status.resets_in)}"
+        lines = [
+            f"Tokens today: {counts.total:,} (input {counts.input:,}, output "
+            f"{counts.output:,}, thinking {counts.thoughts:,})."
+        ]
+        if status.daily_tokens:
+            left = max(0, status.daily_tokens - counts.total)
+            lines.append(f"Left today: {left:,} of {status.daily_tokens:,}; resets at {when}.")
+        else:
+            lines.append(f"No daily limit; the count starts again at {when}.")
+        prompts = self.hub.quota.config.prompts
+        if status.prompts_now is None:
+            lines.append("Questions: no limit on how often you ask.")
+        else:
+            refill = self.hub.quota.config.refill_seconds
+            lines.append(
+                f"Questions you can ask now: {status.prompts_now} of {prompts} "
+                f"(one more every {refill:g} s)."
+            )
+        self.say("\n".join(lines))
 
     def quit(self) -> None:
         """Leave the chat."""

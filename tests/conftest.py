@@ -95,6 +95,8 @@ async def make_server(
                 "retry_jitter": 0.0,
             },
             "ui": {"smooth_interval_ms": 20},
+            # Tests ask quickly; tests/test_quota.py shrinks the limits it tests.
+            "quota": {"prompts": 1000},
         }
         for name, values in overrides.items():
             sections.setdefault(name, {}).update(values)

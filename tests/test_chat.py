@@ -42,7 +42,10 @@ async def test_every_split_of_a_fixture_gives_the_whole_answer(
         for i, split in enumerate(("bytes", "events", "whole", "awkward")):
             fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse", split=split))
             await term.send("/new\r")
-            await term.wait_for("New conversation")
+            # The last answer gone from the screen: /new was done (one answer at a time).
+            await term.wait_for(
+                lambda t: "New conversation" in t.text() and "green" not in t.text()
+            )
             await term.ask(f"question {i}")
             await term.wait_for("green and blue.)")
             await term.wait_for(lambda t: "ready" in t.text())

@@ -19,6 +19,7 @@ from kindlessh._store import (
     ConversationNotFound,
     Store,
     StoreError,
+    TokenCounts,
     TurnRow,
     migrate,
 )
@@ -389,6 +390,7 @@ async def test_tokens_used(store: Store, clock: FakeClock) -> None:
     await store.add_turn(conv, "still streaming", "m")
 
     assert await store.tokens_used("u", midnight) == 63
+    assert await store.token_counts("u", midnight) == TokenCounts(11, 22, 30)
     assert await store.tokens_used("u", midnight - timedelta(days=2)) == 1063
     assert await store.tokens_used("u", clock.now + timedelta(seconds=1)) == 0
     # The same instant in another time zone gives the same answer.

@@ -1,0 +1,329 @@
+"""Protecting the Gemini quota: how often, how much, and how many at once (DESIGN §4 D1-D5).
+
+Contract:
+- :meth:`UserQuota.admit` is asked, synchronously, before a question goes anywhere. It
+  refuses, with a message for the reader and nothing spent, when
+  - one of the user's answers is already coming, on any connection or conversation (D1,
+    :class:`InputRejected`);
+  - the user's daily token budget is spent (D3, :class:`BudgetExceeded`, saying when it
+    resets);
+  - the user's prompt bucket is empty (D2, :class:`BudgetExceeded`, saying how long to
+    wait).
+  Otherwise it takes one prompt from the bucket and returns a :class:`Ticket`: the user's
+  one answer in flight, until :meth:`Ticket.finish` (idempotent) gives back its usage.
+- Buckets hold ``prompts`` and regain one every ``refill_seconds``, continuously.
+- Daily tokens are prompt + output + thinking from usageMetadata, per UTC day. The store's
+  ledger is the record and survives restarts: :meth:`Quota.load` reads a user's total
+  for today once (every connection calls it); from then on each finished answer adds its
+  usage in memory, as the recorder adds it to the ledger. A user never loaded is refused.
+  The answer that crosses the budget is finished; with one answer per user the overshoot
+  is at most that answer.
+- :meth:`Ticket.slot` holds one of ``max_upstream`` slots shared by every user around the
+  upstream request. Waiters queue first come, first served; ``on_wait(ahead)`` tells each
+  how many are ahead whenever that changes. A waiter gives up after ``queue_timeout``
+  seconds (0: never) with :class:`ServerBusy`; a cancelled waiter (Ctrl-C) leaves the
+  queue and never holds a slot.
+- ``clock`` (monotonic seconds) and ``now`` (aware UTC time) are plain attributes so tests
+  can replace them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from ._config import QuotaConfig
+from ._errors import BudgetExceeded, InputRejected, ServerBusy
+from ._provider import Usage
+from ._store import Store, utcnow
+
+MAX_IDLE_BUCKETS = 1000  # full buckets kept before they are forgotten (a full one is new)
+
+
+def day_start(when: datetime) -> datetime:
+    """The start of ``when``'s day in UTC, when the daily budget resets."""
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def span(seconds: float) -> str:
+    """A wait in words for a reader: ``7 s``, ``12 min``, ``5 h 3 min``."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
+
+
+class Bucket:
+    """A token bucket of ``capacity`` prompts, regaining one every ``refill`` seconds."""
+
+    def __init__(self, capacity: int, refill: float, now: float) -> None:
+        self.capacity = capacity
+        self.refill = refill
+        self.tokens = float(capacity)
+        self._at = now
+
+    def _fill(self, now: float) -> None:
+        if now > self._at:
+            self.tokens = min(self.capacity, self.tokens + (now - self._at) / self.refill)
+        self._at = max(self._at, now)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a prompt may be taken; 0 when one may be taken now."""
+        self._fill(now)
+        # A hair of slack: 10 s of refill must count as a whole prompt despite rounding.
+        return 0.0 if self.tokens >= 1 - 1e-9 else (1 - self.tokens) * self.refill
+
+    def take(self, now: float) -> None:
+        """Spend one prompt (check :meth:`wait` first)."""
+        self._fill(now)
+        self.tokens = max(0.0, self.tokens - 1)
+
+    def available(self, now: float) -> int:
+        """Whole prompts that may be taken now."""
+        self._fill(now)
+        return int(self.tokens + 1e-9)
+
+    def full(self, now: float) -> bool:
+        """True when the bucket is as good as new (and may be forgotten)."""
+        self._fill(now)
+        return self.tokens >= self.capacity
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[None]
+    on_wait: Callable[[int], None]
+    ahead: int = -1
+
+
+class Slots:
+    """At most ``size`` holders at once; the others queue in order (see the contract)."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.busy = 0
+        self._queue: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """How many are queued."""
+        return len(self._queue)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, on_wait: Callable[[int], None]) -> AsyncIterator[None]:
+        """Hold a slot for the ``async with`` block, queueing for one if none is free.
+
+        Raises:
+            ServerBusy: no slot came free within ``timeout`` seconds.
+        """
+        await self._acquire(on_wait)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, on_wait: Callable[[int], None]) -> None:
+        if self.busy < self.size and not self._queue:
+            self.busy += 1
+            return
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), on_wait)
+        self._queue.append(waiter)
+        self._announce()
+        try:
+            async with asyncio.timeout(self.timeout or None):
+                await waiter.future
+        except BaseException as exc:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self._release()  # handed a slot as it gave up: pass the slot on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
+                self._announce()
+            if isinstance(exc, TimeoutError):
+                questions = "question" if self.size == 1 else "questions"
+                raise ServerBusy(
+                    f"The server is busy: Gemini is already answering {self.size} {questions} "
+                    f"(the most it asks at once) and none ended within {self.timeout:g} s. "
+                    "Nothing was sent; /retry asks again."
+                ) from None
+            raise
+
+    def _release(self) -> None:
+        # Strategy: hand the slot straight to the first waiter, never back to the pool,
+        # so a newcomer cannot overtake the queue between the release and the wake-up.
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                self._announce()
+                return
+        self.busy -= 1
+
+    def _announce(self) -> None:
+        for ahead, waiter in enumerate(self._queue):
+            if waiter.ahead != ahead:
+                waiter.ahead = ahead
+                waiter.on_wait(ahead)
+
+
+@dataclass(frozen=True)
+class UsageStatus:
+    """One user's limits as they stand (for ``/usage``)."""
+
+    prompts_now: int | None  # None: no limit on prompts
+    daily_tokens: int  # 0: no daily limit
+    resets_at: datetime
+    resets_in: float  # seconds
+
+
+class Quota:
+    """The limits of every user of one server, and the shared upstream slots."""
+
+    def __init__(self, config: QuotaConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.clock: Callable[[], float] = time.monotonic
+        self.now: Callable[[], datetime] = utcnow
+        self.slots = Slots(config.max_upstream, config.queue_timeout)
+        self._buckets: dict[str, Bucket] = {}
+        self._used: dict[str, tuple[date, int]] = {}  # user -> (UTC day, tokens that day)
+        self._in_flight: set[str] = set()
+
+    def of(self, user: str) -> UserQuota:
+        """``user``'s view of the limits, for one conversation."""
+        return UserQuota(self, user)
+
+    async def load(self, user: str) -> None:
+        """Read ``user``'s tokens of today from the store, unless known already."""
+        today = self._today()
+        if self._used.get(user, (None, 0))[0] == today:
+            return
+        used = await self.store.tokens_used(user, day_start(self.now()))
+        # Another connection's load may have landed while this one read: keep that one.
+        if self._used.get(user, (None, 0))[0] != today:
+            self._used[user] = (today, used)
+
+    def _today(self) -> date:
+        return self.now().astimezone(UTC).date()
+
+    def tokens_today(self, user: str) -> int | None:
+        """``user``'s tokens of today, None if never loaded."""
+        entry = self._used.get(user)
+        if entry is None:
+            return None
+        day, used = entry
+        # Loaded on an earlier day: today started at 0, and every answer of today was
+        # admitted, and so counted, after this entry was last touched.
+        return used if day == self._today() else 0
+
+    def _bucket(self, user: str) -> Bucket:
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            now = self.clock()
+            if len(self._buckets) >= MAX_IDLE_BUCKETS:
+                for name in [n for n, b in self._buckets.items() if b.full(now)]:
+                    del self._buckets[name]
+            bucket = Bucket(self.config.prompts, self.config.refill_seconds, now)
+            self._buckets[user] = bucket
+        return bucket
+
+    def _resets(self) -> tuple[datetime, float]:
+        now = self.now()
+        resets_at = day_start(now) + timedelta(days=1)
+        return resets_at, (resets_at - now).total_seconds()
+
+    def admit(self, user: str) -> Ticket:
+        """See :meth:`UserQuota.admit`."""
+        if user in self._in_flight:
+            raise InputRejected(
+                "An answer to another of your questions is still coming (one at a time per "
+                "person); wait for it, or stop it there with Ctrl-C."
+            )
+        budget = self.config.daily_tokens
+        used = self.tokens_today(user)
+        if budget and used is None:
+            raise InputRejected("Your usage of today is still being counted; ask again.")
+        if budget and used is not None and used >= budget:
+            resets_at, resets_in = self._resets()
+            raise BudgetExceeded(
+                f"You have used today's {budget:,} tokens. The budget resets at "
+                f"{resets_at:%H:%M} UTC, in {span(resets_in)}."
+            )
+        if self.config.prompts:
+            bucket = self._bucket(user)
+            wait = bucket.wait(self.clock())
+            if wait:
+                raise BudgetExceeded(f"Slow down: you can ask again in {span(wait)}.")
+            bucket.take(self.clock())
+        self._in_flight.add(user)
+        return Ticket(self, user, self._today())
+
+    def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
+        self._in_flight.discard(ticket.user)
+        if usage is None:
+            return
+        tokens = usage.prompt_tokens + usage.output_tokens + usage.thought_tokens
+        day, used = self._used.get(ticket.user, (ticket.day, 0))
+        if day == ticket.day:
+            self._used[ticket.user] = (day, used + tokens)
+        elif day < ticket.day:  # the first answer admitted on a new day
+            self._used[ticket.user] = (ticket.day, tokens)
+
+    def status(self, user: str) -> UsageStatus:
+        """``user``'s limits now."""
+        resets_at, resets_in = self._resets()
+        prompts = self._bucket(user).available(self.clock()) if self.config.prompts else None
+        return UsageStatus(
+            prompts_now=prompts,
+            daily_tokens=self.config.daily_tokens,
+            resets_at=resets_at,
+            resets_in=resets_in,
+        )
+
+
+class UserQuota:
+    """One user's limits, as one conversation sees them."""
+
+    def __init__(self, quota: Quota, user: str) -> None:
+        self.quota = quota
+        self.user = user
+
+    def admit(self) -> Ticket:
+        """Let one question of this user go ahead (see the module contract).
+
+        Raises:
+            InputRejected: an answer of the user is already coming, or the day's usage is
+                not known yet.
+            BudgetExceeded: the daily budget is spent, or the prompt bucket is empty.
+        """
+        return self.quota.admit(self.user)
+
+
+class Ticket:
+    """One admitted question: the user's answer in flight."""
+
+    def __init__(self, quota: Quota, user: str, day: date) -> None:
+        self.quota = quota
+        self.user = user
+        self.day = day
+        self.finished = False
+
+    def slot(self, on_wait: Callable[[int], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the shared upstream slots, for an ``async with`` block."""
+        return self.quota.slots.hold(on_wait)
+
+    def finish(self, usage: Usage | None) -> None:
+        """The answer ended: count ``usage`` and let the user ask again. Idempotent."""
+        if not self.finished:
+            self.finished = True
+            self.quota._finish(self, usage)
