@@ -92,8 +92,9 @@ class ChannelOutput:
             return
         data = "".join(self._parts)
         self._parts.clear()
+        size = len(data.encode("utf-8", "replace"))  # the channel buffers bytes
         try:
-            if self._chan.get_write_buffer_size() + len(data) > self._max_buffer:
+            if self._chan.get_write_buffer_size() + size > self._max_buffer:
                 log.warning("client stopped reading; dropping the session")
                 self.closed = True
                 self._on_overflow()
@@ -103,7 +104,7 @@ class ChannelOutput:
             self.closed = True
             return
         self.writes += 1
-        self.bytes_sent += len(data.encode("utf-8", "replace"))
+        self.bytes_sent += size
 
     def isatty(self) -> bool:
         """The far end is a terminal (the PTY the client asked for)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncssh
+import pytest
 
 from kindlessh import Server
 
+from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
 from .sshterm import Terminal
 
@@ -274,3 +276,48 @@ async def test_a_paste_in_bursts_over_the_limit_is_not_cut(
     await term.send("\r")
     await term.wait_for("That message has 4,500 characters; the limit is 4,000.")
     assert fake_gemini.requests == []
+
+
+class _StopsReading(asyncssh.SSHClientSession[str]):
+    def __init__(self) -> None:
+        self.text = ""
+
+    def data_received(self, data: str, datatype: object) -> None:
+        self.text += data
+
+
+async def test_a_client_that_stops_reading_is_dropped_not_buffered(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client's window closes (it reads nothing more); the server's buffer for it
+    stays under the cap and the session is dropped, while others carry on."""
+    server = await make_server(server={"max_write_buffer": 8192})
+    fake_gemini.enqueue(Reply.text([f"line {i} " + "x" * 60 + "\n" for i in range(400)],
+                                   chunk_delay=0.002))
+    async with asyncssh.connect(
+        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
+        known_hosts=None, agent_path=None,
+    ) as conn:
+        chan, session = await conn.create_session(
+            _StopsReading, term_type="xterm", term_size=(80, 24), window=4096,
+        )
+        for _ in range(250):
+            if "/help" in session.text:
+                break
+            await asyncio.sleep(0.02)
+        chan.pause_reading()  # from now on nothing is read: the window stays shut
+        with caplog.at_level("WARNING", logger="kindlessh.session"):
+            chan.write("tell me everything\r")
+            for _ in range(500):
+                if not server.ctx.sessions:
+                    break
+                await asyncio.sleep(0.02)
+        assert not server.ctx.sessions
+        assert "client stopped reading" in caplog.text
+    # The server is fine for everyone else.
+    other = await Terminal.connect(server.port, client_key)
+    try:
+        await other.wait_for("/help")
+    finally:
+        await other.close()
