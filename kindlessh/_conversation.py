@@ -3,7 +3,7 @@
 Contract:
 - :meth:`Conversation.ask` starts one answer in a background task and returns its
   :class:`Turn` at once; a second ``ask`` while one streams raises InputRejected.
-- Every change (a new delta, a finish, an error) bumps ``version`` and calls each
+- Every change (a new delta, a finish, an error) calls each
   subscriber; subscribers must be cheap (the UI throttles its repaints itself).
 - Nothing is ever lost: a stopped or failed answer keeps the text that arrived and says
   why in ``Turn.note``; a failure never raises out of the conversation.
@@ -98,7 +98,6 @@ class Conversation:
         self.retry_policy = retry or RetryPolicy()
         self.quota = quota
         self.turns: list[Turn] = []
-        self.version = 0
         self._subscribers: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stop_note = ""
@@ -114,7 +113,6 @@ class Conversation:
         return unsubscribe
 
     def _changed(self) -> None:
-        self.version += 1
         for callback in list(self._subscribers):
             try:
                 callback()
@@ -287,21 +285,13 @@ class Conversation:
     async def wait(self) -> None:
         """Wait until no answer is in flight."""
         task = self._task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
-
-    def clear(self) -> None:
-        """Start over: stop any answer and forget every turn."""
-        self.stop()
-        self.turns = []
-        self._changed()
+        if task is not None and not task.done():
+            # asyncio.wait, not await: the answer's own end (stopped, failed) is not the
+            # caller's error, and the caller being cancelled must still cancel it.
+            await asyncio.wait({task})
 
     async def aclose(self) -> None:
         """Stop any answer and wait until the upstream response is closed."""
         self.stop()
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.wait()
         self._subscribers.clear()
