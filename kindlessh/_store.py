@@ -686,20 +686,10 @@ class Store:
         Raises:
             ValueError: ``since`` is naive.
         """
-        since_text = _stamp(since)
-
-        def job(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(input_tokens + output_tokens + thoughts_tokens), 0) "
-                "FROM token_usage WHERE user = ? AND started_at >= ?",
-                (user, since_text),
-            ).fetchone()
-            return cast(int, row[0])
-
-        return await self._call(job)
+        return (await self.token_counts(user, since)).total
 
     async def token_counts(self, user: str, since: datetime) -> TokenCounts:
-        """Like :meth:`tokens_used`, by kind (input, output, thinking).
+        """The tokens of :meth:`tokens_used`, by kind (input, output, thinking).
 
         Raises:
             ValueError: ``since`` is naive.
