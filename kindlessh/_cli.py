@@ -6,6 +6,7 @@ kindlessh user add NAME --key FILE|- [--profile eink|smooth] [--config FILE]
 kindlessh user list [--config FILE]
 kindlessh user remove NAME [--config FILE]
 kindlessh user set NAME --profile eink|smooth [--config FILE]
+kindlessh user passwd NAME [--remove] [--config FILE]   (asks twice; or one line on stdin)
 kindlessh invite NAME [--profile eink|smooth] [--ttl 15m] [--quiet] [--config FILE]
 kindlessh invite --list | --revoke NAME [--config FILE]
 ```
@@ -36,6 +37,7 @@ from ._config import Config, load_config
 from ._errors import ConfigError, UserError
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
+from ._passwords import Passwords
 from ._server import Server, start_server
 from ._users import PROFILES, Users, check_name, parse_keys
 
@@ -165,6 +167,25 @@ def _read_key_text(source: str) -> tuple[str, str]:
         raise UserError(f"--key {source}: cannot read it ({reason})") from None
 
 
+def _passwd(args: argparse.Namespace, config: Config) -> None:
+    passwords = Passwords(config.server.users_dir)
+    if args.remove:
+        if not passwords.remove(args.name):
+            raise UserError(f"{args.name} has no password")
+        _out(f"{args.name}: password removed")
+        return
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"New password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise UserError("the two passwords differ; nothing was changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    passwords.set(args.name, password)
+    _out(f"{args.name}: password set (stored as a scrypt hash)")
+    if not config.server.password_auth:
+        _out("Note: [server] password_auth is off, so the server does not ask for it yet.")
+
+
 def _user_command(args: argparse.Namespace, config: Config) -> int:
     users = Users(config.server.users_dir)
     if args.action != "list":
@@ -194,7 +215,10 @@ def _user_command(args: argparse.Namespace, config: Config) -> int:
              "other name.")
     elif args.action == "remove":
         info = users.remove(args.name)
+        Passwords(config.server.users_dir).remove(args.name)
         _out(f"{args.name}: removed, with {len(info.keys)} key(s)")
+    elif args.action == "passwd":
+        _passwd(args, config)
     else:
         count = users.set_profile(args.name, args.profile)
         _out(f"{args.name}: profile {args.profile} on {count} key(s)")
@@ -223,10 +247,15 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="users, their keys and profiles")
     remove = actions.add_parser("remove", help="delete a user and their keys")
     remove.add_argument("name")
+    passwd = actions.add_parser(
+        "passwd", help="set a password (for clients without keys; see password_auth)"
+    )
+    passwd.add_argument("name")
+    passwd.add_argument("--remove", action="store_true", help="take the password away")
     setp = actions.add_parser("set", help="change a user's screen profile")
     setp.add_argument("name")
     setp.add_argument("--profile", choices=PROFILES, required=True)
-    for p in (add, remove, setp, actions.choices["list"]):
+    for p in (add, remove, setp, passwd, actions.choices["list"]):
         p.add_argument("--config", type=Path, help="TOML config file (default: none)")
 
     invite = sub.add_parser(

@@ -44,6 +44,7 @@ class ServerConfig:
     host_key: Path = Path("keys/ssh_host_ed25519_key")
     authorized_keys: Path = Path("keys/authorized_keys")
     users_dir: Path = Path("keys/users")
+    password_auth: bool = False
     login_timeout: float = 30.0
     max_auth_tries: int = 4
     max_startups: int = 10

@@ -56,6 +56,7 @@ from ._keys import (
     load_or_create_host_key,
     load_or_create_rsa_host_key,
 )
+from ._passwords import Passwords
 from ._provider import Provider
 from ._quota import Quota
 from ._refused import RefusedSession
@@ -155,6 +156,7 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._offered: list[asyncssh.SSHKey] = []
         self._code_tries = 0
         self._greeting: str | None = None
+        self._password_ok = False
         self._enrolled_env: dict[str, str] = {}
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -245,6 +247,9 @@ class KindleSSHServer(asyncssh.SSHServer):
             return True
         self._invite = None
         self._offered = []
+        self._password_ok = self.ctx.config.server.password_auth and Passwords(
+            self.ctx.config.server.users_dir
+        ).has(username)
         if valid_name(username):
             invites = Invites.beside(self.ctx.config.server.users_dir)
             try:
@@ -278,7 +283,17 @@ class KindleSSHServer(asyncssh.SSHServer):
         return False
 
     def password_auth_supported(self) -> bool:
-        return False
+        # Only when the owner turned passwords on, and only for a name that has one:
+        # nobody else is ever asked, so there is nothing to guess.
+        return self._password_ok
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        passwords = Passwords(self.ctx.config.server.users_dir)
+        # scrypt takes a few tens of milliseconds: off the event loop.
+        ok = await asyncio.to_thread(passwords.check, username, password)
+        if ok:
+            log.info("%s: password accepted for %s", self._addr, username)
+        return ok
 
     def kbdint_auth_supported(self) -> bool:
         # Offered only while an invite is pending for the name: nothing else is ever

@@ -47,7 +47,7 @@ class Terminal:
     async def connect(
         cls,
         port: int,
-        key: asyncssh.SSHKey,
+        key: asyncssh.SSHKey | None,
         *,
         username: str = "reader",
         cols: int = 54,
@@ -56,13 +56,15 @@ class Terminal:
         term_type: str = "xterm",
         pty: bool = True,
         encoding: str | None = "utf-8",
+        password: str | None = None,
     ) -> Terminal:
         term = cls(cols, rows)
         term.conn = await asyncssh.connect(
             "127.0.0.1",
             port,
             username=username,
-            client_keys=[key],
+            client_keys=[key] if key is not None else None,
+            password=password,
             known_hosts=None,
             agent_path=None,
         )
