@@ -6,7 +6,8 @@ Contract:
   closes the upstream client.
 - Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
-- Public-key authentication only (and invite codes, below). A user name with a file
+- Public-key authentication (and invite codes, below; and passwords, only with
+  ``[server] password_auth`` on and only for names that have one). A user name with a file
   under ``[server] users_dir`` logs in with that file's keys alone; any other name with
   a key from ``[server] authorized_keys``, the SSH username naming the account. Both
   are re-read when they change. With no keys at all the server still runs, refuses
