@@ -263,7 +263,8 @@ class Conversation:
         last = self.turns.pop()
         try:
             return self.ask(last.question)
-        except InputRejected:
+        except BaseException:
+            # Refused (too soon, budget spent...): the old answer stays, unchanged.
             self.turns.append(last)
             raise
 

@@ -149,6 +149,26 @@ async def test_the_fourth_quick_question_is_refused_until_the_bucket_refills(
         await term.close()
 
 
+async def test_a_refused_retry_keeps_the_last_answer(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(quota={"prompts": 1, "refill_seconds": 10.0})
+    server.ctx.quota.clock = FakeClock()
+    term = await _connect(server, client_key, cols=80)
+    try:
+        fake_gemini.enqueue(Reply.text(["The only answer."]))
+        await _answered(term, "question", "The only answer.")
+        await term.send("/retry\r")
+        await term.wait_for("Slow down: you can ask again in 10 s.")
+        assert "The only answer." in term.text()
+        await term.send("/history\r")
+        await term.wait_for("question (1)")  # still stored, after the recorder's flush
+        (turn,) = await server.ctx.hub.store.load_turns("reader", 1)
+        assert turn.answer == "The only answer."
+    finally:
+        await term.close()
+
+
 async def test_a_spent_daily_budget_survives_a_restart(
     make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
 ) -> None:
