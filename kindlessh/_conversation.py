@@ -268,6 +268,12 @@ class Conversation:
             self.turns.append(last)
             raise
 
+    def forget(self) -> None:
+        """Drop every turn: their stored conversation was deleted. Call it only when no
+        answer is in flight; the screens showing this conversation follow."""
+        self.turns = []
+        self._changed()
+
     def stop(self, why: str = "") -> bool:
         """Stop the answer in flight, keeping what arrived. Returns False if none was.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -32,7 +33,15 @@ from ._conversation import Conversation, Turn
 from ._provider import Usage
 from ._quota import Quota, day_start
 from ._recorder import Recorder
-from ._store import ConversationNotFound, ConversationRow, Store, TokenCounts, TurnRow
+from ._sanitize import sanitize
+from ._store import (
+    ConversationNotFound,
+    ConversationRow,
+    Store,
+    StoreError,
+    TokenCounts,
+    TurnRow,
+)
 
 log = logging.getLogger("kindlessh.hub")
 
@@ -48,6 +57,7 @@ class Chat:
         self.recorder = recorder
         self.viewers = 0
         self.closed = False  # leaving memory: never handed out again
+        self.dropped = asyncio.Event()  # set once it has left memory, everything saved
         self.used = 0  # a counter stamp: the chat a user touched last wins in resume
 
     @property
@@ -138,9 +148,17 @@ class Hub:
         self.chats.append(chat)
         return chat
 
+    async def _dropping(self, user: str) -> None:
+        """Wait until ``user``'s chats that are leaving memory have saved their last
+        words: read before that, the store would give a reconnecting screen an answer
+        cut short."""
+        for chat in [c for c in self.chats if c.user == user and c.closed]:
+            await chat.dropped.wait()
+
     async def resume(self, user: str) -> Chat:
         """The chat a new connection of ``user`` starts with (see the module contract)."""
         await self.quota.load(user)
+        await self._dropping(user)
         mine = [c for c in self.chats if c.user == user and not c.closed]
         if mine:
             return self._attach(max(mine, key=lambda c: c.used))
@@ -161,6 +179,7 @@ class Hub:
             ConversationNotFound: no such conversation of this user.
         """
         await self.quota.load(user)
+        await self._dropping(user)
         for chat in self.chats:
             if chat.user == user and chat.id == conversation_id and not chat.closed:
                 return self._attach(chat)
@@ -196,11 +215,14 @@ class Hub:
         if chat.viewers or chat.closed:
             return
         chat.closed = True
-        await chat.conversation.aclose()
-        await chat.recorder.aclose()
-        # Removed only once saved: shutdown must still find it if this is cancelled.
-        if chat in self.chats:
-            self.chats.remove(chat)
+        try:
+            await chat.conversation.aclose()
+            await chat.recorder.aclose()
+            # Removed only once saved: shutdown must still find it if this is cancelled.
+            if chat in self.chats:
+                self.chats.remove(chat)
+        finally:
+            chat.dropped.set()
 
     # ----- the user's library ---------------------------------------------------------
 
@@ -223,29 +245,37 @@ class Hub:
         Raises:
             ConversationNotFound: no such conversation of this user.
         """
-        offset = 0
-        while True:
-            rows = await self.store.list_conversations(user, limit=200, offset=offset)
-            for row in rows:
-                if row.id == conversation_id:
-                    return row
-            if len(rows) < 200:
-                raise ConversationNotFound(f"No conversation {conversation_id}.")
-            offset += 200
+        return await self.store.get_conversation(user, conversation_id)
 
     async def delete(self, user: str, conversation_id: int) -> bool:
-        """Delete one of ``user``'s conversations; an answer still coming in it stops."""
-        for chat in [c for c in self.chats if c.user == user and c.id == conversation_id]:
+        """Delete one of ``user``'s conversations.
+
+        In memory it becomes an empty conversation (an answer still coming stops), so
+        every screen showing it, on any connection, shows it emptied, and its next
+        question starts a new stored conversation rather than writing to a deleted one.
+        """
+        live = [c for c in self.chats if c.user == user and c.id == conversation_id]
+        for chat in live:
             chat.conversation.stop("stopped: the conversation was deleted")
             await chat.conversation.wait()
             await chat.recorder.flush()
-        return await self.store.delete_conversation(user, conversation_id)
+        deleted = await self.store.delete_conversation(user, conversation_id)
+        for chat in live:
+            await chat.recorder.forget()
+            chat.conversation.forget()
+        return deleted
 
     async def export(self, chat: Chat, now: datetime) -> Path:
         """Write ``chat`` as Markdown to the user's export folder; returns the file."""
         await chat.recorder.flush()
         folder = self.export_dir / _safe_name(chat.user)
-        await asyncio.to_thread(_write_export, folder, chat, now)
+        try:
+            await asyncio.to_thread(_write_export, folder, chat, now)
+        except OSError as exc:
+            log.error("export to %s failed: %s", folder, exc)
+            raise StoreError(
+                f"The export could not be written on the server ({exc.strerror or exc})."
+            ) from exc
         return _export_path(folder, chat, now)
 
     # ----- shutdown -------------------------------------------------------------------
@@ -258,6 +288,7 @@ class Hub:
         for chat in list(self.chats):
             await chat.conversation.aclose()
             await chat.recorder.aclose()
+            chat.dropped.set()
         self.chats.clear()
         for task in list(self._closing):
             task.cancel()
@@ -267,9 +298,12 @@ class Hub:
 
 
 def _safe_name(name: str) -> str:
-    """A folder name for a user: letters, digits, ``._-`` only, never empty or dotted."""
+    """A folder name for a user: letters, digits, ``._-`` only, never empty or dotted,
+    and never the same for two names (a changed name gets a hash of the original)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:64]
-    return safe or "_"
+    if safe == name:
+        return safe
+    return f"{safe or '_'}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
 def _export_path(folder: Path, chat: Chat, now: datetime) -> Path:
@@ -286,16 +320,20 @@ def _write_export(folder: Path, chat: Chat, now: datetime) -> None:
 def to_markdown(chat: Chat, now: datetime) -> str:
     """A conversation as a Markdown document: each question as a quote, then its answer.
 
-    The text is raw, as stored (a file, not the screen); notes are kept in brackets.
+    Every text passes the sanitiser: a file on the server is read with ``cat`` in a
+    terminal too, where a stored escape sequence would act. Notes are kept in brackets.
     """
-    turns = chat.conversation.turns
-    title = " ".join(turns[0].question.split())[:80] if turns else "Empty conversation"
+    turns = [
+        (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None)
+        for t in chat.conversation.turns
+    ]
+    title = " ".join(turns[0][0].split())[:80] if turns else "Empty conversation"
     head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
     blocks = [head]
-    for turn in turns:
-        lines = ["> " + line for line in turn.question.splitlines() or [""]]
-        lines += ["", turn.answer.rstrip()]
-        if turn.note:
-            lines += ["", f"*[{turn.note}]*"]
+    for question, answer, note in turns:
+        lines = ["> " + line for line in question.splitlines() or [""]]
+        lines += ["", answer.rstrip()]
+        if note:
+            lines += ["", f"*[{note}]*"]
         blocks.append("\n".join(lines) + "\n")
     return "\n---\n\n".join(blocks)

@@ -72,27 +72,51 @@ class Recorder:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self.flush()
-            if any(turn.active for turn in self.conversation.turns):
+            saved = await self.flush()
+            if not saved:
+                # The store failed: try again after a while, change or no change.
+                await asyncio.sleep(self.interval)
+                self._wake.set()
+            elif any(turn.active for turn in self.conversation.turns):
                 # Strategy: progress is saved once per interval, not per delta; a
                 # SIGKILL loses at most this much, and the disk is spared 40 writes/s.
                 await asyncio.sleep(self.interval)
 
-    async def flush(self) -> None:
-        """Write every change made so far."""
+    async def flush(self) -> bool:
+        """Write every change made so far; False if the store failed (it is logged).
+
+        The writing itself is shielded: a caller cancelled half-way (a screen that
+        closes during /history) never leaves a row whose id this recorder did not
+        learn, which the next flush would write again.
+        """
+        return await asyncio.shield(asyncio.ensure_future(self._flush()))
+
+    async def _flush(self) -> bool:
         async with self._lock:
             try:
                 await self._sync()
             except KindleSSHError as exc:
                 log.warning("saving the conversation failed: %s", exc)
+                return False
+            return True
+
+    async def forget(self) -> None:
+        """The stored conversation is gone (deleted): from now on this conversation is
+        a new one, stored from its next question on."""
+        async with self._lock:
+            self.conversation_id = None
+            self._ids.clear()
+            self._finished.clear()
+            self._progress.clear()
 
     async def _sync(self) -> None:
         turns = list(self.conversation.turns)
         for turn in [t for t in self._ids if t not in turns]:
-            turn_id = self._ids.pop(turn)
+            await self.store.delete_turn(self._ids[turn])
+            # Forgotten only once deleted: a failed delete is tried again.
+            del self._ids[turn]
             self._finished.discard(turn)
             self._progress.pop(turn, None)
-            await self.store.delete_turn(turn_id)
         for turn in turns:
             if turn not in self._ids:
                 if self.conversation_id is None:
@@ -137,6 +161,5 @@ class Recorder:
             # Never cancel a write half-way: the store would keep a row whose id this
             # recorder never learnt, and the next flush would write the turn twice.
             self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task})
         await self.flush()

@@ -465,6 +465,30 @@ class Store:
 
         return await self._call(job)
 
+    async def get_conversation(self, user: str, conversation_id: int) -> ConversationRow:
+        """One of ``user``'s conversations.
+
+        Raises:
+            ConversationNotFound: no such conversation of this user.
+        """
+
+        def job(conn: sqlite3.Connection) -> ConversationRow | None:
+            row = conn.execute(
+                "SELECT c.id, c.title, c.created_at, c.updated_at, "
+                "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) "
+                "FROM conversations c WHERE c.user = ? AND c.id = ?",
+                (user, conversation_id),
+            ).fetchone()
+            if row is None:
+                return None
+            id_, title, created, updated, count = row
+            return ConversationRow(id_, title, _parse(created), _parse(updated), count)
+
+        found = await self._call(job)
+        if found is None:
+            raise ConversationNotFound(f"No conversation {conversation_id}.")
+        return found
+
     async def latest_conversation(self, user: str) -> int | None:
         """The id of ``user``'s most recently updated conversation, or ``None``."""
 

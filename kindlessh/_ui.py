@@ -14,6 +14,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,8 @@ from ._quota import span
 from ._sanitize import sanitize_inline
 from ._throttle import CommitThrottle
 from ._view import Item, Line, Look, Notice, Shown
+
+log = logging.getLogger("kindlessh.ui")
 
 HELP = """Commands:
   /new     start a fresh conversation
@@ -218,6 +221,9 @@ class ChatUI:
                 await job
             except KindleSSHError as exc:
                 self.say(str(exc), "error")
+            except Exception:
+                log.exception("a command failed")
+                self.say("That command failed on the server; see its log.", "error")
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -294,13 +300,20 @@ class ChatUI:
         """Follow the conversation's turns, whichever screen changed them (a question
         asked, or an answer replaced by /retry, on another connection of the user)."""
         turns = self.conversation.turns
-        if [item.turn for item in self.items if item.turn is not None] == turns:
+        shown = [item.turn for item in self.items if item.turn is not None]
+        if shown == turns:
+            return
+        if shown and not turns:
+            # Every turn gone at once: the conversation was deleted (here or elsewhere).
+            self.items = []
+            self._shown.clear()
+            self.say("This conversation was deleted; a new one starts here.")
             return
         present = set(turns)
         self.items = [item for item in self.items if item.turn is None or item.turn in present]
-        shown = {item.turn for item in self.items if item.turn is not None}
+        kept = {item.turn for item in self.items if item.turn is not None}
         for turn in turns:
-            if turn not in shown:
+            if turn not in kept:
                 self.items.append(Item(turn=turn))
         # A new question is where the reader looks next.
         self._scroll = self._page_back = 0
@@ -502,12 +515,10 @@ class ChatUI:
         )
 
     async def _delete(self, number: int) -> None:
-        showing = number == self.chat.id
         if not await self.hub.delete(self.chat.user, number):
             self.say(f"No conversation {number}.", "error")
             return
-        if showing:
-            self.switch(self.hub.new(self.chat.user))
+        # A conversation on the screen (this one's or another's) is emptied in place.
         self.say(f"Conversation {number} deleted.")
 
     async def _export(self) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncssh
 
 from kindlessh import Server
+from kindlessh._conversation import Turn
+from kindlessh._hub import _safe_name, to_markdown
 from kindlessh._store import Store
 
 from .conftest import ServerFactory
@@ -410,3 +414,66 @@ async def test_sigkill_loses_at_most_the_last_commit_interval(
         await store.close()
     assert turn.answer == "First words arrive. "
     assert turn.incomplete and turn.state == "stopped"
+
+
+async def test_deleting_on_one_screen_empties_the_other_and_its_next_question_is_kept(
+    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.enqueue(Reply.text(["First."]))
+    laptop = await _connect(server, client_key, cols=80, rows=24)
+    kindle = None
+    try:
+        await laptop.ask("one")
+        await laptop.wait_for("First.")
+        kindle = await _connect(server, client_key)
+        await kindle.wait_for("First.")
+        await laptop.send("/delete 1\r")
+        await laptop.wait_for("Delete conversation 1,")
+        await laptop.send("y\r")
+        await laptop.wait_for("Conversation 1 deleted.")
+        await kindle.wait_for("This conversation was deleted; a new one starts here.")
+        assert "First." not in kindle.text()
+        fake_gemini.enqueue(Reply.text(["Second."]))
+        await kindle.ask("two")
+        await kindle.wait_for("Second.")
+        await laptop.wait_for("Second.")
+        await kindle.send("/history\r")
+        await kindle.wait_for("two (1)")
+        rows = await server.ctx.hub.store.list_conversations("reader")
+        assert [(r.title, r.turn_count) for r in rows] == [("two", 1)]
+    finally:
+        await laptop.close()
+        if kindle is not None:
+            await kindle.close()
+
+
+async def test_an_export_that_cannot_be_written_says_so(
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    server = await make_server(storage={"export_dir": str(blocker)})
+    term = await _connect(server, client_key)
+    try:
+        fake_gemini.enqueue(Reply.text(["Answer."]))
+        await term.ask("q")
+        await term.wait_for("Answer.")
+        await term.send("/export\r")
+        await term.wait_for("The export could not be written on the server")
+    finally:
+        await term.close()
+
+
+def test_exports_are_sanitised_and_folders_never_shared() -> None:
+    names = ["anna", "a b", "a_b", ".", "_", "ä", "ö"]
+    folders = [_safe_name(n) for n in names]
+    assert len(set(folders)) == len(names)
+    assert folders[0] == "anna" and folders[2] == "a_b"
+    assert all(f and not f.startswith(".") and "/" not in f for f in folders)
+
+    turn = Turn("q \x1b]0;x\x07", answer="a \x1b]52;c;eA==\x07", note="n \x9b2J")
+    chat = SimpleNamespace(conversation=SimpleNamespace(turns=[turn]))
+    doc = to_markdown(chat, datetime(2026, 11, 29, tzinfo=UTC))  # type: ignore[arg-type]
+    assert "\x1b" not in doc and "\x07" not in doc and "\x9b" not in doc
+    assert "^[]52;c;eA==^G" in doc
