@@ -8,9 +8,11 @@ Contract:
 - A code is shown once, when it is made, and stored only as a salted scrypt hash. At most
   one invite is pending per name: a new one replaces the old. Invites expire; expired
   ones are dropped whenever the file is written.
-- :meth:`Invites.redeem` checks a typed code (in constant time) and, when it is right,
-  consumes the invite in the same locked step: a code works once. Counting wrong tries
-  is the caller's part. Codes are typed on an on-screen keyboard, so case, spaces and
+- :meth:`Invites.redeem` checks a typed code (in constant time, and outside the lock:
+  scrypt is slow) and, when it is right and the invite is still the same one, runs the
+  caller's enrolment and consumes the invite in one locked step: a code works once, and
+  an enrolment that fails leaves the invite standing. Counting wrong tries is the
+  caller's part. Codes are typed on an on-screen keyboard, so case, spaces and
   hyphens in what is typed do not matter.
 - Every refusal raises :class:`~kindlessh._errors.UserError` with a message for the owner.
 """
@@ -27,11 +29,11 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._errors import UserError
 
@@ -40,6 +42,7 @@ ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 CODE_LENGTH = 9  # 9 * log2(31) = 44.6 bits
 CODE_BITS = CODE_LENGTH * math.log2(len(ALPHABET))
 DEFAULT_TTL = timedelta(minutes=15)
+Redeemed = Literal["ok", "wrong", "gone"]
 MAX_TTL = timedelta(days=7)
 # scrypt with 16 MiB of memory: a leaked file does not give the codes away cheaply, and
 # one check costs a few tens of milliseconds (the server runs it off the event loop).
@@ -184,8 +187,21 @@ class Invites:
         invite = self._invite(name, record) if isinstance(record, dict) else None
         return invite if invite is not None and invite.left(now) > timedelta(0) else None
 
-    def redeem(self, name: str, typed: str, now: datetime) -> Invite | None:
-        """Consume ``name``'s invite if ``typed`` is its code; None if wrong or gone.
+    def redeem(
+        self,
+        name: str,
+        typed: str,
+        now: datetime,
+        enrol: Callable[[Invite], None] | None = None,
+    ) -> tuple[Redeemed, Invite | None]:
+        """Check ``typed`` against ``name``'s invite; if right, run ``enrol`` and consume it.
+
+        Returns:
+            ``("ok", invite)``; ``("wrong", None)`` for a wrong code; ``("gone", None)``
+            when no invite is pending (expired, revoked, used, replaced meanwhile).
+
+        Raises:
+            Whatever ``enrol`` raises; the invite then stays.
 
         Slow on purpose (scrypt): call it off the event loop.
         """
@@ -193,18 +209,23 @@ class Invites:
         with self._locked() as records:
             self._prune(records, now)
             record = records.get(name)
-            if record is None:
-                return None
-            invite = self._invite(name, record)
-            try:
-                salt = base64.b64decode(record["salt"])
-                stored = base64.b64decode(record["hash"])
-            except (KeyError, TypeError, ValueError):
-                return None
-            if invite is None or not hmac.compare_digest(_hash(code, salt), stored):
-                return None
+        invite = self._invite(name, record) if isinstance(record, dict) else None
+        if invite is None or record is None:
+            return "gone", None
+        try:
+            salt = base64.b64decode(record["salt"])
+            stored = base64.b64decode(record["hash"])
+        except (KeyError, TypeError, ValueError):
+            return "gone", None
+        if not hmac.compare_digest(_hash(code, salt), stored):
+            return "wrong", None
+        with self._locked() as records:
+            if records.get(name) != record:
+                return "gone", None
+            if enrol is not None:
+                enrol(invite)
             del records[name]
-            return invite
+        return "ok", invite
 
     def revoke(self, name: str) -> bool:
         """Drop ``name``'s invite; False if there was none."""

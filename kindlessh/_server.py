@@ -69,6 +69,10 @@ from ._users import KeyEntry, Users, valid_name
 log = logging.getLogger("kindlessh.server")
 
 MAX_CODE_TRIES = 3
+GONE = (
+    "kindlessh: the invite for {name} has expired or was cancelled; ask the owner "
+    "for a new one"
+)
 NO_CLIENT_KEY = (
     "kindlessh: an invite is waiting for you, but your SSH client offered no key to "
     "register. Make one, then connect again:\n"
@@ -158,6 +162,7 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._code_tries = 0
         self._greeting: str | None = None
         self._password_ok = False
+        self._refusal: str | None = None  # why keyboard-interactive cannot go on
         self._enrolled_env: dict[str, str] = {}
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -304,8 +309,14 @@ class KindleSSHServer(asyncssh.SSHServer):
     def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
     ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
+        # Asked again: the invite may have expired or been revoked since begin_auth.
+        self._refusal = None
         if not self._offered:
-            return ("", NO_CLIENT_KEY + "\n", "", ())
+            self._refusal = NO_CLIENT_KEY
+        elif self._pending(username) is None:
+            self._refusal = GONE.format(name=username)
+        if self._refusal is not None:
+            return ("", self._refusal + "\n", "", ())
         fingerprint = self._offered[0].get_fingerprint()
         # No name, and the instruction ends its own line: dbclient prints both as they
         # are, with no line break after either.
@@ -316,48 +327,62 @@ class KindleSSHServer(asyncssh.SSHServer):
             ((f"Invite code for {username}: ", True),),
         )
 
+    def _pending(self, username: str) -> Invite | None:
+        invites = Invites.beside(self.ctx.config.server.users_dir)
+        try:
+            return invites.pending(username, datetime.now(UTC))
+        except UserError as exc:
+            log.warning("%s", exc)
+            return None
+
+    def _refuse(self, reason: str) -> bool:
+        """End the connection with ``reason`` (one line, shown by the client)."""
+        assert self._conn is not None
+        self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
+        return False
+
     async def validate_kbdint_response(self, username: str, responses: Any) -> bool:
-        conn = self._conn
-        assert conn is not None
-        if not self._offered:
-            conn.disconnect(
-                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+        if self._refusal == NO_CLIENT_KEY:
+            return self._refuse(
                 "kindlessh: no key offered; make one (ssh-keygen -t ed25519 or "
-                "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear) and connect again",
+                "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear) and connect again"
             )
-            return False
+        if self._refusal is not None:
+            return self._refuse(self._refusal)
         if len(responses) != 1:
             return False
         self._code_tries += 1
         invites = Invites.beside(self.ctx.config.server.users_dir)
+        key = self._offered[0]
+
+        def enrol(invite: Invite) -> None:
+            entry = KeyEntry.parse(key.export_public_key().decode().strip(), "the offered key")
+            self.ctx.users.add(username, [entry], invite.profile)
+
         try:
-            # scrypt takes a few tens of milliseconds: off the event loop.
-            invite = await asyncio.to_thread(
-                invites.redeem, username, str(responses[0]), datetime.now(UTC)
+            # scrypt takes a few tens of milliseconds, and the key file is written:
+            # off the event loop. The invite is used up only once the key is stored.
+            outcome, invite = await asyncio.to_thread(
+                invites.redeem, username, str(responses[0]), datetime.now(UTC), enrol
             )
         except UserError as exc:
-            log.warning("%s", exc)
-            invite = None
-        if invite is None:
+            log.error("could not register a key for %s: %s", username, exc)
+            return self._refuse(
+                "kindlessh: the server could not register your key; the invite still "
+                "stands (the owner can see why in its log)"
+            )
+        if outcome == "gone":
+            return self._refuse(GONE.format(name=username))
+        if outcome == "wrong" or invite is None:
             log.info("%s: wrong invite code for %s (try %d)", self._addr, username,
                      self._code_tries)
             if self._code_tries >= MAX_CODE_TRIES:
-                conn.disconnect(
-                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                    "kindlessh: too many wrong invite codes",
-                )
+                return self._refuse("kindlessh: too many wrong invite codes")
             return False
-        return self._enrol(username, invite)
+        self._enrolled(username, key, invite)
+        return True
 
-    def _enrol(self, username: str, invite: Invite) -> bool:
-        key = self._offered[0]
-        line = key.export_public_key().decode().strip()
-        try:
-            entry = KeyEntry.parse(line, "the offered key")
-            self.ctx.users.add(username, [entry], invite.profile)
-        except UserError as exc:
-            log.error("could not register a key for %s: %s", username, exc)
-            return False
+    def _enrolled(self, username: str, key: asyncssh.SSHKey, invite: Invite) -> None:
         fingerprint = key.get_fingerprint()
         log.info("registered key %s for %s from %s (invite)", fingerprint, username, self._addr)
         others = len(self._offered) - 1
@@ -372,7 +397,6 @@ class KindleSSHServer(asyncssh.SSHServer):
         )
         if invite.profile:
             self._enrolled_env = {"KINDLESSH_PROFILE": invite.profile}
-        return True
 
     def auth_completed(self) -> None:
         assert self._conn is not None

@@ -255,7 +255,7 @@ def test_invite_prints_the_code_and_the_command(tmp_path: Path) -> None:
     assert "ssh -t -p 2222 kindle@192.168.1.20" in out
     code = next(line for line in out.splitlines() if line.startswith("Code: "))[6:]
     assert len(code) == 9
-    assert _invites(tmp_path).redeem("kindle", code, datetime.now(UTC)) is not None
+    assert _invites(tmp_path).redeem("kindle", code, datetime.now(UTC))[0] == "ok"
 
 
 
@@ -304,3 +304,27 @@ async def test_a_new_server_with_only_an_invite_does_not_say_nobody_can_log_in(
                               [code])
     assert error is None
     assert typer.banners == []
+
+
+async def test_an_invite_revoked_during_the_login_is_refused_plainly(
+    server: Server, tmp_path: Path
+) -> None:
+    code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
+                                        now=datetime.now(UTC))
+
+    class _Revoking(_CodeTyper):
+        def kbdint_auth_requested(self) -> str:
+            _invites(tmp_path).revoke("kindle")  # the owner, just as the code is asked
+            return ""
+
+    typer = _Revoking([code])
+    with pytest.raises(asyncssh.Error):
+        await asyncssh.connect(
+            "127.0.0.1", server.port, username="kindle",
+            client_keys=[asyncssh.generate_private_key("ssh-ed25519")], known_hosts=None,
+            agent_path=None, password=None, kbdint_auth=True, client_factory=lambda: typer,
+            preferred_auth="publickey,keyboard-interactive",
+        )
+    assert typer.prompts == []
+    assert "has expired or was cancelled" in typer.instructions[0]
+    assert not _user_file(tmp_path, "kindle").exists()
