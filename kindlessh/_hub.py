@@ -280,6 +280,13 @@ class Hub:
 
     # ----- shutdown -------------------------------------------------------------------
 
+    def stop_answers(self) -> None:
+        """The server is stopping: every answer in flight stops, marked interrupted.
+        (First, before the sessions end: their leaving would stop answers with another
+        note, or let them run on.)"""
+        for chat in self.chats:
+            chat.conversation.stop(SHUTDOWN_NOTE)
+
     async def aclose(self) -> None:
         """Stop every answer (marked interrupted), save everything, close the store."""
         for chat in self.chats:

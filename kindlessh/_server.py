@@ -455,6 +455,7 @@ class Server:
     async def close(self) -> None:
         """Stop listening, end all sessions and close the upstream client."""
         self._acceptor.close()
+        self.ctx.hub.stop_answers()
         for session in list(self.ctx.sessions):
             session.shutdown()
         for conn in list(self.ctx.connections):

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import asyncssh
+import pytest
 
 from kindlessh import Server
 from kindlessh._conversation import Turn
@@ -207,10 +208,12 @@ async def test_restart_between_turns_keeps_the_conversation(
         await term.close()
 
 
+@pytest.mark.parametrize("finish_on_disconnect", [True, False])
 async def test_stopping_the_server_mid_answer_keeps_the_text_marked(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    finish_on_disconnect: bool,
 ) -> None:
-    server = await make_server()
+    server = await make_server(chat={"finish_on_disconnect": finish_on_disconnect})
     fake_gemini.enqueue(_gated(asyncio.Event()))
     term = await _connect(server, client_key)
     await term.ask("tell me")
