@@ -20,7 +20,10 @@ Contract:
   wrong one a failed login for the policy below); the right code registers the first
   key the client offered for NAME (with the invite's profile) and the chat opens with a
   line saying so. With no invite pending, keyboard-interactive is not offered at all. A
-  client that offered no key is told how to make one and disconnected.
+  client that offered no key is told how to make one and disconnected. The code is what
+  authorises the key: SSH clients name a key before signing with it, and a refused key
+  is never signed, so the key is registered as offered; only a device holding its
+  private key can log in with it afterwards.
 - Connection policy (:mod:`._guard`): a connection refused by the startup limits or a
   penalty is dropped before the SSH banner; one not logged in after ``login_timeout``
   is cut; the ``max_auth_tries``-th failed login ends the connection.
