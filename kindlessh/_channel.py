@@ -307,6 +307,8 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                         for n in ("eink", "smooth")
                     },
                     notices=notices,
+                    pace=ctx.pace.stretch,
+                    spread=ctx.pace.spread,
                 )
                 if ctx.config.server.idle_timeout:
                     self._last_input = time.monotonic()

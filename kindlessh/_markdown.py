@@ -741,7 +741,10 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
-@lru_cache(maxsize=512)
+# Shared by every session: about ten blocks per answer, a hundred answers streaming at
+# once, and the screen's width; evicting a block that is still shown means rendering it
+# again on every commit.
+@lru_cache(maxsize=8192)
 def _render_block(block: str, width: int, color: bool) -> tuple[tuple[Fragment, ...], ...]:
     """The finished lines of one piece of an answer (see ``_blocks``), cached."""
     try:

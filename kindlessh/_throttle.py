@@ -3,7 +3,10 @@
 Contract: ``poke()`` says new text arrived. The first poke after a quiet spell commits at
 once (leading edge: the first words show immediately); later pokes commit at most once per
 ``interval`` seconds, the last one always landing (trailing edge), so nothing is lost.
-``flush()`` commits now (the answer ended). ``cancel()`` drops any pending commit.
+``flush()`` commits now (the answer ended). ``cancel()`` drops any pending commit. With
+``pace``, the interval used is ``pace(interval)``: longer while the server is overloaded;
+with ``spread``, a commit is handed to it to run in turn with other screens' commits
+(see :mod:`._pace`).
 
 Strategy: throttle the *answer*, not prompt-toolkit's renderer. ``min_redraw_interval``
 would also delay the echo of typed keys, which must stay immediate on every screen.
@@ -24,8 +27,12 @@ class CommitThrottle:
         interval: float,
         commit: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        pace: Callable[[float], float] | None = None,
+        spread: Callable[[object, Callable[[], None]], None] | None = None,
     ) -> None:
         self.interval = interval
+        self._pace = pace
+        self._spread = spread
         self._commit = commit
         self._clock = clock
         self._last = -float("inf")
@@ -36,7 +43,8 @@ class CommitThrottle:
         """New text arrived: commit now if the interval has passed, else schedule it."""
         if self._timer is not None:
             return
-        wait = self._last + self.interval - self._clock()
+        interval = self._pace(self.interval) if self._pace is not None else self.interval
+        wait = self._last + interval - self._clock()
         if wait <= 0:
             self._fire()
         else:
@@ -57,4 +65,7 @@ class CommitThrottle:
         self._timer = None
         self._last = self._clock()
         self.commits += 1
-        self._commit()
+        if self._spread is not None:
+            self._spread(self, self._commit)
+        else:
+            self._commit()

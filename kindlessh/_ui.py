@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,6 +110,8 @@ class ChatUI:
         profile: Profile,
         profiles: dict[str, Profile] | None = None,
         notices: list[Notice] | None = None,
+        pace: Callable[[float], float] | None = None,
+        spread: Callable[[object, Callable[[], None]], None] | None = None,
     ) -> None:
         self.chat = chat
         self.hub = hub
@@ -128,7 +130,7 @@ class ChatUI:
         self._last_total = 0
         self._refused = 0
         self._paste_notice: Notice | None = None
-        self.throttle = CommitThrottle(profile.interval, self._commit)
+        self.throttle = CommitThrottle(profile.interval, self._commit, pace=pace, spread=spread)
         self.say(
             f"Hello {sanitize_inline(username, 32)}. Type a question and press Enter; "
             "/help lists commands."
@@ -173,6 +175,10 @@ class ChatUI:
             terminal_size_polling_interval=None,
             min_redraw_interval=None,
             refresh_interval=None,
+            # Repaint in the next turn of the loop, never postponed "until the loop is
+            # idle": on a busy server every screen's postponed repaint would fall due at
+            # once, one long burst (see _pace's spread, which takes turns instead).
+            max_render_postpone_time=None,
             enable_page_navigation_bindings=False,
         )
 
