@@ -1,0 +1,147 @@
+"""The kindlessh server in a process of its own, with an event-loop probe (for
+``bench/load.py``).
+
+    python bench/_load_server.py CONFIG SAMPLES
+
+Starts the server as ``kindlessh serve --config CONFIG`` does (``load_config`` and
+``start_server``, logging at INFO to stderr with asyncssh and httpx at WARNING), then
+prints one JSON line to stdout: ``{"port": ..., "pid": ...}``. A probe task sleeps 10 ms
+again and again and records how late it wakes (``loop.time()`` after the sleep minus the
+time it asked to wake), with the ``time.monotonic()`` of each wake, so that the driver can
+cut the samples into phases (CLOCK_MONOTONIC is the same clock in every process). Once a
+second it also notes the number of chat sessions open. Full (generation 2) garbage
+collections are timed through ``gc.callbacks``.
+
+On SIGTERM (or SIGINT) the probe stops, the samples go to SAMPLES as JSON, and one JSON
+line goes to stdout: the lag summary, the process's CPU time and peak RSS from
+``getrusage``, the session peak and the full collections. Then the server is closed and
+a last line ``{"closed": seconds}`` follows.
+
+With the environment variable ``LOAD_CPROFILE=FILE`` the whole run is profiled with
+cProfile (from listening to SIGTERM) and the statistics written to FILE (a diagnostic:
+the profiler slows the server down, so the other figures of such a run mean little).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import resource
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kindlessh import load_config, start_server
+
+TICK = 0.010  # seconds the probe asks to sleep
+
+
+class FullCollections:
+    """Times every generation 2 collection."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []  # ms
+        self.at: list[float] = []  # time.monotonic() when each one started
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+            self.at.append(time.monotonic())
+        else:
+            self.durations.append((time.perf_counter() - self._start) * 1000)
+
+
+async def probe(
+    lags: list[tuple[float, float]], sessions: list[int], count: Any, stop: asyncio.Event
+) -> None:
+    loop = asyncio.get_running_loop()
+    next_count = time.monotonic()
+    while not stop.is_set():
+        expected = loop.time() + TICK
+        await asyncio.sleep(TICK)
+        now = time.monotonic()
+        lags.append((now, (loop.time() - expected) * 1000))
+        if now >= next_count:
+            sessions.append(count())
+            next_count = now + 1.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 10) - 1]
+
+
+async def main(config_path: Path, samples_path: Path) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    server = await start_server(load_config(config_path))
+    collections = FullCollections()
+    gc.callbacks.append(collections)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    lags: list[tuple[float, float]] = []
+    sessions: list[int] = []
+    profiler = None
+    if os.environ.get("LOAD_CPROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    prober = asyncio.create_task(probe(lags, sessions, lambda: len(server.ctx.sessions), stop))
+    print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+
+    await stop.wait()
+    await prober
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.environ["LOAD_CPROFILE"])
+    gc.callbacks.remove(collections)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    samples_path.write_text(json.dumps({
+        "lags": lags, "gc_at": collections.at, "gc_ms": collections.durations,
+    }))
+    values = [lag for _, lag in lags]
+    print(json.dumps({
+        "ticks": len(values),
+        "lag_p50_ms": statistics.median(values) if values else float("nan"),
+        "lag_p99_ms": percentile(values, 99),
+        "lag_max_ms": max(values, default=float("nan")),
+        "cpu_user_s": usage.ru_utime,
+        "cpu_system_s": usage.ru_stime,
+        "maxrss_kib": usage.ru_maxrss,
+        "sessions_peak": max(sessions, default=0),
+        "full_collections": len(collections.durations),
+        "full_collection_ms_max": max(collections.durations, default=0.0),
+        "full_collection_ms_total": sum(collections.durations),
+    }), flush=True)
+    started = time.monotonic()
+    try:
+        await server.close()
+    except Exception:
+        logging.getLogger("bench.load").exception("server.close() failed")
+    print(json.dumps({"closed": time.monotonic() - started}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    sys.exit(asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]))))
