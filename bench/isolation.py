@@ -44,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh
 
 from bench._probe import ProbeTerminal, input_is
+from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
 from tests.conftest import write_config
-from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, _Connection
+from tests.fake_gemini import Reply
 from tests.sshterm import Terminal
 
 SESSIONS = 10
@@ -81,40 +82,6 @@ def percentile(values: list[float], q: int) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def last_question(request: RecordedRequest) -> str:
-    """The text of the last user turn of a streamGenerateContent request."""
-    try:
-        contents = request.json["contents"]
-        return str(contents[-1]["parts"][0]["text"])
-    except (KeyError, IndexError, TypeError):
-        return ""
-
-
-class RoutedGemini(FakeGemini):
-    """The fake Gemini answering by question instead of in arrival order.
-
-    ``routes[question]`` is served every time that question is asked (so a retried
-    request gets the same reply again); ``served[question]`` counts the requests.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes: dict[str, Reply] = {}
-        self.served: dict[str, int] = {}
-        self.unrouted: list[str] = []
-
-    async def _send_reply(
-        self, conn: _Connection, reply: Reply, request: RecordedRequest, keep_alive: bool
-    ) -> bool:
-        question = last_question(request)
-        self.served[question] = self.served.get(question, 0) + 1
-        routed = self.routes.get(question)
-        if routed is None:
-            self.unrouted.append(question)
-            routed = reply
-        return await super()._send_reply(conn, routed, request, keep_alive)
 
 
 def screen_has(text: str) -> Callable[[Terminal], bool]:

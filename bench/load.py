@@ -81,9 +81,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh
 import pyte
 
+from bench._routed import RoutedGemini, last_question
 from kindlessh import Config
 from tests.conftest import write_config
-from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, ResponseLog, _Connection
+from tests.fake_gemini import RecordedRequest, Reply, ResponseLog, _Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "bench" / "_load_server.py"
@@ -147,21 +148,11 @@ def squash(text: str) -> str:
     return " ".join(text.split())
 
 
-def last_question(request: RecordedRequest) -> str:
-    try:
-        return str(request.json["contents"][-1]["parts"][0]["text"])
-    except (KeyError, IndexError, TypeError):
-        return ""
-
-
-class LoadGemini(FakeGemini):
+class LoadGemini(RoutedGemini):
     """The fake Gemini answering by question; notes when each response has ended."""
 
     def __init__(self) -> None:
         super().__init__(api_key=API_KEY)
-        self.routes: dict[str, Reply] = {}
-        self.served: dict[str, int] = {}
-        self.unrouted: list[str] = []
         self.ended: dict[str, asyncio.Event] = {}
         self.logs: dict[str, ResponseLog] = {}
 
@@ -169,13 +160,8 @@ class LoadGemini(FakeGemini):
         self, conn: _Connection, reply: Reply, request: RecordedRequest, keep_alive: bool
     ) -> bool:
         question = last_question(request)
-        self.served[question] = self.served.get(question, 0) + 1
-        routed = self.routes.get(question)
-        if routed is None:
-            self.unrouted.append(question)
-            routed = reply
         try:
-            return await super()._send_reply(conn, routed, request, keep_alive)
+            return await super()._send_reply(conn, reply, request, keep_alive)
         finally:
             for log in reversed(self.responses):
                 if log.request is request:
