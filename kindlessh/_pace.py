@@ -37,8 +37,8 @@ class Pace:
         self,
         *,
         period: float = 0.05,
-        busy: float = 0.015,
-        calm: float = 0.005,
+        busy: float = 0.008,
+        calm: float = 0.002,
         max_factor: float = 20.0,
     ) -> None:
         self.period = period
