@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import UserError
+from ._files import write_private
 
 # Lower-case letters and digits without look-alikes (i l o 0 1): 31 symbols.
 ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -136,13 +137,7 @@ class Invites:
         return data if isinstance(data, dict) else {}
 
     def _write(self, records: dict[str, Any]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(records, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(records, indent=1, sort_keys=True))
 
     @staticmethod
     def _invite(name: str, record: dict[str, Any]) -> Invite | None:

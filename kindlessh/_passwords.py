@@ -15,14 +15,13 @@ Contract:
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 from ._errors import UserError
+from ._files import write_private
 from ._users import check_name, valid_name
 
 MIN_LENGTH = 10
@@ -80,16 +79,9 @@ class Passwords:
         path = self._path(name)
         if len(password) < MIN_LENGTH:
             raise UserError(f"a password must have at least {MIN_LENGTH} characters")
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(hash_password(password) + "\n")
-            os.replace(tmp, path)
+            write_private(path, hash_password(password) + "\n")
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise UserError(f"{path}: cannot write it ({exc.strerror or exc})") from None
 
     def remove(self, name: str) -> bool:

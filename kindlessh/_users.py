@@ -17,7 +17,6 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import asyncssh
 
 from ._errors import UserError
+from ._files import write_private
 from ._keys import AuthorizedKeys
 
 PROFILES = ("eink", "smooth")
@@ -222,19 +222,9 @@ class Users:
     def _write(self, name: str, lines: list[str | KeyEntry]) -> None:
         path = self.path(name)
         text = "".join((x if isinstance(x, str) else x.line()) + "\n" for x in lines)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Strategy: write a private temporary file, then rename it over the old one:
-            # the server reads either the old keys or the new, never a torn file.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            write_private(path, text)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise UserError(f"{path}: cannot write it ({exc.strerror or exc})") from None
 
     def info(self, name: str) -> UserInfo:
