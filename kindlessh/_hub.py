@@ -228,15 +228,18 @@ class Hub:
 
     async def history(self, user: str, limit: int, offset: int = 0) -> list[ConversationRow]:
         """``user``'s stored conversations, most recently used first."""
-        # Unsaved progress would make the list's turn counts and order lag behind.
+        await self._flush(user)
+        return await self.store.list_conversations(user, limit=limit, offset=offset)
+
+    async def _flush(self, user: str) -> None:
+        """Save ``user``'s chats now: unsaved progress would make lists and token counts
+        read from the store lag behind the screen."""
         for chat in [c for c in self.chats if c.user == user]:
             await chat.recorder.flush()
-        return await self.store.list_conversations(user, limit=limit, offset=offset)
 
     async def usage(self, user: str) -> TokenCounts:
         """``user``'s tokens of today (UTC) by kind, every finished answer included."""
-        for chat in [c for c in self.chats if c.user == user]:
-            await chat.recorder.flush()
+        await self._flush(user)
         return await self.store.token_counts(user, day_start(self.quota.now()))
 
     async def title(self, user: str, conversation_id: int) -> ConversationRow:
