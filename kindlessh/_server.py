@@ -61,6 +61,7 @@ from ._keys import (
     load_or_create_rsa_host_key,
 )
 from ._pace import Pace
+from ._paint import skip_unchanged_rows
 from ._passwords import Passwords
 from ._provider import Provider
 from ._quota import Quota
@@ -548,6 +549,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         # hundred streaming sessions allocate fast, and every tenth of every tenth of
         # those collections was a full one taking up to 230 ms (bench/load.py).
         gc.set_threshold(10_000, 10, 10)
+    skip_unchanged_rows()
     ctx.pace.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
 

@@ -25,7 +25,7 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import HSplit, Layout, Window
-from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.output import ColorDepth
@@ -35,6 +35,7 @@ from prompt_toolkit.utils import get_cwidth
 from ._conversation import Conversation, Turn
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
 from ._hub import Chat, Hub
+from ._paint import Transcript
 from ._profile import Profile
 from ._quota import span
 from ._sanitize import sanitize_inline
@@ -71,22 +72,6 @@ STYLE = Style.from_dict(
         "thought": "ansibrightblack",
     }
 )
-
-
-class TranscriptControl(UIControl):
-    """Shows the transcript lines that fit, bottom-aligned to the scroll position."""
-
-    def __init__(self, ui: ChatUI) -> None:
-        self.ui = ui
-
-    def is_focusable(self) -> bool:
-        return False
-
-    def create_content(self, width: int, height: int | None) -> UIContent:
-        visible = self.ui.visible_lines(width, height or 1)
-        return UIContent(
-            get_line=lambda i: visible[i], line_count=len(visible), show_cursor=False
-        )
 
 
 class ChatUI:
@@ -139,16 +124,12 @@ class ChatUI:
             self.items.append(Item(notice=notice))
         self._show_turns()
         self.input = Buffer(multiline=False, name="input")
+        self.transcript = Transcript(self.visible_lines)
         self.app: Application[None] = Application(
             layout=Layout(
                 HSplit(
                     [
-                        Window(
-                            TranscriptControl(self),
-                            height=Dimension(weight=1),
-                            wrap_lines=False,
-                            always_hide_cursor=True,
-                        ),
+                        self.transcript,
                         Window(
                             FormattedTextControl(self._status),
                             height=1,
