@@ -20,6 +20,9 @@ a last line ``{"closed": seconds}`` follows.
 With the environment variable ``LOAD_CPROFILE=FILE`` the whole run is profiled with
 cProfile (from listening to SIGTERM) and the statistics written to FILE (a diagnostic:
 the profiler slows the server down, so the other figures of such a run mean little).
+With ``LOAD_SLOW=FILE`` every callback the event loop runs is timed, and FILE gets, per
+kind of callback (a task's coroutine or a function's name), how many ran, their total
+and longest time, and how many took over 20 ms: what the loop's long turns are made of.
 """
 
 from __future__ import annotations
@@ -42,6 +45,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kindlessh import load_config, start_server
 
 TICK = 0.010  # seconds the probe asks to sleep
+
+
+def callback_name(handle: asyncio.Handle) -> str:
+    """What a loop callback runs: a task's coroutine, or the function's qualified name."""
+    callback = handle._callback  # type: ignore[attr-defined]
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        return "task " + getattr(coro, "__qualname__", repr(coro))
+    func = getattr(callback, "__func__", callback)
+    return getattr(func, "__qualname__", repr(func))
+
+
+def time_callbacks(table: dict[str, list[float]]) -> None:
+    """Time every callback the loop runs into ``table``: name -> [count, total ms,
+    max ms, count over 20 ms]."""
+    run = asyncio.events.Handle._run
+
+    def timed(handle: asyncio.Handle) -> None:
+        start = time.perf_counter()
+        run(handle)
+        ms = (time.perf_counter() - start) * 1000
+        row = table.setdefault(callback_name(handle), [0, 0.0, 0.0, 0])
+        row[0] += 1
+        row[1] += ms
+        row[2] = max(row[2], ms)
+        row[3] += ms > 20
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 
 
 class FullCollections:
@@ -105,6 +137,9 @@ async def main(config_path: Path, samples_path: Path) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    slow: dict[str, list[float]] = {}
+    if os.environ.get("LOAD_SLOW"):
+        time_callbacks(slow)
     prober = asyncio.create_task(probe(lags, sessions, lambda: len(server.ctx.sessions), stop))
     print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
 
@@ -114,6 +149,12 @@ async def main(config_path: Path, samples_path: Path) -> int:
         profiler.disable()
         profiler.dump_stats(os.environ["LOAD_CPROFILE"])
     gc.callbacks.remove(collections)
+    if os.environ.get("LOAD_SLOW"):
+        rows = sorted(slow.items(), key=lambda kv: -kv[1][1])
+        Path(os.environ["LOAD_SLOW"]).write_text("".join(
+            f"{total:10.0f} ms {count:8d} calls max {top:7.1f} ms {over:5d} over 20 ms  {name}\n"
+            for name, (count, total, top, over) in rows
+        ))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     samples_path.write_text(json.dumps({
         "lags": lags, "gc_at": collections.at, "gc_ms": collections.durations,

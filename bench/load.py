@@ -47,7 +47,7 @@ Run from the repository root:  python bench/load.py   (100 sessions, 60 s answer
 4 events/s, smooth; about 80 s.  --quick: 20 sessions, 10 s answers, about 15 s.
 --profile eink, --rate 20 (DESIGN E1's pace), --sessions N, --seconds S, --ramp R;
 --keep keeps the temporary directory with the server's log; --cprofile FILE profiles the
-server.)
+server; --slow FILE times each of its event loop's callbacks.)
 """
 
 from __future__ import annotations
@@ -584,6 +584,8 @@ async def main(args: argparse.Namespace) -> int:
     env = dict(os.environ, GEMINI_API_KEY=API_KEY)
     if args.cprofile:
         env["LOAD_CPROFILE"] = str(Path(args.cprofile).resolve())
+    if args.slow:
+        env["LOAD_SLOW"] = str(Path(args.slow).resolve())
     with open(log_path, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(HELPER), str(config_path), str(samples_path),
@@ -807,6 +809,8 @@ if __name__ == "__main__":
                         help="add or override a key of the server's config (a TOML value)")
     parser.add_argument("--cprofile", metavar="FILE",
                         help="profile the server with cProfile into FILE (slows it down)")
+    parser.add_argument("--slow", metavar="FILE",
+                        help="time every callback of the server's event loop, by kind, into FILE")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (config, log, store)")
     args = parser.parse_args()
