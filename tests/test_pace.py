@@ -18,7 +18,7 @@ def test_a_calm_loop_leaves_intervals_alone() -> None:
 
 
 def test_lag_stretches_then_relaxes_within_bounds() -> None:
-    pace = Pace(max_factor=10.0)  # the default is larger
+    pace = Pace()
     for _ in range(30):
         pace.observe(0.2)  # the loop wakes 200 ms late, again and again
     assert pace.factor == 10.0
