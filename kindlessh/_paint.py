@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prompt_toolkit import renderer as pt_renderer
@@ -45,6 +45,7 @@ log = logging.getLogger("kindlessh.paint")
 
 Line = StyleAndTextTuples
 Row = dict[int, Char]
+Key = tuple[tuple[str, str], ...]  # a line's fragments, as a dict key
 
 _CHARS: FastDictCache[tuple[str, str], Char] = FastDictCache(Char, size=100_000)
 _EMPTY = Char("", "")  # the cell right of a wide character: differs from everything
@@ -80,20 +81,54 @@ def line_row(line: Line, width: int) -> Row:
     return row
 
 
-def scroll_sequence(top: int, bottom: int, shift: int) -> str:
+def scroll_sequence(top: int, bottom: int, shift: int, row: int, column: int) -> str:
     """The bytes that scroll rows ``top`` to ``bottom`` (1-based) up by ``shift`` rows
-    and leave the cursor where it was.
+    and put the cursor back at ``row``, ``column`` (0-based, from the top left).
 
-    Save the cursor (DECSC), set the scroll region (DECSTBM), line feeds at its bottom
-    margin (each scrolls the region by one row), reset the region (which homes the
-    cursor) and restore the cursor (DECRC): the renderer's idea of where the cursor is
-    stays true. Only numbers go into it: this is the one raw write of the package.
+    Set the scroll region (DECSTBM), line feeds at its bottom margin (each scrolls the
+    region by one row), reset the region and move the cursor back (CUP). Not DECSC and
+    DECRC: some terminals keep one saved cursor for both screens, and the alternate
+    screen's exit restores the shell's cursor from it. Only numbers go into it: this is
+    the one raw write of the package.
     """
-    top, bottom, shift = int(top), int(bottom), int(shift)
-    return f"\x1b7\x1b[{top};{bottom}r\x1b[{bottom};1H" + "\n" * shift + "\x1b[r\x1b8"
+    top, bottom, shift, row, column = int(top), int(bottom), int(shift), int(row), int(column)
+    return (f"\x1b[{top};{bottom}r\x1b[{bottom};1H" + "\n" * shift
+            + f"\x1b[r\x1b[{row + 1};{column + 1}H")
 
 
-def _key(line: Line) -> tuple[tuple[str, str], ...]:
+def best_shift(old: Sequence[Key | None], new: Sequence[Key | None]) -> int:
+    """How many rows to scroll ``old`` up so that the most rows show ``new``'s lines, or
+    0 when scrolling would not leave at least two fewer rows to paint than not scrolling.
+
+    Only rows with text count (blank rows match anywhere and prove nothing). Candidate
+    shifts come from where the first few lines of ``new`` are in ``old``, so the search
+    costs a few passes over the rows, not one per possible shift.
+    """
+    height = len(new)
+    where: dict[Key, list[int]] = {}
+    for j, key in enumerate(old):
+        if key:
+            where.setdefault(key, []).append(j)
+
+    def matches(shift: int) -> int:
+        return sum(1 for i in range(height - shift) if new[i] and new[i] == old[i + shift])
+
+    candidates: set[int] = set()
+    anchors = 0
+    for i, key in enumerate(new):
+        if not key:
+            continue
+        candidates.update(j - i for j in where.get(key, ()) if j > i)
+        anchors += 1
+        if anchors == 3 or len(candidates) >= 8:
+            break
+    if not candidates:
+        return 0
+    best, shift = max((matches(k), -k) for k in candidates)
+    return -shift if best >= matches(0) + 2 else 0
+
+
+def _key(line: Line) -> Key:
     return tuple((fragment[0], fragment[1]) for fragment in line)
 
 
@@ -107,8 +142,8 @@ class Transcript(Container):
     def __init__(self, get_lines: Callable[[int, int], list[Line]]) -> None:
         self.get_lines = get_lines
         self.scrolls = 0  # terminal scrolls asked for (a count for tests and benchmarks)
-        self._rows: dict[tuple[Any, ...], Row] = {}  # the last paint's rows, by line
-        self._keys: list[tuple[Any, ...] | None] = []  # what each row showed last time
+        self._rows: dict[Key, Row] = {}  # the last paint's rows, by line (at its width)
+        self._keys: list[Key | None] = []  # what each row showed last time
         self._written: list[Row] = []  # the row objects of the last paint's screen
         self._area: tuple[int, int, int, int] | None = None  # x, y, width, height
 
@@ -136,19 +171,21 @@ class Transcript(Container):
         xpos, ypos = write_position.xpos, write_position.ypos
         width, height = write_position.width, write_position.height
         lines = self.get_lines(width, height)[:height] if width > 0 and height > 0 else []
-        keys: list[tuple[Any, ...] | None] = [_key(line) for line in lines]
+        keys: list[Key | None] = [_key(line) for line in lines]
         keys += [None] * (height - len(keys))
         area = (xpos, ypos, width, height)
         if area == self._area:
             self._scroll_to(keys, ypos, height)
-        rows: dict[tuple[Any, ...], Row] = {}
+        # Rows cut at another width (before a resize) are not this width's rows.
+        cached = self._rows if self._area is not None and self._area[2] == width else {}
+        rows: dict[Key, Row] = {}
         written: list[Row] = []
         buffer = screen.data_buffer
         for y, (key, line) in enumerate(zip(keys, lines, strict=False)):
             assert key is not None
             row = rows.get(key)
             if row is None:
-                row = self._rows.get(key)
+                row = cached.get(key)
                 if row is None:
                     row = line_row(line, width)
                 rows[key] = row
@@ -163,24 +200,22 @@ class Transcript(Container):
         screen.height = max(screen.height, ypos + height)
         screen.width = max(screen.width, xpos + width)
 
-    def _scroll_to(self, keys: list[tuple[Any, ...] | None], ypos: int, height: int) -> None:
+    def _scroll_to(self, keys: list[Key | None], ypos: int, height: int) -> None:
         """Scroll the terminal's rows when that leaves fewer rows to paint."""
-        old = self._keys
-        if height < 3 or len(old) != height or keys == old:
+        if height < 3 or len(self._keys) != height or keys == self._keys:
             return
-        # The rows that would show the right line after scrolling by k (old row k + i
-        # becomes row i): the best k wins, the smallest of equals.
-        same, shift = max(
-            (sum(keys[i] == old[i + k] for i in range(height - k) if keys[i] is not None), -k)
-            for k in range(height - 1)
-        )
-        shift = -shift
-        unmoved = sum(a == b for a, b in zip(keys, old, strict=True) if a is not None)
-        if not shift or same < unmoved + 2:
-            return  # scrolling would not save enough rows to be worth it
+        shift = best_shift(self._keys, keys)
+        if not shift:
+            return
         try:
             app = get_app()
-            last = app.renderer._last_screen
+            renderer = app.renderer
+            last = renderer._last_screen
+            cursor = renderer._cursor_pos
+            # Rows are absolute only on the alternate screen, where the renderer's
+            # origin is the screen's top left corner.
+            if not renderer.full_screen:
+                return
         except AttributeError:
             return
         if last is None:
@@ -188,7 +223,8 @@ class Transcript(Container):
         buffer = last.data_buffer
         if any(buffer.get(ypos + y) is not row for y, row in enumerate(self._written)):
             return  # the screen painted last is not the one this paint follows
-        app.output.write_raw(scroll_sequence(ypos + 1, ypos + height, shift))
+        app.output.hide_cursor()  # the diff shows it again where it belongs
+        app.output.write_raw(scroll_sequence(ypos + 1, ypos + height, shift, cursor.y, cursor.x))
         for y in range(height - shift):
             buffer[ypos + y] = buffer[ypos + y + shift]
         blank = _CHARS[" ", _TRANSPARENT]

@@ -24,7 +24,14 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from kindlessh import Server
-from kindlessh._paint import Line, Transcript, scroll_sequence, skip_unchanged_rows
+from kindlessh._paint import (
+    Key,
+    Line,
+    Transcript,
+    best_shift,
+    scroll_sequence,
+    skip_unchanged_rows,
+)
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
@@ -136,6 +143,27 @@ def _written(screen: Screen, width: int, height: int) -> list[dict[int, tuple[st
     return shown
 
 
+def _window_rows(lines: list[Line], width: int, height: int) -> list[dict[int, tuple[str, str]]]:
+    """What a prompt-toolkit Window writes for ``lines``, but for two quirks the
+    transcript does not copy: a wide character starting in the last column (a Window
+    writes it half off the screen; the view never wraps one there), and a zero-width
+    character at the end of a line, which a Window joins to the character before it and
+    also leaves in a cell of its own after it."""
+    screen = Screen()
+    Window(_Lines(lines), wrap_lines=False).write_to_screen(
+        screen, MouseHandlers(), WritePosition(xpos=0, ypos=0, width=width, height=height),
+        "", erase_bg=False, z_index=None,
+    )
+    rows = _written(screen, width, height)
+    for row in rows:
+        edge = row.get(width - 1)
+        if edge is not None and get_cwidth(edge[0]) > 1:
+            del row[width - 1]
+        for x in [x for x, (char, _) in row.items() if char and get_cwidth(char) == 0]:
+            del row[x]
+    return rows
+
+
 @pytest.mark.parametrize("width", [1, 2, 5, 12])
 def test_transcript_rows_are_what_a_window_writes(width: int) -> None:
     """Wide characters (also at the right edge), combining marks after narrow and wide
@@ -151,36 +179,65 @@ def test_transcript_rows_are_what_a_window_writes(width: int) -> None:
     ]
     height = len(lines) + 2
     position = WritePosition(xpos=0, ypos=0, width=width, height=height)
-    ours, theirs = Screen(), Screen()
+    ours = Screen()
     Transcript(lambda w, h: lines).write_to_screen(
         ours, MouseHandlers(), position, "", erase_bg=False, z_index=None
     )
-    Window(_Lines(lines), wrap_lines=False).write_to_screen(
-        theirs, MouseHandlers(), position, "", erase_bg=False, z_index=None
-    )
-    expected = _written(theirs, width, height)
-    for row in expected:
-        # A Window writes a wide character that starts in the last column half off the
-        # screen; the transcript leaves it out (the view never wraps one there).
-        edge = row.get(width - 1)
-        if edge is not None and get_cwidth(edge[0]) > 1:
-            del row[width - 1]
-            row.pop(width, None)
-    assert _written(ours, width, height) == expected
+    assert _written(ours, width, height) == _window_rows(lines, width, height)
     assert ours.height >= height
 
 
+def test_transcript_rows_follow_a_new_width() -> None:
+    """Rows are cut again at a new width: a line clipped before the accent on its last
+    character at 12 columns shows the accent at 20, and wide text cut at 3 shows whole."""
+    lines: list[Line] = [[("", "abcdefghijke\u0301")], [("", "語語")]]
+    transcript = Transcript(lambda w, h: lines)
+    for width in (12, 3, 20):
+        ours = Screen()
+        position = WritePosition(xpos=0, ypos=0, width=width, height=2)
+        transcript.write_to_screen(ours, MouseHandlers(), position, "", False, None)
+        assert _written(ours, width, 2) == _window_rows(lines, width, 2), width
+
+
+def _keys(*texts: str) -> list[Key | None]:
+    return [((("", text),) if text else ()) for text in texts]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "shift"),
+    [
+        # A line added at the bottom: one row up (the blank row under the answer moves too).
+        (_keys("a", "b", "c", "d", ""), _keys("b", "c", "d", "e", ""), 1),
+        # Three lines at once.
+        (_keys("a", "b", "c", "d", "e", "f"), _keys("d", "e", "f", "g", "h", "i"), 3),
+        # Nothing moved, the last line grew: no scroll.
+        (_keys("a", "b", "c", "d"), _keys("a", "b", "c", "dd"), 0),
+        # An e-ink page flip (one line of overlap): scrolling saves one row, not worth it.
+        (_keys("a", "b", "c", "d", "e"), _keys("e", "f", "g", "h", "i"), 0),
+        # Blank rows prove nothing: a screen of blanks and one line never scrolls.
+        (_keys("", "", "a", "", ""), _keys("", "", "", "", "b"), 0),
+        # The same line many times: the smallest shift that matches most.
+        (_keys("a", "x", "x", "x", "b", "c", "d"), _keys("x", "x", "x", "b", "c", "d", "e"), 1),
+        # Lines moved down (scrolled back): the terminal only scrolls up.
+        (_keys("b", "c", "d", "e"), _keys("a", "b", "c", "d"), 0),
+    ],
+)
+def test_best_shift(old: list[Key | None], new: list[Key | None], shift: int) -> None:
+    assert best_shift(old, new) == shift
+
+
 def test_scroll_sequence_is_numbers_and_fixed_controls_only() -> None:
-    assert scroll_sequence(1, 16, 2) == "\x1b7\x1b[1;16r\x1b[16;1H\n\n\x1b[r\x1b8"
+    assert scroll_sequence(1, 16, 2, 19, 3) == "\x1b[1;16r\x1b[16;1H\n\n\x1b[r\x1b[20;4H"
 
 
-def test_scroll_sequence_scrolls_only_the_region_and_keeps_the_cursor() -> None:
+def test_scroll_sequence_scrolls_only_the_region_and_puts_the_cursor_back() -> None:
     screen = pyte.Screen(10, 6)
     stream = pyte.Stream(screen)
     stream.feed("\x1b[H" + "\r\n".join(f"row{i}" for i in range(6)) + "\x1b[6;3H")
-    stream.feed(scroll_sequence(1, 4, 2))
+    stream.feed(scroll_sequence(1, 4, 2, 5, 2))
     assert [line.rstrip() for line in screen.display] == ["row2", "row3", "", "", "row4", "row5"]
     assert (screen.cursor.x, screen.cursor.y) == (2, 5)
+    assert (screen.margins is None) or (screen.margins.top, screen.margins.bottom) == (0, 5)
 
 
 # ----- skipping unchanged rows writes exactly what the full diff writes ---------------
