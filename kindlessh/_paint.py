@@ -3,13 +3,15 @@
 Contract:
 - :class:`Transcript` is a prompt-toolkit container that draws pre-wrapped lines (from
   ``get_lines(width, height)``) at the top of its area, one line per row, clipped to the
-  width. It draws exactly what a ``Window`` with ``wrap_lines=False`` would: the same
-  characters, styles, wide and zero-width characters, so the screen reads the same.
+  width. It draws what a ``Window`` with ``wrap_lines=False`` would: the same
+  characters, styles, wide and zero-width characters, so the screen reads the same (see
+  :func:`line_row` for the two edge cases it leaves out).
 - When the lines it draws are the lines of its previous paint moved up by ``k`` rows (a
   streaming answer scrolls the transcript), it asks the terminal to scroll its rows by
-  ``k`` (a scroll region and ``k`` line feeds, then the region and cursor restored) and
-  tells prompt-toolkit's renderer that the screen it painted last has moved likewise.
-  Then only the new rows are painted, instead of every row of the transcript.
+  ``k`` (a scroll region and ``k`` line feeds, then the region reset and the cursor put
+  back) and tells prompt-toolkit's renderer that the screen it painted last has moved
+  likewise. Then only the new rows are painted, instead of every row of the transcript.
+  Only on the alternate screen (``full_screen``), where rows are absolute.
 - :func:`skip_unchanged_rows` makes prompt-toolkit's screen diff skip rows that did not
   change since the last paint (a C-speed dict comparison per row instead of a Python
   comparison per cell). It changes what is compared, never what is written.
@@ -19,9 +21,10 @@ new line of the answer moves every row of the transcript, so every repaint rewro
 of the screen: about 17 bytes on the wire per byte of answer and most of the server's CPU
 under load. A terminal scrolls its own rows for a few bytes.
 
-Both rely on two private attributes of prompt-toolkit 3.0 (``Renderer._last_screen`` and
-the module function ``renderer._output_screen_diff``); if either is missing or has
-another shape, the economy is skipped and painting stays correct, only dearer.
+Both rely on private parts of prompt-toolkit 3.0 (``Renderer._last_screen`` and
+``_cursor_pos``, and the module function ``renderer._output_screen_diff``); if one is
+missing or has another shape, the economy is skipped and painting stays correct, only
+dearer.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def line_row(line: Line, width: int) -> Row:
     """The cells of ``line`` from column 0, clipped to ``width``, as prompt-toolkit's
     ``Window`` would write them: a wide character blanks the cell to its right, a
     zero-width character joins the character before it. Unlike a ``Window``, a wide
-    character that would cross the right edge is left out, not written half off it."""
+    character that would cross the right edge is left out, not written half off it, and
+    a zero-width character is not also left in a cell of its own after the one it
+    joined (a ``Window`` leaves it there when nothing follows on the line)."""
     row: Row = {}
     x = 0
     for style, text, *_ in line:
