@@ -126,11 +126,7 @@ class Guard:
             )
 
     def _left_login(self, src: str) -> None:
-        count = self._logging_in.get(src, 0) - 1
-        if count > 0:
-            self._logging_in[src] = count
-        else:
-            self._logging_in.pop(src, None)
+        _count_down(self._logging_in, src)
         self._logging_in_total = max(0, self._logging_in_total - 1)
 
     def logged_in(self, addr: str) -> None:
@@ -231,9 +227,15 @@ class Guard:
 
     def close_session(self, user: str) -> None:
         """A chat session counted by :meth:`open_session` has ended."""
-        count = self._sessions.get(user, 0) - 1
-        if count > 0:
-            self._sessions[user] = count
-        else:
-            self._sessions.pop(user, None)
+        _count_down(self._sessions, user)
         self._sessions_total = max(0, self._sessions_total - 1)
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """One fewer for ``key``; at zero the key goes, so that the table holds only the
+    sources (or users) with something open, not every one ever seen."""
+    count = counts.get(key, 0) - 1
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)
