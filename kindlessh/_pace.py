@@ -18,7 +18,7 @@ Strategy: a laptop repaints a streaming answer 20 times a second; a hundred of t
 typing and every answer lag by seconds. Fewer, larger repaints per screen keep the
 server responsive: the text still arrives whole, in bigger steps. At most ten times
 fewer: a laptop still gets two repaints a second (bench/load.py: with 100 sessions
-streaming, loop lag p99 about 50 ms at 70% of a core; at most five times fewer took
+streaming, loop lag p99 38-57 ms at 64-71% of a core; at most five times fewer took
 84% of a core).
 """
 
