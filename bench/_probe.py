@@ -1,5 +1,5 @@
-"""A test terminal that timestamps when its screen first shows what a probe looks for
-(keystroke echo latency in the benchmarks)."""
+"""Probes shared by the benchmarks: the event loop's lag, and a test terminal that
+timestamps when its screen first shows what a probe looks for (keystroke echo latency)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ import time
 from collections.abc import Callable
 
 from tests.sshterm import Terminal
+
+
+async def loop_lag(lags: list[float], stop: asyncio.Event, tick: float) -> None:
+    """Until ``stop`` is set, sleep ``tick`` seconds again and again and append how late
+    each wake-up was, in milliseconds, to ``lags``."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        expected = loop.time() + tick
+        await asyncio.sleep(tick)
+        lags.append((loop.time() - expected) * 1000)
 
 
 class ProbeTerminal(Terminal):

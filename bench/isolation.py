@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncssh
 
-from bench._probe import ProbeTerminal, input_is
+from bench._probe import ProbeTerminal, input_is, loop_lag
 from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
@@ -130,14 +130,6 @@ async def conversation_of(server: Server, username: str, timeout: float = 10.0) 
                     return session.ui.conversation
         await asyncio.sleep(0.01)
     raise RuntimeError(f"no server session for {username}")
-
-
-async def ticker(lags: list[float], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        expected = loop.time() + TICK
-        await asyncio.sleep(TICK)
-        lags.append((loop.time() - expected) * 1000)
 
 
 async def echo_probe(
@@ -248,7 +240,7 @@ async def run_phase(
 
         stop = asyncio.Event()
         background: list[asyncio.Task[Any]] = [
-            asyncio.create_task(ticker(result.lags, stop))
+            asyncio.create_task(loop_lag(result.lags, stop, TICK))
         ]
         started = time.perf_counter()
 

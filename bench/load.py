@@ -81,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh
 import pyte
 
+from bench._probe import loop_lag
 from bench._routed import RoutedGemini, last_question
 from kindlessh import Config
 from tests.conftest import write_config
@@ -360,14 +361,6 @@ async def sample_rss(pid: int, samples: list[tuple[float, int]], stop: asyncio.E
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-async def driver_probe(lags: list[float], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        expected = loop.time() + DRIVER_TICK
-        await asyncio.sleep(DRIVER_TICK)
-        lags.append((loop.time() - expected) * 1000)
-
-
 def toml_literal(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -614,7 +607,7 @@ async def main(args: argparse.Namespace) -> int:
 
         stop = asyncio.Event()
         helpers = [asyncio.create_task(sample_rss(pid, rss, stop)),
-                   asyncio.create_task(driver_probe(driver_lags, stop))]
+                   asyncio.create_task(loop_lag(driver_lags, stop, DRIVER_TICK))]
         t0 = time.monotonic()
         answer_timeout = chunks / rate * 3 + 120
         tasks = [asyncio.create_task(run_session(s, t0, port, key, fake, profile,

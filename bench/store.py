@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._probe import loop_lag
 from kindlessh._store import Store
 
 PROBE_SLEEP = 0.005  # seconds; the lag probe's sleep
@@ -131,18 +132,10 @@ async def one_answer(directory: Path, chunks: Sequence[str], answers: int) -> No
     print(f"  per commit, ms         {summary(commits)}  mean {statistics.fmean(commits):.3f}")
 
 
-async def probe(lags: list[float], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        expected = loop.time() + PROBE_SLEEP
-        await asyncio.sleep(PROBE_SLEEP)
-        lags.append((loop.time() - expected) * 1000)
-
-
 async def baseline_lag(seconds: float) -> list[float]:
     lags: list[float] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(probe(lags, stop))
+    task = asyncio.create_task(loop_lag(lags, stop, PROBE_SLEEP))
     await asyncio.sleep(seconds)
     stop.set()
     await task
@@ -160,7 +153,7 @@ async def many_sessions(directory: Path, chunks: Sequence[str], sessions: int, r
         lags: list[float] = []
         calls: list[float] = []
         stop = asyncio.Event()
-        probe_task = asyncio.create_task(probe(lags, stop))
+        probe_task = asyncio.create_task(loop_lag(lags, stop, PROBE_SLEEP))
         await asyncio.sleep(PROBE_SLEEP * 2)  # let the probe start its first sleep
         started = time.perf_counter()
         for _ in range(rounds):
