@@ -16,11 +16,19 @@ KindleSSHError
     RateLimited               429 per-minute quota; ``retry_after`` seconds
     QuotaExhausted            429 daily quota; ``resets_at`` text
     TruncatedStream           the stream ended before the answer was complete
+      SSETruncated            the SSE body ended inside an event (``partial`` kept)
     StreamProtocolError       bytes that are not the SSE/JSON we expect
+      SSEEventTooLarge        one SSE event, line or tail beyond the decoder's bound
   BudgetExceeded              a per-user budget is spent
   ServerBusy                  no upstream slot came free in time
   InputRejected               the user's input cannot be sent (too long, ...)
+  StoreError                  the conversation store failed (disk, lock, corrupt file)
+    ConversationNotFound      no such conversation for this user
 ```
+
+Contract: every exception class of the package is defined here and derives from
+``KindleSSHError`` (a test walks the package to keep it so). The modules that raise
+one re-export it where callers already import it from (``_sse``, ``_store``).
 
 Strategy: ``str(exc)`` is the user-facing message, so the UI can show any
 ``KindleSSHError`` without knowing its type. Messages never contain the API key.
@@ -95,8 +103,26 @@ class TruncatedStream(UpstreamError):
     """The answer stream ended early: EOF mid-event or without a finish reason."""
 
 
+class SSETruncated(TruncatedStream):
+    """The SSE body ended in the middle of an event.
+
+    Attributes:
+        partial: what was pending, decoded: the event's ``data`` values received so far,
+            joined with ``\\n``; then the unterminated last line as received, when it was
+            a field line. A ``\\n`` separates the two when there are both.
+    """
+
+    def __init__(self, message: str, partial: str) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
 class StreamProtocolError(UpstreamError):
     """The upstream sent bytes we cannot interpret (oversized event, broken framing)."""
+
+
+class SSEEventTooLarge(StreamProtocolError):
+    """One SSE event, one line or the unparsed text grew beyond the decoder's bound."""
 
 
 class BudgetExceeded(KindleSSHError):
@@ -109,3 +135,11 @@ class ServerBusy(KindleSSHError):
 
 class InputRejected(KindleSSHError):
     """The user's input was not sent; the message says why and how to fix it."""
+
+
+class StoreError(KindleSSHError):
+    """The conversation store failed; the message says what happened."""
+
+
+class ConversationNotFound(StoreError):
+    """The conversation does not exist, or belongs to someone else (we do not say which)."""

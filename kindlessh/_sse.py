@@ -45,7 +45,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import StreamProtocolError, TruncatedStream
+# The decoder's errors live in the package's one tree; re-exported from here.
+from ._errors import SSEEventTooLarge, SSETruncated
 
 __all__ = ["SSEDecoder", "SSEEventTooLarge", "SSETruncated", "ServerSentEvent"]
 
@@ -95,24 +96,6 @@ _set_id: Callable[[ServerSentEvent, str], None] = ServerSentEvent.__dict__["id"]
 _set_retry: Callable[[ServerSentEvent, int | None], None] = ServerSentEvent.__dict__[
     "retry"
 ].__set__
-
-
-class SSEEventTooLarge(StreamProtocolError):
-    """One event, one line or the unparsed text grew beyond the decoder's bound."""
-
-
-class SSETruncated(TruncatedStream):
-    """The body ended in the middle of an event.
-
-    Attributes:
-        partial: what was pending, decoded: the event's ``data`` values received so far,
-            joined with ``\\n``; then the unterminated last line as received, when it was
-            a field line. A ``\\n`` separates the two when there are both.
-    """
-
-    def __init__(self, message: str, partial: str) -> None:
-        super().__init__(message)
-        self.partial = partial
 
 
 def _classify(head: bytes) -> int:
