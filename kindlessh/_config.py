@@ -11,7 +11,8 @@ Contract:
   ``[gemini] api_key``.
 
 Every key and its default is documented in ``config.example.toml``; a test keeps the two
-in step.
+in step. Each default is defined once: here, or, for the keys that configure a mechanism
+with its own defaults (the retry policy), in that mechanism, which the keys here follow.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_MODEL = "gemini-2.5-flash"
@@ -33,6 +35,7 @@ DEFAULT_SYSTEM_INSTRUCTION = (
     "You are answering in a text terminal that may be a narrow e-ink screen. "
     "Be concise, use plain Markdown, and avoid wide tables."
 )
+_RETRY = RetryPolicy()  # the retry defaults, as the policy defines them
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,20 @@ class GeminiConfig:
     first_byte_timeout: float = 60.0
     chunk_timeout: float = 30.0
     answer_timeout: float = 300.0
-    max_retries: int = 4
-    retry_base_delay: float = 1.0
-    retry_jitter: float = 1.0
-    retry_budget: float = 30.0
+    max_retries: int = _RETRY.max_retries
+    retry_base_delay: float = _RETRY.base_delay
+    retry_jitter: float = _RETRY.jitter
+    retry_budget: float = _RETRY.budget
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy these keys describe (the others keep the policy's defaults)."""
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            base_delay=self.retry_base_delay,
+            jitter=self.retry_jitter,
+            budget=self.retry_budget,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class ChatConfig:
 
 @dataclass(frozen=True)
 class QuotaConfig:
-    """``[quota]``: how much of the Gemini quota each user, and everyone, may use."""
+    """``[quota]``: how much of the upstream quota each user, and everyone, may use."""
 
     prompts: int = 3
     refill_seconds: float = 10.0

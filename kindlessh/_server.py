@@ -514,12 +514,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             max_output_tokens=gemini.max_output_tokens,
             max_prompt_chars=config.chat.max_prompt_chars,
         ),
-        retry=RetryPolicy(
-            max_retries=gemini.max_retries,
-            base_delay=gemini.retry_base_delay,
-            jitter=gemini.retry_jitter,
-            budget=gemini.retry_budget,
-        ),
+        retry=gemini.retry,
         quota=quota,
         hub=Hub(
             store,
