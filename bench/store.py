@@ -41,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._probe import loop_lag
+from kindlessh._provider import Usage
 from kindlessh._store import Store
 
 PROBE_SLEEP = 0.005  # seconds; the lag probe's sleep
@@ -100,9 +101,7 @@ async def save_answer(
         state="done",
         incomplete=False,
         finish_reason="STOP",
-        input_tokens=50,
-        output_tokens=2000,
-        thoughts_tokens=0,
+        usage=Usage(input_tokens=50, output_tokens=2000),
         duration_ms=20_000,
     )
     calls.append((time.perf_counter() - started) * 1000)

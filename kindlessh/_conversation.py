@@ -1,10 +1,15 @@
 """A conversation: its turns, the history sent upstream, and the one answer in flight.
 
 Contract:
+- One :class:`Conversation` may be shown on several screens at once (the hub shares it
+  between a user's connections) and is saved by one recorder; all of them subscribe.
 - :meth:`Conversation.ask` starts one answer in a background task and returns its
-  :class:`Turn` at once; a second ``ask`` while one streams raises InputRejected.
+  :class:`Turn` at once; a second ``ask`` while one streams, from any screen, raises
+  InputRejected.
 - Every change (a new delta, a finish, an error) calls each
   subscriber; subscribers must be cheap (the UI throttles its repaints itself).
+- Nothing here knows the upstream: messages name it by :attr:`Provider.name`, and the
+  note after an early end is the one the provider wrote (:attr:`Finish.note`).
 - Nothing is ever lost: a stopped or failed answer keeps the text that arrived and says
   why in ``Turn.note``; a failure never raises out of the conversation.
 - Each request carries the history of earlier turns that produced text (roles
@@ -26,17 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._config import ChatConfig
 from ._errors import InputRejected, KindleSSHError, RateLimited, UpstreamError
-from ._provider import (
-    ChatRequest,
-    Finish,
-    Message,
-    Provider,
-    TextDelta,
-    ThoughtDelta,
-    Usage,
-    finish_note,
-)
+from ._provider import ChatRequest, Finish, Message, Provider, TextDelta, ThoughtDelta, Usage
 from ._quota import Ticket, UserQuota
 from ._retry import RetryPolicy, stream_with_retries
 
@@ -48,7 +45,12 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class Turn:
-    """One question and its answer (possibly partial)."""
+    """One question and its answer (possibly partial).
+
+    ``finish_reason`` is the upstream's word, kept as received; ``cut`` says the
+    upstream ended the answer early (length limit, filter...), whatever its word.
+    ``upstream`` is the provider's name, for "waiting for ..." lines.
+    """
 
     question: str
     answer: str = ""
@@ -57,6 +59,8 @@ class Turn:
     note: str | None = None
     status: str | None = None  # a passing state, e.g. waiting to retry
     finish_reason: str = ""
+    cut: bool = False
+    upstream: str = "the model"
     usage: Usage | None = None
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -70,7 +74,7 @@ class Turn:
     @property
     def incomplete(self) -> bool:
         """True when the answer did not end normally."""
-        return self.state in ("stopped", "failed") or self.finish_reason not in ("STOP", "")
+        return self.state in ("stopped", "failed") or self.cut
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,12 @@ class GenerationSettings:
     system_instruction: str = ""
     temperature: float | None = None
     max_output_tokens: int | None = None
-    max_prompt_chars: int = 4000
+    max_prompt_chars: int = ChatConfig.max_prompt_chars
 
 
 class Conversation:
-    """Turns and the answer in flight for one viewer."""
+    """One conversation's turns and its answer in flight, shared by every screen that
+    shows it (see the module contract)."""
 
     def __init__(
         self,
@@ -155,7 +160,7 @@ class Conversation:
                 history.append(Message("user", turn.question))
                 history.append(Message("model", turn.answer))
         history.append(Message("user", question))
-        turn = Turn(question)
+        turn = Turn(question, upstream=self.provider.name)
         self.turns.append(turn)
         request = ChatRequest(
             messages=tuple(history),
@@ -170,9 +175,10 @@ class Conversation:
 
     def _waiting(self, turn: Turn) -> Callable[[float, UpstreamError], None]:
         def on_wait(seconds: float, error: UpstreamError) -> None:
-            busy = "Gemini's per-minute quota is used up" if isinstance(
+            name = self.provider.name
+            busy = f"{name}'s per-minute quota is used up" if isinstance(
                 error, RateLimited
-            ) else "Gemini is busy"
+            ) else f"{name} is busy"
             turn.status = f"{busy}, retrying in {max(1, round(seconds))} s"
             self._changed()
 
@@ -192,7 +198,9 @@ class Conversation:
             self.provider, request, self.retry_policy, on_wait=self._waiting(turn)
         )
         slot: contextlib.AbstractAsyncContextManager[None] = (
-            ticket.slot(self._queued(turn)) if ticket is not None else contextlib.nullcontext()
+            ticket.slot(self._queued(turn), self.provider.name)
+            if ticket is not None
+            else contextlib.nullcontext()
         )
         try:
             async with slot, contextlib.aclosing(stream) as events:
@@ -211,13 +219,14 @@ class Conversation:
                         continue
                     elif isinstance(event, Finish):
                         turn.finish_reason = event.reason
-                        turn.note = finish_note(event)
+                        turn.cut = not event.normal
+                        turn.note = event.note
                         finish_message = event.message
                     self._changed()
             turn.state = "done"
             if not turn.answer and turn.note is None:
                 why = f" ({finish_message.rstrip('.')})" if finish_message else ""
-                turn.note = f"Gemini sent no text{why}; try asking differently"
+                turn.note = f"{self.provider.name} sent no text{why}; try asking differently"
         except asyncio.CancelledError:
             turn.state = "stopped"
             why = self._stop_note or "stopped"

@@ -10,6 +10,8 @@ Contract:
 - An answer that ends without a ``finishReason`` raises :class:`TruncatedStream`; a
   malformed JSON event is skipped and logged, the rest still arrives.
 - httpx exceptions are translated in one place only: :func:`map_httpx_errors`.
+- Gemini's finish reasons are worded here (:func:`finish_event`): ``STOP`` is a normal
+  end; any other reason, or a blocked question, carries a note for the reader.
 """
 
 from __future__ import annotations
@@ -44,8 +46,42 @@ from ._sse import SSEDecoder
 
 log = logging.getLogger("kindlessh.gemini")
 
+NAME = "Gemini"
 MAX_ERROR_BODY = 64 * 1024
 _RETRYABLE_STATUS = {408, 500, 502, 503, 504}
+
+# What a finish reason means to a reader; STOP (a normal end) needs no note.
+_FINISH_NOTES = {
+    "MAX_TOKENS": "answer cut at the length limit",
+    "SAFETY": "answer stopped by Gemini's safety filter",
+    "RECITATION": "answer stopped: it was reciting a source too closely",
+    "PROHIBITED_CONTENT": "answer stopped: prohibited content",
+    "BLOCKLIST": "answer stopped: a blocked term came up",
+    "SPII": "answer stopped: it contained sensitive personal information",
+    "LANGUAGE": "answer stopped: unsupported language",
+    "MALFORMED_FUNCTION_CALL": "answer stopped: the model produced a broken tool call",
+    "UNEXPECTED_TOOL_CALL": "answer stopped: the model tried to call a tool",
+    "TOO_MANY_TOOL_CALLS": "answer stopped: too many tool calls",
+}
+
+
+def finish_note(reason: str, *, blocked: bool = False) -> str | None:
+    """The one-line note to show after an answer, or None for a normal end."""
+    if blocked:
+        why = reason.replace("_", " ").lower()
+        return f"question blocked by Gemini ({why}); rephrase it and try again"
+    if reason in ("STOP", ""):
+        return None
+    note = _FINISH_NOTES.get(reason)
+    if note is None:
+        note = f"answer ended early ({reason.replace('_', ' ').lower()})"
+    return note
+
+
+def finish_event(reason: str, *, blocked: bool = False, message: str = "") -> Finish:
+    """The neutral :class:`Finish` for Gemini's ``finishReason`` or ``blockReason``."""
+    note = finish_note(reason, blocked=blocked)
+    return Finish(reason, normal=note is None, note=note, blocked=blocked, message=message)
 
 
 @contextlib.contextmanager
@@ -201,11 +237,11 @@ def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
         reason = cand.get("finishReason")
         if isinstance(reason, str) and reason:
             message = cand.get("finishMessage")
-            finish = Finish(reason, message=message if isinstance(message, str) else "")
+            finish = finish_event(reason, message=message if isinstance(message, str) else "")
     else:
         feedback = obj.get("promptFeedback")
         if isinstance(feedback, dict) and feedback.get("blockReason"):
-            finish = Finish(str(feedback["blockReason"]), blocked=True)
+            finish = finish_event(str(feedback["blockReason"]), blocked=True)
     usage = obj.get("usageMetadata")
     if isinstance(usage, dict):
 
@@ -215,9 +251,9 @@ def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
 
         events.append(
             Usage(
-                prompt_tokens=count("promptTokenCount"),
+                input_tokens=count("promptTokenCount"),
                 output_tokens=count("candidatesTokenCount"),
-                thought_tokens=count("thoughtsTokenCount"),
+                thoughts_tokens=count("thoughtsTokenCount"),
                 total_tokens=count("totalTokenCount"),
             )
         )
@@ -251,6 +287,11 @@ class GeminiProvider:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             headers={"user-agent": "kindlessh"},
         )
+
+    @property
+    def name(self) -> str:
+        """The API's name in messages: Gemini."""
+        return NAME
 
     @property
     def model(self) -> str:

@@ -30,22 +30,14 @@ from datetime import datetime
 from pathlib import Path
 
 from ._conversation import Conversation, Turn
+from ._errors import ConversationNotFound, StoreError
 from ._provider import Usage
 from ._quota import Quota, day_start
 from ._recorder import Recorder
 from ._sanitize import sanitize
-from ._store import (
-    ConversationNotFound,
-    ConversationRow,
-    Store,
-    StoreError,
-    TokenCounts,
-    TurnRow,
-)
+from ._store import INTERRUPTED_NOTE, ConversationRow, Store, TurnRow
 
 log = logging.getLogger("kindlessh.hub")
-
-SHUTDOWN_NOTE = "interrupted: the server stopped"
 
 
 class Chat:
@@ -75,13 +67,10 @@ def _turn_from_row(row: TurnRow) -> Turn:
         state=state,
         note=row.note,
         finish_reason=row.finish_reason or "",
+        # Stored as the outcome: an answer that ended early stays marked so.
+        cut=row.incomplete,
+        usage=row.usage,
     )
-    if row.input_tokens is not None or row.output_tokens is not None:
-        turn.usage = Usage(
-            prompt_tokens=row.input_tokens or 0,
-            output_tokens=row.output_tokens or 0,
-            thought_tokens=row.thoughts_tokens or 0,
-        )
     turn.duration = (row.duration_ms or 0) / 1000
     return turn
 
@@ -237,7 +226,7 @@ class Hub:
         for chat in [c for c in self.chats if c.user == user]:
             await chat.recorder.flush()
 
-    async def usage(self, user: str) -> TokenCounts:
+    async def usage(self, user: str) -> Usage:
         """``user``'s tokens of today (UTC) by kind, every finished answer included."""
         await self._flush(user)
         return await self.store.token_counts(user, day_start(self.quota.now()))
@@ -288,13 +277,13 @@ class Hub:
         (First, before the sessions end: their leaving would stop answers with another
         note, or let them run on.)"""
         for chat in self.chats:
-            chat.conversation.stop(SHUTDOWN_NOTE)
+            chat.conversation.stop(INTERRUPTED_NOTE)
 
     async def aclose(self) -> None:
         """Stop every answer (marked interrupted), save everything, close the store."""
         for chat in self.chats:
             chat.closed = True
-            chat.conversation.stop(SHUTDOWN_NOTE)
+            chat.conversation.stop(INTERRUPTED_NOTE)
         for chat in list(self.chats):
             await chat.conversation.aclose()
             await chat.recorder.aclose()

@@ -3,7 +3,10 @@
 Contract:
 - ``Provider.stream(request)`` yields :data:`StreamEvent` values in order: any number of
   :class:`TextDelta` / :class:`ThoughtDelta` / :class:`Usage`, then exactly one
-  :class:`Finish` when the answer ended normally (whatever its reason).
+  :class:`Finish` when the stream ended without an error, whatever its reason
+  (:attr:`Finish.normal` says whether the answer is whole). The provider words the
+  reader's note about an early end itself (:attr:`Finish.note`): nothing here knows
+  any one upstream's finish reasons.
 - Every failure is raised as a :class:`~kindlessh._errors.UpstreamError` subclass whose
   message is meant for the reader; nothing else escapes (except cancellation).
 - Closing the iterator (``aclose()``, or cancelling the task that iterates it) closes the
@@ -53,20 +56,63 @@ class ThoughtDelta:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts so far; a running total, so the last one wins (never sum them)."""
+    """Token counts: of one answer (a running total while it streams, so the last one
+    wins; never sum them), of a stored turn, or of a user's day.
 
-    prompt_tokens: int = 0
+    ``total_tokens`` is the upstream's own total when it gave one; left at 0 it becomes
+    the sum of the three kinds. Budgets always count the three kinds
+    (:attr:`counted`), which is what the store's ledger keeps.
+    """
+
+    input_tokens: int = 0
     output_tokens: int = 0
-    thought_tokens: int = 0
+    thoughts_tokens: int = 0
     total_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.total_tokens:
+            object.__setattr__(self, "total_tokens", self.counted)
+
+    @property
+    def counted(self) -> int:
+        """Input, output and thinking tokens together: what a budget counts."""
+        return self.input_tokens + self.output_tokens + self.thoughts_tokens
+
+    # Transitional: the old TokenCounts names, read by the /usage command until it is
+    # moved out of _ui and reads the names above. Delete these four with that move.
+    @property
+    def input(self) -> int:
+        return self.input_tokens
+
+    @property
+    def output(self) -> int:
+        return self.output_tokens
+
+    @property
+    def thoughts(self) -> int:
+        return self.thoughts_tokens
+
+    @property
+    def total(self) -> int:
+        return self.counted
 
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """The answer ended. ``reason`` is the upstream's word (``STOP``, ``MAX_TOKENS``,
-    ``SAFETY``...); ``blocked`` is True when the question itself was refused."""
+    """The answer ended.
+
+    Attributes:
+        reason: the upstream's own word for why (kept as received, e.g. for the store).
+        normal: True when the answer ended as it should (not cut short or refused).
+        note: one line for the reader saying why the answer ended early, worded by the
+            provider; None for a normal end.
+        blocked: True when the question itself was refused.
+        message: the upstream's own explanation, if it gave one.
+    """
 
     reason: str
+    normal: bool = True
+    note: str | None = None
     blocked: bool = False
     message: str = ""
 
@@ -78,38 +124,15 @@ class Provider(Protocol):
     """An upstream model API."""
 
     @property
+    def name(self) -> str:
+        """The API's name shown to the user in messages, such as "Gemini"."""
+        ...
+
+    @property
     def model(self) -> str:
-        """The model name shown to the user."""
+        """The model id shown to the user (and stored with each turn)."""
         ...
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream one answer; see the module docstring for the contract."""
         ...
-
-
-# What a finish reason means to a reader; STOP needs no note.
-_FINISH_NOTES = {
-    "MAX_TOKENS": "answer cut at the length limit",
-    "SAFETY": "answer stopped by Gemini's safety filter",
-    "RECITATION": "answer stopped: it was reciting a source too closely",
-    "PROHIBITED_CONTENT": "answer stopped: prohibited content",
-    "BLOCKLIST": "answer stopped: a blocked term came up",
-    "SPII": "answer stopped: it contained sensitive personal information",
-    "LANGUAGE": "answer stopped: unsupported language",
-    "MALFORMED_FUNCTION_CALL": "answer stopped: the model produced a broken tool call",
-    "UNEXPECTED_TOOL_CALL": "answer stopped: the model tried to call a tool",
-    "TOO_MANY_TOOL_CALLS": "answer stopped: too many tool calls",
-}
-
-
-def finish_note(finish: Finish) -> str | None:
-    """The one-line note to show after an answer, or None for a normal end."""
-    if finish.blocked:
-        why = finish.reason.replace("_", " ").lower()
-        return f"question blocked by Gemini ({why}); rephrase it and try again"
-    if finish.reason in ("STOP", ""):
-        return None
-    note = _FINISH_NOTES.get(finish.reason)
-    if note is None:
-        note = f"answer ended early ({finish.reason.replace('_', ' ').lower()})"
-    return note

@@ -1,4 +1,4 @@
-"""Protecting the Gemini quota: how often, how much, and how many at once (DESIGN §4 D1-D5).
+"""Protecting the upstream quota: how often, how much, and how many at once (DESIGN §4 D1-D5).
 
 Contract:
 - :meth:`UserQuota.admit` is asked, synchronously, before a question goes anywhere. It
@@ -12,7 +12,7 @@ Contract:
   Otherwise it takes one prompt from the bucket and returns a :class:`Ticket`: the user's
   one answer in flight, until :meth:`Ticket.finish` (idempotent) gives back its usage.
 - Buckets hold ``prompts`` and regain one every ``refill_seconds``, continuously.
-- Daily tokens are prompt + output + thinking from usageMetadata, per UTC day. The store's
+- Daily tokens are input + output + thinking (:attr:`Usage.counted`), per UTC day. The store's
   ledger is the record and survives restarts: :meth:`Quota.load` reads a user's total
   for today once (every connection calls it); from then on each finished answer adds its
   usage in memory, as the recorder adds it to the ledger. A user never loaded is refused.
@@ -120,19 +120,22 @@ class Slots:
         return len(self._queue)
 
     @contextlib.asynccontextmanager
-    async def hold(self, on_wait: Callable[[int], None]) -> AsyncIterator[None]:
+    async def hold(
+        self, on_wait: Callable[[int], None], upstream: str = "the model"
+    ) -> AsyncIterator[None]:
         """Hold a slot for the ``async with`` block, queueing for one if none is free.
+        ``upstream`` names what the slots are for in the refusal (the provider's name).
 
         Raises:
             ServerBusy: no slot came free within ``timeout`` seconds.
         """
-        await self._acquire(on_wait)
+        await self._acquire(on_wait, upstream)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, on_wait: Callable[[int], None]) -> None:
+    async def _acquire(self, on_wait: Callable[[int], None], upstream: str) -> None:
         if self.busy < self.size and not self._queue:
             self.busy += 1
             return
@@ -152,8 +155,9 @@ class Slots:
             if isinstance(exc, TimeoutError):
                 questions = "question" if self.size == 1 else "questions"
                 raise ServerBusy(
-                    f"The server is busy: Gemini is already answering {self.size} {questions} "
-                    f"(the most it asks at once) and none ended within {self.timeout:g} s. "
+                    f"The server is busy: {upstream} is already answering {self.size} "
+                    f"{questions} (the most it asks at once) and none ended within "
+                    f"{self.timeout:g} s. "
                     "Nothing was sent; /retry asks again."
                 ) from None
             raise
@@ -272,7 +276,7 @@ class Quota:
         self._in_flight.discard(ticket.user)
         if usage is None:
             return
-        tokens = usage.prompt_tokens + usage.output_tokens + usage.thought_tokens
+        tokens = usage.counted  # as the store's ledger counts them
         day, used = self._used.get(ticket.user, (ticket.day, 0))
         if day == ticket.day:
             self._used[ticket.user] = (day, used + tokens)
@@ -318,9 +322,12 @@ class Ticket:
         self.day = day
         self.finished = False
 
-    def slot(self, on_wait: Callable[[int], None]) -> contextlib.AbstractAsyncContextManager[None]:
-        """One of the shared upstream slots, for an ``async with`` block."""
-        return self.quota.slots.hold(on_wait)
+    def slot(
+        self, on_wait: Callable[[int], None], upstream: str
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the shared upstream slots, for an ``async with`` block; ``upstream`` is
+        the provider's name, for the message when none comes free."""
+        return self.quota.slots.hold(on_wait, upstream)
 
     def finish(self, usage: Usage | None) -> None:
         """The answer ended: count ``usage`` and let the user ask again. Idempotent."""

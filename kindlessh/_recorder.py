@@ -135,7 +135,6 @@ class Recorder:
                     await self.store.save_progress(turn_id, turn.answer, turn.thoughts)
                     self._progress[turn] = size
                 continue
-            usage = turn.usage
             state = "done" if turn.state == "done" else turn.state
             assert state in ("done", "stopped", "failed")
             await self.store.finish_turn(
@@ -146,9 +145,7 @@ class Recorder:
                 incomplete=turn.incomplete,
                 note=turn.note,
                 finish_reason=turn.finish_reason or None,
-                input_tokens=usage.prompt_tokens if usage else None,
-                output_tokens=usage.output_tokens if usage else None,
-                thoughts_tokens=usage.thought_tokens if usage else None,
+                usage=turn.usage,
                 duration_ms=round(turn.duration * 1000),
             )
             self._finished.add(turn)

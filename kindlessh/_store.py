@@ -14,17 +14,14 @@ Contract:
 - Text is stored raw, exactly as given; the display layer sanitises it.
 - Times are stored as UTC ISO-8601 strings with microseconds (fixed width, so string
   order is time order) and returned as aware :class:`~datetime.datetime` values.
-- Token counts go to a ledger (``token_usage``) when a turn finishes. The ledger outlives
-  the turn, so deleting a conversation or retrying an answer does not give a user their
-  budget back (DESIGN D5).
-- SQLite failures are raised as :class:`StoreError`, whose message is for the reader.
-
-Errors, beneath ``KindleSSHError`` (see ``_errors``):
-
-```
-StoreError                   the store failed (disk, lock, corrupt file)
-  ConversationNotFound       no such conversation for this user
-```
+- Token counts are :class:`~kindlessh._provider.Usage` values, stored in the columns
+  ``input_tokens``, ``output_tokens`` and ``thoughts_tokens`` (no total: read back, the
+  total is their sum). They go to a ledger (``token_usage``) when a turn finishes. The
+  ledger outlives the turn, so deleting a conversation or retrying an answer does not
+  give a user their budget back (DESIGN D5).
+- SQLite failures are raised as :class:`~kindlessh._errors.StoreError` (a missing
+  conversation as its subclass ``ConversationNotFound``), whose message is for the
+  reader; both are re-exported from here.
 """
 
 from __future__ import annotations
@@ -41,7 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
-from ._errors import KindleSSHError
+from ._errors import ConversationNotFound as ConversationNotFound
+from ._errors import StoreError as StoreError
+from ._provider import Usage
 
 log = logging.getLogger("kindlessh.store")
 
@@ -51,15 +50,9 @@ StoredState = Literal["streaming", "done", "stopped", "failed"]
 FinalState = Literal["done", "stopped", "failed"]
 
 BUSY_TIMEOUT_MS = 5000
+# The note of an answer the server's stop cut off: the hub's shutdown and the recovery
+# of the next start both write it.
 INTERRUPTED_NOTE = "interrupted: the server stopped"
-
-
-class StoreError(KindleSSHError):
-    """The conversation store failed; the message says what happened."""
-
-
-class ConversationNotFound(StoreError):
-    """The conversation does not exist, or belongs to someone else (we do not say which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,26 +80,10 @@ class TurnRow:
     state: StoredState
     note: str | None
     finish_reason: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    thoughts_tokens: int | None
+    usage: Usage | None  # None: no usage was reported
     started_at: datetime
     duration_ms: int | None
     incomplete: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
-    """Tokens spent, by kind, as usageMetadata reported them."""
-
-    input: int = 0
-    output: int = 0
-    thoughts: int = 0
-
-    @property
-    def total(self) -> int:
-        """All three together: what a budget counts."""
-        return self.input + self.output + self.thoughts
 
 
 def utcnow() -> datetime:
@@ -317,13 +294,22 @@ def _turn_row(row: tuple[object, ...]) -> TurnRow:
         state=cast(StoredState, state),
         note=cast("str | None", note),
         finish_reason=cast("str | None", finish_reason),
-        input_tokens=cast("int | None", input_tokens),
-        output_tokens=cast("int | None", output_tokens),
-        thoughts_tokens=cast("int | None", thoughts_tokens),
+        usage=_usage(
+            cast("int | None", input_tokens),
+            cast("int | None", output_tokens),
+            cast("int | None", thoughts_tokens),
+        ),
         started_at=_parse(cast(str, started_at)),
         duration_ms=cast("int | None", duration_ms),
         incomplete=bool(incomplete),
     )
+
+
+def _usage(inputs: int | None, outputs: int | None, thoughts: int | None) -> Usage | None:
+    """A turn's stored counts as :class:`Usage`; None when none was reported."""
+    if inputs is None and outputs is None and thoughts is None:
+        return None
+    return Usage(inputs or 0, outputs or 0, thoughts or 0)
 
 
 def _touch_conversation_of_turn(conn: sqlite3.Connection, turn_id: int, now: str) -> None:
@@ -607,9 +593,7 @@ class Store:
         incomplete: bool,
         note: str | None = None,
         finish_reason: str | None = None,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        thoughts_tokens: int | None = None,
+        usage: Usage | None = None,
         duration_ms: int | None = None,
     ) -> bool:
         """Store a turn's final text and outcome, and record its tokens in the ledger.
@@ -619,7 +603,7 @@ class Store:
             incomplete: True when the answer did not end normally.
             note: why it ended early, in words for the reader.
             finish_reason: the upstream's word (``STOP``, ``MAX_TOKENS``...).
-            input_tokens, output_tokens, thoughts_tokens: the last usage figures, if any.
+            usage: the answer's last token counts, if any were reported.
             duration_ms: how long the answer took.
 
         Returns:
@@ -631,6 +615,11 @@ class Store:
         if state not in ("done", "stopped", "failed"):
             raise ValueError(f"not a final state: {state!r}")
         now = self._now()
+        counts = (
+            (None, None, None)
+            if usage is None
+            else (usage.input_tokens, usage.output_tokens, usage.thoughts_tokens)
+        )
 
         def job(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
@@ -638,12 +627,12 @@ class Store:
                     "UPDATE turns SET answer = ?, thoughts = ?, state = ?, note = ?, "
                     "finish_reason = ?, input_tokens = ?, output_tokens = ?, "
                     "thoughts_tokens = ?, duration_ms = ?, incomplete = ? WHERE id = ?",
-                    (answer, thoughts, state, note, finish_reason, input_tokens, output_tokens,
-                     thoughts_tokens, duration_ms, int(incomplete), turn_id),
+                    (answer, thoughts, state, note, finish_reason, *counts, duration_ms,
+                     int(incomplete), turn_id),
                 )  # fmt: skip
                 if cursor.rowcount == 0:
                     return False
-                if input_tokens or output_tokens or thoughts_tokens:
+                if usage is not None and usage.counted:
                     # An upsert: finishing a turn twice replaces its ledger entry.
                     conn.execute(
                         "INSERT INTO token_usage (user, turn_id, model, started_at, "
@@ -654,7 +643,7 @@ class Store:
                         "ON CONFLICT (turn_id) DO UPDATE SET input_tokens = excluded.input_tokens, "
                         "output_tokens = excluded.output_tokens, "
                         "thoughts_tokens = excluded.thoughts_tokens",
-                        (input_tokens or 0, output_tokens or 0, thoughts_tokens or 0, turn_id),
+                        (*counts, turn_id),
                     )
                 _touch_conversation_of_turn(conn, turn_id, now)
                 return True
@@ -710,9 +699,9 @@ class Store:
         Raises:
             ValueError: ``since`` is naive.
         """
-        return (await self.token_counts(user, since)).total
+        return (await self.token_counts(user, since)).counted
 
-    async def token_counts(self, user: str, since: datetime) -> TokenCounts:
+    async def token_counts(self, user: str, since: datetime) -> Usage:
         """The tokens of :meth:`tokens_used`, by kind (input, output, thinking).
 
         Raises:
@@ -720,13 +709,14 @@ class Store:
         """
         since_text = _stamp(since)
 
-        def job(conn: sqlite3.Connection) -> TokenCounts:
+        def job(conn: sqlite3.Connection) -> Usage:
             row = conn.execute(
                 "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
                 "COALESCE(SUM(thoughts_tokens), 0) FROM token_usage "
                 "WHERE user = ? AND started_at >= ?",
                 (user, since_text),
             ).fetchone()
-            return TokenCounts(int(row[0]), int(row[1]), int(row[2]))
+            # No total column: the day's total is the sum of the three kinds.
+            return Usage(int(row[0]), int(row[1]), int(row[2]))
 
         return await self._call(job)

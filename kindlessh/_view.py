@@ -168,7 +168,8 @@ class Item:
             for line in render_markdown(sanitize(part.answer), width, color=look.color):
                 lines.append([("class:answer " + style, text) for style, text in line])
         elif turn.active:
-            waiting = "(thinking)" if part.thoughts else "(waiting for Gemini)"
+            who = sanitize(turn.upstream)
+            waiting = "(thinking)" if part.thoughts else f"(waiting for {who})"
             lines.append([("class:notice", waiting)])
         if turn.note:
             for ln in wrap(sanitize(f"[{turn.note}]"), width):

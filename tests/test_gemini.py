@@ -120,8 +120,10 @@ async def test_fixture_stream_gives_the_expected_answer(name: str, split: int) -
     if "usage_final" in expect:
         usage = [e for e in events if isinstance(e, Usage)][-1]
         final = expect["usage_final"]
-        assert usage.output_tokens == final["candidatesTokenCount"]
-        assert usage.thought_tokens == final.get("thoughtsTokenCount", 0)
+        assert usage.input_tokens == final["promptTokenCount"]
+        assert usage.output_tokens == final.get("candidatesTokenCount", 0)
+        assert usage.thoughts_tokens == final.get("thoughtsTokenCount", 0)
+        assert usage.total_tokens == final["totalTokenCount"]
 
 
 async def test_malformed_event_is_skipped_and_the_rest_arrives() -> None:

@@ -33,6 +33,7 @@ REQUEST = ChatRequest(messages=(Message("user", "hi"),))
 class ScriptedProvider:
     """Each call to stream() plays the next script: events, then maybe an error."""
 
+    name = "Scripted"
     model = "scripted"
 
     def __init__(self, scripts: list[tuple[list[StreamEvent], UpstreamError | None]]) -> None:

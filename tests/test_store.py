@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from kindlessh import _store
-from kindlessh._errors import KindleSSHError
-from kindlessh._store import (
-    INTERRUPTED_NOTE,
-    ConversationNotFound,
-    Store,
-    StoreError,
-    TokenCounts,
-    TurnRow,
-    migrate,
-)
+from kindlessh._errors import ConversationNotFound, KindleSSHError, StoreError
+from kindlessh._provider import Usage
+from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
 
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
@@ -214,7 +207,7 @@ async def test_open_failure_is_a_store_error(tmp_path: Path) -> None:
 async def test_users_only_see_their_own_conversations(store: Store) -> None:
     mine = await store.new_conversation("alice", "alice's secret")
     turn = await store.add_turn(mine, "question", "gemini-test")
-    await finish(store, turn, input_tokens=5)
+    await finish(store, turn, usage=Usage(5))
 
     with pytest.raises(ConversationNotFound) as caught:
         await store.load_turns("bob", mine)
@@ -277,9 +270,7 @@ async def test_turn_lifecycle_and_positions(store: Store, clock: FakeClock) -> N
         incomplete=True,
         note="stopped by you",
         finish_reason="MAX_TOKENS",
-        input_tokens=10,
-        output_tokens=20,
-        thoughts_tokens=30,
+        usage=Usage(10, 20, 30),
         duration_ms=1234,
     )
     # A late progress save must not overwrite the finished answer.
@@ -296,9 +287,7 @@ async def test_turn_lifecycle_and_positions(store: Store, clock: FakeClock) -> N
         state="stopped",
         note="stopped by you",
         finish_reason="MAX_TOKENS",
-        input_tokens=10,
-        output_tokens=20,
-        thoughts_tokens=30,
+        usage=Usage(input_tokens=10, output_tokens=20, thoughts_tokens=30, total_tokens=60),
         started_at=row.started_at,
         duration_ms=1234,
         incomplete=True,
@@ -354,7 +343,7 @@ async def test_delete_cascades_to_turns_but_not_to_usage(store: Store, db_path: 
     kept_turn = await store.add_turn(keep, "q", "m")
     gone = await store.new_conversation("u", "gone")
     for _ in range(3):
-        await finish(store, await store.add_turn(gone, "q", "m"), input_tokens=100)
+        await finish(store, await store.add_turn(gone, "q", "m"), usage=Usage(100))
 
     assert await store.delete_conversation("u", gone)
     assert not await store.delete_conversation("u", gone)
@@ -371,26 +360,24 @@ async def test_delete_cascades_to_turns_but_not_to_usage(store: Store, db_path: 
 async def test_tokens_used(store: Store, clock: FakeClock) -> None:
     conv = await store.new_conversation("u", "t")
     other = await store.new_conversation("someone else", "t")
-    await finish(store, await store.add_turn(conv, "yesterday", "m"), input_tokens=1000)
+    await finish(store, await store.add_turn(conv, "yesterday", "m"), usage=Usage(1000))
     clock.advance(days=1)
     midnight = clock.now
     clock.advance(hours=1)
     await finish(
         store,
         await store.add_turn(conv, "q", "m"),
-        input_tokens=10,
-        output_tokens=20,
-        thoughts_tokens=30,
+        usage=Usage(10, 20, 30),
     )
     await finish(store, await store.add_turn(conv, "no usage reported", "m"))
     retried = await store.add_turn(conv, "q", "m")
-    await finish(store, retried, input_tokens=1, output_tokens=2)
+    await finish(store, retried, usage=Usage(1, 2))
     await store.delete_turn(retried)  # /retry: the spent tokens still count
-    await finish(store, await store.add_turn(other, "q", "m"), input_tokens=5000)
+    await finish(store, await store.add_turn(other, "q", "m"), usage=Usage(5000))
     await store.add_turn(conv, "still streaming", "m")
 
     assert await store.tokens_used("u", midnight) == 63
-    assert await store.token_counts("u", midnight) == TokenCounts(11, 22, 30)
+    assert await store.token_counts("u", midnight) == Usage(11, 22, 30, total_tokens=63)
     assert await store.tokens_used("u", midnight - timedelta(days=2)) == 1063
     assert await store.tokens_used("u", clock.now + timedelta(seconds=1)) == 0
     # The same instant in another time zone gives the same answer.
