@@ -11,6 +11,7 @@ import pytest
 from kindlessh import ConfigError, load_config
 from kindlessh._config import Config
 from kindlessh._keys import load_or_create_host_key
+from kindlessh._retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -131,3 +132,11 @@ def test_unusable_host_key_is_refused(tmp_path: Path) -> None:
     directory.mkdir(mode=0o700)
     with pytest.raises(ConfigError, match=r"\[server\] host_key"):
         load_or_create_host_key(directory)
+
+
+def test_the_retry_keys_build_the_policy_with_its_own_defaults(tmp_path: Path) -> None:
+    assert load_config(None, env={}).gemini.retry == RetryPolicy()
+    path = tmp_path / "c.toml"
+    path.write_text("[gemini]\nmax_retries = 2\nretry_budget = 5\nretry_jitter = 0\n")
+    retry = load_config(path, env={}).gemini.retry
+    assert retry == RetryPolicy(max_retries=2, budget=5.0, jitter=0.0)

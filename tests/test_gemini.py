@@ -28,7 +28,7 @@ from kindlessh import (
     Usage,
 )
 from kindlessh._config import GeminiConfig
-from kindlessh._gemini import GeminiProvider, map_httpx_errors
+from kindlessh._gemini import GeminiProvider, finish_event, map_httpx_errors
 
 from .conftest import FIXTURES
 
@@ -289,3 +289,28 @@ async def test_an_upstream_that_never_sends_headers_times_out() -> None:
     finally:
         await p.aclose()
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("reason", "blocked", "normal", "note"),
+    [
+        ("STOP", False, True, None),
+        ("MAX_TOKENS", False, False, "answer cut at the length limit"),
+        ("SAFETY", False, False, "answer stopped by Gemini's safety filter"),
+        ("NEW_REASON", False, False, "answer ended early (new reason)"),
+        ("PROHIBITED_CONTENT", True, False,
+         "question blocked by Gemini (prohibited content); rephrase it and try again"),
+    ],
+)  # fmt: skip
+def test_gemini_words_its_own_finish_reasons(
+    reason: str, blocked: bool, normal: bool, note: str | None
+) -> None:
+    finish = finish_event(reason, blocked=blocked)
+    assert (finish.reason, finish.normal, finish.note, finish.blocked) == (
+        reason, normal, note, blocked,
+    )  # fmt: skip
+
+
+def test_the_provider_names_itself() -> None:
+    p = GeminiProvider(GeminiConfig(model="gemini-x"))
+    assert (p.name, p.model) == ("Gemini", "gemini-x")

@@ -493,3 +493,14 @@ async def test_close(db_path: Path) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         await store.new_conversation("u", "t")
     assert not (db_path.parent / (db_path.name + "-wal")).exists()
+
+
+async def test_a_turn_keeps_its_usage_or_none(store: Store) -> None:
+    conv = await store.new_conversation("u", "t")
+    counted = await store.add_turn(conv, "counted", "m")
+    await finish(store, counted, usage=Usage(4, 5, 6, total_tokens=99))
+    await finish(store, await store.add_turn(conv, "not counted", "m"))
+    rows = await store.load_turns("u", conv)
+    # The store keeps the three kinds; read back, the total is their sum.
+    assert [row.usage for row in rows] == [Usage(4, 5, 6), None]
+    assert rows[0].usage is not None and rows[0].usage.total_tokens == 15
