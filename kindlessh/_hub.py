@@ -33,7 +33,7 @@ from ._conversation import Conversation, Turn
 from ._errors import ConversationNotFound, StoreError
 from ._provider import Usage
 from ._quota import Quota, day_start
-from ._recorder import Recorder
+from ._recorder import TITLE_CHARS, Recorder
 from ._sanitize import sanitize
 from ._store import INTERRUPTED_NOTE, ConversationRow, Store, TurnRow
 
@@ -326,7 +326,7 @@ def to_markdown(chat: Chat, now: datetime) -> str:
         (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None)
         for t in chat.conversation.turns
     ]
-    title = " ".join(turns[0][0].split())[:80] if turns else "Empty conversation"
+    title = " ".join(turns[0][0].split())[:TITLE_CHARS] if turns else "Empty conversation"
     head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
     blocks = [head]
     for question, answer, note in turns:

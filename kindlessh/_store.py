@@ -602,7 +602,7 @@ class Store:
             state: ``done``, ``stopped`` or ``failed``.
             incomplete: True when the answer did not end normally.
             note: why it ended early, in words for the reader.
-            finish_reason: the upstream's word (``STOP``, ``MAX_TOKENS``...).
+            finish_reason: the upstream's own word for the end, kept as received.
             usage: the answer's last token counts, if any were reported.
             duration_ms: how long the answer took.
 
