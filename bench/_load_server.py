@@ -4,7 +4,8 @@
     python bench/_load_server.py CONFIG SAMPLES
 
 Starts the server as ``kindlessh serve --config CONFIG`` does (``load_config`` and
-``start_server``, logging at INFO to stderr with asyncssh and httpx at WARNING), then
+``start_server``, then ``tune_process``, logging at INFO to stderr with asyncssh and httpx
+at WARNING), then
 prints one JSON line to stdout: ``{"port": ..., "pid": ...}``. A probe task sleeps 10 ms
 again and again and records how late it wakes (``loop.time()`` after the sleep minus the
 time it asked to wake), with the ``time.monotonic()`` of each wake, so that the driver can
@@ -43,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kindlessh import load_config, start_server
+from kindlessh._process import tune_process
 
 TICK = 0.010  # seconds the probe asks to sleep
 
@@ -122,6 +124,7 @@ async def main(config_path: Path, samples_path: Path) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     server = await start_server(load_config(config_path))
+    tune_process()  # as kindlessh serve does
     collections = FullCollections()
     gc.callbacks.append(collections)
 

@@ -49,6 +49,7 @@ import asyncssh
 from bench._probe import ProbeTerminal, input_is, loop_lag
 from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
+from kindlessh._process import tune_process
 from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
 from tests.conftest import write_config
@@ -362,6 +363,7 @@ async def main() -> int:
                 "chat": {"finish_on_disconnect": False},
             }), env={})
             server = await start_server(config)
+            tune_process()  # as kindlessh serve does
             try:
                 for n, (name, bad) in enumerate(PHASES):
                     result = await run_phase(name, bad, server, key, fake, f"p{n}")
