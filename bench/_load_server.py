@@ -4,14 +4,14 @@
     python bench/_load_server.py CONFIG SAMPLES
 
 Starts the server as ``kindlessh serve --config CONFIG`` does (``load_config`` and
-``start_server``, then ``tune_process``, logging at INFO to stderr with asyncssh and httpx
-at WARNING), then
+``start_server``, logging at INFO to stderr with asyncssh and httpx at WARNING), then
 prints one JSON line to stdout: ``{"port": ..., "pid": ...}``. A probe task sleeps 10 ms
 again and again and records how late it wakes (``loop.time()`` after the sleep minus the
 time it asked to wake), with the ``time.monotonic()`` of each wake, so that the driver can
 cut the samples into phases (CLOCK_MONOTONIC is the same clock in every process). Once a
 second it also notes the number of chat sessions open. Full (generation 2) garbage
-collections are timed through ``gc.callbacks``.
+collections are timed through ``gc.callbacks``. Like ``kindlessh serve``, it calls
+``tune_process`` once the server has started.
 
 On SIGTERM (or SIGINT) the probe stops, the samples go to SAMPLES as JSON, and one JSON
 line goes to stdout: the lag summary, the process's CPU time and peak RSS from

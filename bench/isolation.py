@@ -49,9 +49,9 @@ import asyncssh
 from bench._probe import ProbeTerminal, input_is, loop_lag
 from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
-from kindlessh._process import tune_process
 from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
+from kindlessh._process import tune_process
 from tests.conftest import write_config
 from tests.fake_gemini import Reply
 from tests.sshterm import Terminal

@@ -69,8 +69,8 @@ import pyte
 
 from bench._probe import ProbeTerminal, input_is
 from kindlessh import Server, load_config, start_server
-from kindlessh._process import tune_process
 from kindlessh._channel import ChatSession
+from kindlessh._process import tune_process
 from tests.conftest import write_config
 from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, _Connection
 
