@@ -10,7 +10,8 @@ again and again and records how late it wakes (``loop.time()`` after the sleep m
 time it asked to wake), with the ``time.monotonic()`` of each wake, so that the driver can
 cut the samples into phases (CLOCK_MONOTONIC is the same clock in every process). Once a
 second it also notes the number of chat sessions open. Full (generation 2) garbage
-collections are timed through ``gc.callbacks``.
+collections are timed through ``gc.callbacks``. Like ``kindlessh serve``, it calls
+``tune_process`` once the server has started.
 
 On SIGTERM (or SIGINT) the probe stops, the samples go to SAMPLES as JSON, and one JSON
 line goes to stdout: the lag summary, the process's CPU time and peak RSS from
@@ -43,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kindlessh import load_config, start_server
+from kindlessh._process import tune_process
 
 TICK = 0.010  # seconds the probe asks to sleep
 
@@ -122,6 +124,7 @@ async def main(config_path: Path, samples_path: Path) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     server = await start_server(load_config(config_path))
+    tune_process()  # as kindlessh serve does
     collections = FullCollections()
     gc.callbacks.append(collections)
 

@@ -51,6 +51,7 @@ from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
+from kindlessh._process import tune_process
 from tests.conftest import write_config
 from tests.fake_gemini import Reply
 from tests.sshterm import Terminal
@@ -362,6 +363,7 @@ async def main() -> int:
                 "chat": {"finish_on_disconnect": False},
             }), env={})
             server = await start_server(config)
+            tune_process()  # as kindlessh serve does
             try:
                 for n, (name, bad) in enumerate(PHASES):
                     result = await run_phase(name, bad, server, key, fake, f"p{n}")

@@ -70,6 +70,7 @@ import pyte
 from bench._probe import ProbeTerminal, input_is
 from kindlessh import Server, load_config, start_server
 from kindlessh._channel import ChatSession
+from kindlessh._process import tune_process
 from tests.conftest import write_config
 from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, _Connection
 
@@ -539,6 +540,7 @@ async def with_server(body: Callable[[Server, asyncssh.SSHKey, TimedGemini], Awa
                            "chunk_timeout": 30.0, "answer_timeout": 120.0},
             }), env={})
             server = await start_server(config)
+            tune_process()  # as kindlessh serve does
             try:
                 await body(server, key, fake)
             finally:

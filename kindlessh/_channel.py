@@ -13,6 +13,9 @@ Contract:
   all closed; nothing keeps running for a gone session.
 - A chat with no input for ``[server] idle_timeout`` seconds (0: never) is closed with a
   goodbye line; an answer streaming counts as activity, so it is never closed under one.
+- A session is given a :class:`SessionDeps` by its server and uses nothing else of it:
+  the hub, the pace, the settings it reads and the registry of open sessions (so the
+  server can end them all when it stops).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from dataclasses import dataclass, field
+from typing import Any, TextIO, cast
 
 import asyncssh
 from asyncssh.channel import SSHChannel
@@ -30,14 +34,14 @@ from prompt_toolkit.application.current import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.output.vt100 import Vt100_Output
 
+from ._config import UIConfig
+from ._hub import Hub
 from ._input import ChannelInput
+from ._pace import Pace
 from ._profile import choose_profile, make_profile
 from ._sanitize import sanitize_inline
 from ._ui import ChatUI
 from ._view import Notice
-
-if TYPE_CHECKING:
-    from ._server import ServerContext
 
 log = logging.getLogger("kindlessh.session")
 
@@ -111,17 +115,41 @@ class ChannelOutput:
         return True
 
 
+@dataclass(frozen=True)
+class SessionDeps:
+    """What every chat session of one server is given.
+
+    Attributes:
+        hub: the conversations, shared between screens.
+        pace: the server-wide pacing of screen updates.
+        ui: ``[ui]``, for the screen profiles.
+        idle_timeout: ``[server] idle_timeout`` (0: never).
+        max_write_buffer: ``[server] max_write_buffer``, bytes.
+        notices: error lines every chat shows first (an upstream that cannot work as
+            configured, such as a missing API key).
+        sessions: the open sessions; each adds itself and leaves when it ends.
+    """
+
+    hub: Hub
+    pace: Pace
+    ui: UIConfig
+    idle_timeout: float
+    max_write_buffer: int
+    notices: tuple[str, ...] = ()
+    sessions: set[ChatSession] = field(default_factory=set)
+
+
 class ChatSession(asyncssh.SSHServerSession[str]):
     """One SSH session channel running the chat."""
 
     def __init__(
         self,
-        ctx: ServerContext,
+        deps: SessionDeps,
         username: str,
         key_env: dict[str, str] | None = None,
         greeting: str | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.deps = deps
         self.username = username
         self.key_env = key_env or {}
         self.greeting = greeting  # a line about the login itself (a key just registered)
@@ -157,8 +185,8 @@ class ChatSession(asyncssh.SSHServerSession[str]):
 
     def session_started(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._main())
-        self.ctx.sessions.add(self)
-        self._task.add_done_callback(lambda _: self.ctx.sessions.discard(self))
+        self.deps.sessions.add(self)
+        self._task.add_done_callback(lambda _: self.deps.sessions.discard(self))
 
     def data_received(self, data: str, datatype: Any) -> None:
         # Strategy: only note the time; the idle timer checks it when it fires, rather
@@ -210,7 +238,7 @@ class ChatSession(asyncssh.SSHServerSession[str]):
         """The idle timer fired: close the chat if nothing happened for the timeout."""
         self._idle = None
         ui = self.ui
-        timeout = self.ctx.config.server.idle_timeout
+        timeout = self.deps.idle_timeout
         if ui is None or not timeout:
             return
         now = time.monotonic()
@@ -265,17 +293,17 @@ class ChatSession(asyncssh.SSHServerSession[str]):
                 chan.exit(1)
 
     async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
-        ctx = self.ctx
+        deps = self.deps
         env = dict(chan.get_environment())
         term = chan.get_terminal_type() or "xterm"
         # asyncssh merges the key's environment= option into the channel's environment;
         # what differs from it was sent by the client.
         client_env = {k: v for k, v in env.items() if self.key_env.get(k) != v}
         name, source = choose_profile(
-            self._command, client_env, self.key_env, ctx.config.ui.profile
+            self._command, client_env, self.key_env, deps.ui.profile
         )
-        profile = make_profile(name, ctx.config.ui, term, env, source)
-        self.output = ChannelOutput(chan, ctx.config.server.max_write_buffer, self._drop)
+        profile = make_profile(name, deps.ui, term, env, source)
+        self.output = ChannelOutput(chan, deps.max_write_buffer, self._drop)
         output = Vt100_Output(
             cast(TextIO, self.output),
             self._size,
@@ -285,35 +313,28 @@ class ChatSession(asyncssh.SSHServerSession[str]):
             enable_cpr=False,
         )
         notices = [Notice(self.greeting)] if self.greeting else []
-        if not ctx.config.gemini.api_key:
-            notices.append(
-                Notice(
-                    "No Gemini API key is set on the server: set GEMINI_API_KEY (or "
-                    "[gemini] api_key in the config) and restart kindlessh.",
-                    "error",
-                )
-            )
+        notices += [Notice(text, "error") for text in deps.notices]
         self._input = ChannelInput()
-        chat = await ctx.hub.resume(self.username)
+        chat = await deps.hub.resume(self.username)
         try:
             with create_app_session(input=self._input, output=output):
                 self.ui = ChatUI(
                     chat,
-                    hub=ctx.hub,
+                    hub=deps.hub,
                     username=self.username,
                     profile=profile,
                     profiles={
-                        n: make_profile(n, ctx.config.ui, term, env, "a command")
+                        n: make_profile(n, deps.ui, term, env, "a command")
                         for n in ("eink", "smooth")
                     },
                     notices=notices,
-                    pace=ctx.pace.stretch,
-                    spread=ctx.pace.spread,
+                    pace=deps.pace.stretch,
+                    spread=deps.pace.spread,
                 )
-                if ctx.config.server.idle_timeout:
+                if deps.idle_timeout:
                     self._last_input = time.monotonic()
                     self._idle = asyncio.get_running_loop().call_later(
-                        ctx.config.server.idle_timeout, self._check_idle
+                        deps.idle_timeout, self._check_idle
                     )
                 await self.ui.run()
         finally:
@@ -323,7 +344,7 @@ class ChatSession(asyncssh.SSHServerSession[str]):
             self._input.close()
             self._input = None
             # The chat may go on without this screen (an answer finishing on its own).
-            ctx.hub.release(self.ui.chat if self.ui is not None else chat)
+            deps.hub.release(self.ui.chat if self.ui is not None else chat)
 
 
 def _duration(seconds: float) -> str:

@@ -15,6 +15,8 @@ Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config,
 host key, port in use) print one line to stderr and return 2; a user command that cannot
 be done prints one line and returns 1; no traceback. User commands change the files
 under ``[server] users_dir``; a running server picks the change up at the next login.
+``serve`` tunes the process for serving (:func:`~kindlessh._process.tune_process`) once
+the server has started.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ._errors import ConfigError, UserError
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
 from ._passwords import Passwords
+from ._process import tune_process
 from ._server import Server, start_server
 from ._users import PROFILES, Users, check_name, parse_keys
 
@@ -148,6 +151,7 @@ async def _serve(config: Config) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     server = await start_server(config)
+    tune_process()  # after start-up, so what it made is frozen too
     for line in describe(server):
         _out(line)
     await stop.wait()

@@ -262,6 +262,17 @@ def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
     return events
 
 
+def setup_notice(config: GeminiConfig) -> str | None:
+    """What every chat should say at its start when Gemini cannot work as configured
+    (no API key), or None when it can."""
+    if config.api_key:
+        return None
+    return (
+        "No Gemini API key is set on the server: set GEMINI_API_KEY (or "
+        "[gemini] api_key in the config) and restart kindlessh."
+    )
+
+
 class GeminiProvider:
     """The Gemini Developer API. One instance serves every session of the server.
 

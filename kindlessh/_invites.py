@@ -14,6 +14,10 @@ Contract:
   an enrolment that fails leaves the invite standing. Counting wrong tries is the
   caller's part. Codes are typed on an on-screen keyboard, so case, spaces and
   hyphens in what is typed do not matter.
+- One :class:`Invites` lives as long as the server: :meth:`Invites.pending` reads the
+  file again only when it has changed (:mod:`._watched`), so an invite made by
+  ``kindlessh invite`` while the server runs counts at the next login. Every
+  read-modify-write reads the file afresh under the lock.
 - Every refusal raises :class:`~kindlessh._errors.UserError` with a message for the owner.
 """
 
@@ -37,6 +41,7 @@ from typing import Any, Literal
 
 from ._errors import UserError
 from ._files import write_private
+from ._watched import Watched
 
 # Lower-case letters and digits without look-alikes (i l o 0 1): 31 symbols.
 ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -111,6 +116,7 @@ class Invites:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
+        self._seen: Watched[dict[str, Any]] = Watched(path, self._parse, {})
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -128,12 +134,19 @@ class Invites:
             os.close(fd)  # closing releases the lock
 
     def _read(self) -> dict[str, Any]:
+        """The records as the file holds them now (under the lock: never from memory)."""
         try:
-            data = json.loads(self.path.read_text())
+            return self._parse(self.path)
         except FileNotFoundError:
             return {}
+
+    def _parse(self, path: Path, _st: object = None) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read the invites in {self.path}: {exc}") from exc
+            raise UserError(f"cannot read the invites in {path}: {exc}") from exc
         return data if isinstance(data, dict) else {}
 
     def _write(self, records: dict[str, Any]) -> None:
@@ -177,8 +190,17 @@ class Invites:
         return code, invite
 
     def pending(self, name: str, now: datetime) -> Invite | None:
-        """The unexpired invite for ``name``, if any (a read; nothing is written)."""
-        record = self._read().get(name)
+        """The unexpired invite for ``name``, if any (a read; nothing is written).
+
+        Raises:
+            UserError: the file cannot be read or is not JSON.
+        """
+        try:
+            record = self._seen.get().get(name)
+        except FileNotFoundError:
+            record = None  # removed between the stat and the read
+        except OSError as exc:
+            raise UserError(f"cannot read the invites in {self.path}: {exc}") from exc
         invite = self._invite(name, record) if isinstance(record, dict) else None
         return invite if invite is not None and invite.left(now) > timedelta(0) else None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncssh
 
 from ._errors import ConfigError
+from ._watched import Stamp, file_stamp
 
 RSA_KEY_BITS = 3072
 # Host key algorithms offered for an RSA key: SHA-2 only. asyncssh would also offer
@@ -143,7 +144,7 @@ class AuthorizedKeys:
         self.path = path
         self.strict = strict
         self.error: str | None = None
-        self._stamp: tuple[int, int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._keys: asyncssh.SSHAuthorizedKeys | None = None
         self._count = 0
 
@@ -153,8 +154,7 @@ class AuthorizedKeys:
         except OSError:
             self._stamp, self._keys, self._count = None, None, 0
             return
-        # The inode catches an atomic replace; the mode catches a chmod.
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
+        stamp = file_stamp(st)
         if stamp == self._stamp:
             return
         self._stamp = stamp

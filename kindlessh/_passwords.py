@@ -10,6 +10,9 @@ Contract:
   :class:`~kindlessh._errors.UserError` with a message for the owner.
 - The server accepts passwords only when ``[server] password_auth`` is true (off by
   default); these files alone never let anyone in.
+- One :class:`Passwords` can live as long as the server: a user's file is read again
+  only when it has changed (:mod:`._watched`), so ``kindlessh user passwd`` needs no
+  restart.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 from pathlib import Path
 
 from ._errors import UserError
 from ._files import write_private
 from ._users import check_name, valid_name
+from ._watched import Watched
 
 MIN_LENGTH = 10
 _N, _R, _P = 2**14, 8, 1
@@ -56,11 +61,17 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def _trusted(path: Path, st: os.stat_result) -> str | None:
+    """The stored hash in ``path``; None when group or others may write the file."""
+    return None if st.st_mode & 0o022 else path.read_text()
+
+
 class Passwords:
     """The password files of a server whose users live in ``users_dir``."""
 
     def __init__(self, users_dir: Path) -> None:
         self.root = users_dir.parent / "passwords"
+        self._watched: dict[str, Watched[str | None]] = {}
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -97,12 +108,13 @@ class Passwords:
     def check(self, name: str, password: str) -> bool:
         """True when ``password`` is ``name``'s. A file others may write is not trusted."""
         if not self.has(name):
+            self._watched.pop(name, None)  # only files that exist are watched
             return False
-        path = self.root / name
+        watched = self._watched.get(name)
+        if watched is None:
+            watched = self._watched[name] = Watched(self.root / name, _trusted, None)
         try:
-            if path.stat().st_mode & 0o022:
-                return False
-            stored = path.read_text()
+            stored = watched.get()
         except OSError:
             return False
-        return verify_password(password, stored)
+        return stored is not None and verify_password(password, stored)

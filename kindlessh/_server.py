@@ -1,59 +1,56 @@
-"""The SSH server: listening, authentication and connection policy (asyncssh).
+"""The SSH server: listening, and the asyncssh adapter that hands each decision on.
 
 Contract:
 - :func:`start_server` loads (or creates) the host keys, binds, and returns a running
   :class:`Server`; ``await server.close()`` stops listening, ends every session and
-  closes the upstream client.
+  closes the upstream client. It changes nothing process-wide: the collector and
+  painting tuning is :func:`kindlessh._process.tune_process`, called by ``kindlessh
+  serve``.
 - Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
-- Public-key authentication (and invite codes, below; and passwords, only with
-  ``[server] password_auth`` on and only for names that have one). A user name with a file
-  under ``[server] users_dir`` logs in with that file's keys alone; any other name with
-  a key from ``[server] authorized_keys``, the SSH username naming the account. Both
-  are re-read when they change. With no keys at all the server still runs, refuses
-  everyone, and its auth banner says how the owner adds a key (not to a name with an
-  invite pending). A user name with unprintable characters is
-  refused (asyncssh already refuses control characters and names of 1 KiB or more);
-  logs and screens show at most 32 characters of any name, sanitised.
-- Pairing: while ``kindlessh invite NAME`` has an invite pending, a login as NAME with
-  an unknown key is asked for the code (keyboard-interactive, at most 3 tries, each
-  wrong one a failed login for the policy below); the right code registers the first
-  key the client offered for NAME (with the invite's profile) and the chat opens with a
-  line saying so. With no invite pending, keyboard-interactive is not offered at all. A
-  client that offered no key is told how to make one and disconnected. The code is what
-  authorises the key: SSH clients name a key before signing with it, and a refused key
-  is never signed, so the key is registered as offered; only a device holding its
-  private key can log in with it afterwards.
+- :class:`KindleSSHServer` is asyncssh's per-connection callback object and decides
+  nothing itself: which keys apply to a name is :mod:`._keychoice` (a user's file or the
+  shared ``authorized_keys``, re-read when they change; with no keys at all the server
+  still runs, refuses everyone, and its auth banner says how the owner adds a key);
+  pairing a device by invite code over keyboard-interactive is :mod:`._enrol` (not
+  offered at all with no invite pending); passwords, only with ``[server]
+  password_auth`` on and only for names that have one, are :mod:`._password_login`;
+  counting failed logins is :mod:`._failcount`; admission and penalties are
+  :mod:`._guard`. Invites and passwords are read through one object per server.
+- A user name with unprintable characters is refused (asyncssh already refuses control
+  characters and names of 1 KiB or more); logs and screens show at most 32 characters
+  of any name, sanitised.
 - Connection policy (:mod:`._guard`): a connection refused by the startup limits or a
   penalty is dropped before the SSH banner; one not logged in after ``login_timeout``
   is cut; the ``max_auth_tries``-th failed login ends the connection.
 - One session per connection, counted against ``max_sessions`` and
   ``max_sessions_per_user``; over a cap the session is a one-line "server full" notice.
-  No forwarding, agent, X11, SFTP or SCP.
+  A chat session is given a :class:`~kindlessh._channel.SessionDeps`, never the
+  :class:`ServerContext`. No forwarding, agent, X11, SFTP or SCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
 from asyncssh.kex import get_default_kex_algs
 from asyncssh.public_key import get_default_public_key_algs
 
-from ._channel import ChatSession
+from ._channel import ChatSession, SessionDeps
 from ._config import Config
 from ._conversation import Conversation, GenerationSettings
-from ._errors import UserError
-from ._gemini import GeminiProvider
+from ._enrol import Challenge, Enrolment
+from ._failcount import FailedLogins, count_failures
+from ._gemini import GeminiProvider, setup_notice
 from ._guard import Guard
 from ._hub import Hub
-from ._invites import Invite, Invites
+from ._invites import Invites
+from ._keychoice import KeyChoice
 from ._keys import (
     AuthorizedKeys,
     HostKey,
@@ -61,35 +58,17 @@ from ._keys import (
     load_or_create_rsa_host_key,
 )
 from ._pace import Pace
-from ._paint import skip_unchanged_rows
+from ._password_login import PasswordLogin
 from ._passwords import Passwords
 from ._provider import Provider
 from ._quota import Quota
 from ._refused import RefusedSession
-from ._retry import RetryPolicy
 from ._sanitize import sanitize_inline
 from ._store import Store
-from ._users import KeyEntry, Users, valid_name
+from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
 
-MAX_CODE_TRIES = 3
-GONE = (
-    "kindlessh: the invite for {name} has expired or was cancelled; ask the owner "
-    "for a new one"
-)
-NO_CLIENT_KEY = (
-    "kindlessh: an invite is waiting for you, but your SSH client offered no key to "
-    "register. Make one, then connect again:\n"
-    "  Dropbear: dropbearkey -t ed25519 -f ~/.ssh/id_dropbear\n"
-    "  OpenSSH:  ssh-keygen -t ed25519"
-)
-
-NO_KEYS_BANNER = (
-    "kindlessh: no keys are authorized on this server yet. The owner adds your public key "
-    "(one line from ~/.ssh/id_ed25519.pub) to the authorized_keys file named in its "
-    "config; no restart is needed.\r\n"
-)
 MAX_USERNAME = 32  # characters of a user name shown in logs and on screen
 
 
@@ -131,24 +110,47 @@ def signature_algorithms() -> list[str]:
 
 @dataclass
 class ServerContext:
-    """What every connection of one server shares."""
+    """What the connections of one server share (the server's own; a chat session is
+    given only :attr:`session`)."""
 
     config: Config
     provider: Provider
-    authorized: AuthorizedKeys
-    generation: GenerationSettings
-    retry: RetryPolicy
-    hub: Hub
     quota: Quota
-    users: Users
     guard: Guard
-    sessions: set[ChatSession] = field(default_factory=set)
+    keys: KeyChoice
+    invites: Invites
+    passwords: PasswordLogin
+    session: SessionDeps
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
-    pace: Pace = field(default_factory=Pace)
+
+    @property
+    def hub(self) -> Hub:
+        """The conversations (the sessions' hub)."""
+        return self.session.hub
+
+    @property
+    def pace(self) -> Pace:
+        """The pacing of screen updates (the sessions' pace)."""
+        return self.session.pace
+
+    @property
+    def sessions(self) -> set[ChatSession]:
+        """The open chat sessions."""
+        return self.session.sessions
+
+    @property
+    def authorized(self) -> AuthorizedKeys:
+        """The shared ``authorized_keys`` file."""
+        return self.keys.authorized
+
+    @property
+    def users(self) -> Users:
+        """The per-user key files."""
+        return self.keys.users
 
 
 class KindleSSHServer(asyncssh.SSHServer):
-    """Per-connection policy: admission, authentication and the one session."""
+    """One connection: asyncssh's callbacks, each handed to the unit that decides."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -157,24 +159,18 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._let_in = False
         self._logged_in = False
         self._timed_out = False
-        self._replies = 0  # userauth failure replies sent
+        self._failures = FailedLogins(ctx.config.server.max_auth_tries)
         self._bad_name = False
         self._login_timer: asyncio.TimerHandle | None = None
         self._sessions = 0
         self._session_user: str | None = None
-        # Enrolment by invite code (see begin_auth and the kbdint methods).
-        self._invite: Invite | None = None
-        self._offered: list[asyncssh.SSHKey] = []
-        self._code_tries = 0
-        self._greeting: str | None = None
+        self._enrol = Enrolment(ctx.invites, ctx.users)
         self._password_ok = False
-        self._refusal: str | None = None  # why keyboard-interactive cannot go on
-        self._enrolled_env: dict[str, str] = {}
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername")
-        self._addr = str(peer[0]) if peer else "?"
+        self._addr = self._enrol.addr = str(peer[0]) if peer else "?"
         refusal = self.ctx.guard.admit(self._addr)
         if refusal is not None:
             log.debug("dropped a connection from %s: %s", self._addr, refusal)
@@ -187,33 +183,10 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._login_timer = asyncio.get_running_loop().call_later(
             self.ctx.config.server.login_timeout, self._login_expired
         )
-        self._count_failures(conn)
+        count_failures(conn, self._failures, self._too_many)
 
-    def _count_failures(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Cut the connection at the ``max_auth_tries``-th failed login.
-
-        Strategy: asyncssh has no hook for a failed attempt (a refused method never
-        reaches this class), but every failure, whatever the method, is answered by
-        ``send_userauth_failure``; wrapping it on this connection counts them all. The
-        first answer is free: clients open with a ``none`` request to learn the methods
-        (OpenSSH does not count it either).
-        """
-        limit = self.ctx.config.server.max_auth_tries
-        reply = conn.send_userauth_failure
-
-        def counted(partial_success: bool) -> None:
-            self._replies += 1
-            if self._replies - 1 >= limit:
-                log.info("%s: %d failed logins; disconnecting", self._addr, limit)
-                conn.disconnect(
-                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                    "Too many authentication failures",
-                )
-                return
-            reply(partial_success)
-
-        # setattr: mypy refuses an assignment to a method, even on an instance.
-        setattr(conn, "send_userauth_failure", counted)  # noqa: B010
+    def _too_many(self) -> None:
+        log.info("%s: %d failed logins; disconnecting", self._addr, self._failures.limit)
 
     def _login_expired(self) -> None:
         self._login_timer = None
@@ -237,7 +210,7 @@ class KindleSSHServer(asyncssh.SSHServer):
         if self._session_user is not None:
             self.ctx.guard.close_session(self._session_user)
             self._session_user = None
-        failed = max(0, self._replies - 1) + self._bad_name
+        failed = self._failures.failed + self._bad_name
         self.ctx.guard.closed(
             self._addr, logged_in=self._logged_in, failed=failed, timed_out=self._timed_out
         )
@@ -257,152 +230,43 @@ class KindleSSHServer(asyncssh.SSHServer):
                 asyncssh.DISC_ILLEGAL_USER_NAME, "kindlessh: a user name must be printable"
             )
             return True
-        self._invite = None
-        self._offered = []
-        self._password_ok = self.ctx.config.server.password_auth and Passwords(
-            self.ctx.config.server.users_dir
-        ).has(username)
-        if valid_name(username):
-            invites = Invites.beside(self.ctx.config.server.users_dir)
-            try:
-                self._invite = invites.pending(username, datetime.now(UTC))
-            except UserError as exc:
-                log.warning("%s", exc)
-        user_keys = self.ctx.users.authorized(username)
-        if user_keys is not None:
-            # The name is a user's: only that user's keys may log in as it.
-            keys = user_keys.get()
-            if keys is None and user_keys.error:
-                log.warning("%s", user_keys.error)
-        else:
-            keys = self.ctx.authorized.get()
-            if keys is None and not self.ctx.users.names() and self._invite is None:
-                conn.send_auth_banner(NO_KEYS_BANNER)
+        self._password_ok = self.ctx.passwords.asks(username)
+        self._enrol.begin(username)
+        choice = self.ctx.keys.choose(username, invite_pending=self._enrol.invite is not None)
+        if choice.banner is not None:
+            conn.send_auth_banner(choice.banner)
         # Always set, even to None: keys chosen for an earlier name must not carry over.
-        conn.set_authorized_keys(keys)
+        conn.set_authorized_keys(choice.keys)
         return True
 
     def public_key_auth_supported(self) -> bool:
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        """Called for a key that is not authorized: with an invite pending for the name,
-        remember the first keys offered, to register one once the code is typed."""
-        known = {k.public_data for k in self._offered}
-        # Dropbear offers its default key again when -i names the same file.
-        if self._invite is not None and len(known) < 16 and key.public_data not in known:
-            self._offered.append(key)
+        # Called only for a key no file authorizes: one an invite may register.
+        self._enrol.offer(key)
         return False
 
     def password_auth_supported(self) -> bool:
-        # Only when the owner turned passwords on, and only for a name that has one:
-        # nobody else is ever asked, so there is nothing to guess.
         return self._password_ok
 
     async def validate_password(self, username: str, password: str) -> bool:
-        passwords = Passwords(self.ctx.config.server.users_dir)
-        # scrypt takes a few tens of milliseconds: off the event loop.
-        ok = await asyncio.to_thread(passwords.check, username, password)
-        if ok:
-            log.info("%s: password accepted for %s", self._addr, username)
-        return ok
+        return await self.ctx.passwords.check(username, password, addr=self._addr)
 
     def kbdint_auth_supported(self) -> bool:
-        # Offered only while an invite is pending for the name: nothing else is ever
-        # asked by keyboard, so no password can be guessed here.
-        return self._invite is not None and self._code_tries < MAX_CODE_TRIES
+        return self._enrol.asks()
 
-    def get_kbdint_challenge(
-        self, username: str, lang: str, submethods: str
-    ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
-        # Asked again: the invite may have expired or been revoked since begin_auth.
-        self._refusal = None
-        if not self._offered:
-            self._refusal = NO_CLIENT_KEY
-        elif self._pending(username) is None:
-            self._refusal = GONE.format(name=username)
-        if self._refusal is not None:
-            return ("", self._refusal + "\n", "", ())
-        fingerprint = self._offered[0].get_fingerprint()
-        # No name, and the instruction ends its own line: dbclient prints both as they
-        # are, with no line break after either.
-        return (
-            "",
-            f"To register this device's key ({fingerprint}) for {username}:\n",
-            "",
-            ((f"Invite code for {username}: ", True),),
-        )
-
-    def _pending(self, username: str) -> Invite | None:
-        invites = Invites.beside(self.ctx.config.server.users_dir)
-        try:
-            return invites.pending(username, datetime.now(UTC))
-        except UserError as exc:
-            log.warning("%s", exc)
-            return None
-
-    def _refuse(self, reason: str) -> bool:
-        """End the connection with ``reason`` (one line, shown by the client)."""
-        assert self._conn is not None
-        self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
-        return False
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Challenge:
+        return self._enrol.challenge(username)
 
     async def validate_kbdint_response(self, username: str, responses: Any) -> bool:
-        if self._refusal == NO_CLIENT_KEY:
-            return self._refuse(
-                "kindlessh: no key offered; make one (ssh-keygen -t ed25519 or "
-                "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear) and connect again"
-            )
-        if self._refusal is not None:
-            return self._refuse(self._refusal)
-        if len(responses) != 1:
+        reply = await self._enrol.answer(username, responses)
+        if reply.refusal is not None:
+            # One line, shown by the client.
+            assert self._conn is not None
+            self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reply.refusal)
             return False
-        self._code_tries += 1
-        invites = Invites.beside(self.ctx.config.server.users_dir)
-        key = self._offered[0]
-
-        def enrol(invite: Invite) -> None:
-            entry = KeyEntry.parse(key.export_public_key().decode().strip(), "the offered key")
-            self.ctx.users.add(username, [entry], invite.profile)
-
-        try:
-            # scrypt takes a few tens of milliseconds, and the key file is written:
-            # off the event loop. The invite is used up only once the key is stored.
-            outcome, invite = await asyncio.to_thread(
-                invites.redeem, username, str(responses[0]), datetime.now(UTC), enrol
-            )
-        except UserError as exc:
-            log.error("could not register a key for %s: %s", username, exc)
-            return self._refuse(
-                "kindlessh: the server could not register your key; the invite still "
-                "stands (the owner can see why in its log)"
-            )
-        if outcome == "gone":
-            return self._refuse(GONE.format(name=username))
-        if outcome == "wrong" or invite is None:
-            log.info("%s: wrong invite code for %s (try %d)", self._addr, username,
-                     self._code_tries)
-            if self._code_tries >= MAX_CODE_TRIES:
-                return self._refuse("kindlessh: too many wrong invite codes")
-            return False
-        self._enrolled(username, key, invite)
-        return True
-
-    def _enrolled(self, username: str, key: asyncssh.SSHKey, invite: Invite) -> None:
-        fingerprint = key.get_fingerprint()
-        log.info("registered key %s for %s from %s (invite)", fingerprint, username, self._addr)
-        others = len(self._offered) - 1
-        extra = (
-            f" Your device offered {others + 1} keys; the first one was registered."
-            if others
-            else ""
-        )
-        self._greeting = (
-            f"Your key {fingerprint} is now registered for {username}: next time it logs "
-            f"in by itself.{extra}"
-        )
-        if invite.profile:
-            self._enrolled_env = {"KINDLESSH_PROFILE": invite.profile}
+        return reply.accepted
 
     def auth_completed(self) -> None:
         assert self._conn is not None
@@ -429,8 +293,8 @@ class KindleSSHServer(asyncssh.SSHServer):
         self._session_user = username
         key_env = self._conn.get_key_option("environment", {})
         env = {str(k): str(v) for k, v in key_env.items()} if isinstance(key_env, dict) else {}
-        env.update(self._enrolled_env)  # the invite's profile, for this first login too
-        return ChatSession(self.ctx, username, env, greeting=self._greeting)
+        env.update(self._enrol.env)  # the invite's profile, for this first login too
+        return ChatSession(self.ctx.session, username, env, greeting=self._enrol.greeting)
 
 
 class Server:
@@ -502,29 +366,38 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
     quota = Quota(config.quota, store)
+    upstream = provider or GeminiProvider(gemini)
+    generation = GenerationSettings(
+        system_instruction=gemini.system_instruction,
+        temperature=gemini.temperature,
+        max_output_tokens=gemini.max_output_tokens,
+        max_prompt_chars=config.chat.max_prompt_chars,
+    )
+    retry = gemini.retry
+    hub = Hub(
+        store,
+        lambda user: Conversation(upstream, generation, retry, quota=quota.of(user)),
+        quota=quota,
+        commit_interval=config.storage.commit_interval_ms / 1000,
+        finish_on_disconnect=config.chat.finish_on_disconnect,
+        export_dir=config.storage.export_dir,
+    )
+    srv = config.server
     ctx = ServerContext(
         config=config,
-        provider=provider or GeminiProvider(gemini),
-        authorized=AuthorizedKeys(config.server.authorized_keys),
-        users=Users(config.server.users_dir),
-        guard=Guard(config.server),
-        generation=GenerationSettings(
-            system_instruction=gemini.system_instruction,
-            temperature=gemini.temperature,
-            max_output_tokens=gemini.max_output_tokens,
-            max_prompt_chars=config.chat.max_prompt_chars,
-        ),
-        retry=gemini.retry,
+        provider=upstream,
         quota=quota,
-        hub=Hub(
-            store,
-            lambda user: Conversation(
-                ctx.provider, ctx.generation, ctx.retry, quota=ctx.quota.of(user)
-            ),
-            quota=quota,
-            commit_interval=config.storage.commit_interval_ms / 1000,
-            finish_on_disconnect=config.chat.finish_on_disconnect,
-            export_dir=config.storage.export_dir,
+        guard=Guard(srv),
+        keys=KeyChoice(Users(srv.users_dir), AuthorizedKeys(srv.authorized_keys)),
+        invites=Invites.beside(srv.users_dir),
+        passwords=PasswordLogin(Passwords(srv.users_dir), enabled=srv.password_auth),
+        session=SessionDeps(
+            hub=hub,
+            pace=Pace(),
+            ui=config.ui,
+            idle_timeout=srv.idle_timeout,
+            max_write_buffer=srv.max_write_buffer,
+            notices=tuple(n for n in [setup_notice(gemini)] if n is not None),
         ),
     )
     try:
@@ -532,19 +405,6 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     except BaseException:
         await store.close()
         raise
-    # Strategy: what imports and start-up made (rich, pygments, asyncssh and prompt-toolkit
-    # tables) lives as long as the process. Frozen out of the collector, a full
-    # collection under load scans only the sessions' objects: without this, each one
-    # took 40-60 ms here, long enough to delay a keystroke's echo visibly. Once per
-    # process: the first server's start-up is what matters.
-    if not gc.get_freeze_count():
-        gc.collect()
-        gc.freeze()
-        # Collections of the youngest objects every 10,000 allocations instead of 700: a
-        # hundred streaming sessions allocate fast, and every tenth of every tenth of
-        # those collections was a full one taking up to 230 ms (bench/load.py).
-        gc.set_threshold(10_000, 10, 10)
-    skip_unchanged_rows()
     ctx.pace.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
 

@@ -11,6 +11,7 @@ import asyncssh
 import pytest
 
 from kindlessh import Server, load_config, start_server
+from kindlessh._process import tune_process
 
 from .fake_gemini import FakeGemini
 from .sshterm import Terminal
@@ -23,6 +24,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's real key or the internet."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tuned_process() -> None:
+    """Tuned as ``kindlessh serve`` tunes it: tests count the writes and bytes painted."""
+    tune_process()
 
 
 @pytest.fixture(scope="session")
