@@ -13,6 +13,7 @@ import pytest
 from kindlessh import Server, load_config, start_server
 
 from .fake_gemini import FakeGemini
+from .helpers import CLIENT_KEY, open_chat
 from .sshterm import Terminal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
@@ -27,7 +28,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519", comment="reader@kindle")
+    """The key every test server authorizes, and ``helpers.connected`` logs in with."""
+    return CLIENT_KEY
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +119,8 @@ async def server(make_server: ServerFactory) -> Server:
 
 
 @pytest.fixture
-async def term(
-    server: Server, client_key: asyncssh.SSHKey
-) -> AsyncIterator[Terminal]:
-    t = await Terminal.connect(server.port, client_key)
-    await t.wait_for("/help")
+async def term(server: Server) -> AsyncIterator[Terminal]:
+    """A terminal with the chat up on the default server."""
+    t = await open_chat(server)
     yield t
     await t.close()
