@@ -42,6 +42,7 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize(
     ("command", "cols", "rows"), [("", 54, 20), ("eink", 60, 30)], ids=["54x20", "eink-60x30"]
@@ -70,6 +71,7 @@ async def test_client_asks_and_sees_the_whole_streamed_answer(
         term.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
     client: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,
@@ -106,6 +108,7 @@ async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
         term.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("cols", "rows"), [(66, 20), (54, 30)], ids=["touch-66x20", "54x30"])
 async def test_kindle_screen_sizes_read_well(
     cols: int, rows: int, make_server: ServerFactory, client_key: asyncssh.SSHKey,
@@ -129,6 +132,7 @@ async def test_kindle_screen_sizes_read_well(
         term.close()
 
 
+@pytest.mark.slow
 async def test_dropbear_resize_repaints_at_the_new_size(
     make_server: ServerFactory, client_key: asyncssh.SSHKey, tmp_path: Path
 ) -> None:

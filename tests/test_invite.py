@@ -82,6 +82,7 @@ async def _try(server: Server, name: str, keys: list[asyncssh.SSHKey], answers: 
     return typer, None
 
 
+@pytest.mark.slow
 async def test_invite_with_openssh_then_the_key_alone(
     make_server: ServerFactory, fake_gemini: FakeGemini, tmp_path: Path
 ) -> None:
@@ -122,6 +123,7 @@ async def test_invite_with_openssh_then_the_key_alone(
         term.close()
 
 
+@pytest.mark.slow
 async def test_invite_with_dropbear_typing_the_code(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:

@@ -79,6 +79,7 @@ async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_ful
         assert "line 39" in term.text() and "line 24" in term.text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_real_clients_show_a_scrolled_answer_as_a_full_repaint(
     client: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,

@@ -125,6 +125,7 @@ async def test_nothing_is_retried_after_the_first_token() -> None:
     assert provider.calls == 1
 
 
+@pytest.mark.slow
 async def test_busy_gemini_is_retried_with_a_status_line(
     make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:

@@ -225,6 +225,7 @@ async def test_second_session_on_one_connection_is_refused(
         chan.close()
 
 
+@pytest.mark.slow
 async def test_hostile_sequences_split_at_every_byte_never_reach_the_channel(
     term: Terminal, fake_gemini: FakeGemini
 ) -> None:
