@@ -13,7 +13,7 @@ import pytest
 from kindlessh import Server, load_config, start_server
 
 from .fake_gemini import FakeGemini
-from .helpers import CLIENT_KEY, open_chat
+from .helpers import CLIENT_KEY, connected
 from .sshterm import Terminal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
@@ -121,6 +121,5 @@ async def server(make_server: ServerFactory) -> Server:
 @pytest.fixture
 async def term(server: Server) -> AsyncIterator[Terminal]:
     """A terminal with the chat up on the default server."""
-    t = await open_chat(server)
-    yield t
-    await t.close()
+    async with connected(server) as t:
+        yield t
