@@ -14,6 +14,7 @@ from kindlessh import Server, load_config, start_server
 from kindlessh._process import tune_process
 
 from .fake_gemini import FakeGemini
+from .helpers import CLIENT_KEY, connected
 from .sshterm import Terminal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
@@ -34,7 +35,8 @@ def _tuned_process() -> None:
 
 @pytest.fixture(scope="session")
 def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519", comment="reader@kindle")
+    """The key every test server authorizes, and ``helpers.connected`` logs in with."""
+    return CLIENT_KEY
 
 
 @pytest.fixture(scope="session")
@@ -124,10 +126,7 @@ async def server(make_server: ServerFactory) -> Server:
 
 
 @pytest.fixture
-async def term(
-    server: Server, client_key: asyncssh.SSHKey
-) -> AsyncIterator[Terminal]:
-    t = await Terminal.connect(server.port, client_key)
-    await t.wait_for("/help")
-    yield t
-    await t.close()
+async def term(server: Server) -> AsyncIterator[Terminal]:
+    """A terminal with the chat up on the default server."""
+    async with connected(server) as t:
+        yield t

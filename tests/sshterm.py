@@ -1,19 +1,18 @@
 """A real SSH client with a PTY whose output is read through a terminal emulator (pyte).
 
 Tests see what a person would see: ``term.text()`` is the screen, ``term.raw`` the exact
-bytes the server wrote, ``term.packets`` how many separate data messages arrived.
+text the server wrote, ``term.packets`` how many separate data messages arrived. Waiting
+and reading the screen come from :class:`~tests.screenreader.ScreenReader`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import time
-from collections.abc import Callable
 from typing import Any
 
 import asyncssh
-import pyte
+
+from .screenreader import ScreenReader
 
 
 class _Client(asyncssh.SSHClientSession[str]):
@@ -21,25 +20,19 @@ class _Client(asyncssh.SSHClientSession[str]):
         self.term = term
 
     def data_received(self, data: str | bytes, datatype: Any) -> None:
-        if isinstance(data, bytes):
-            data = self.term._decoder.decode(data)
         self.term._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.term.closed.set()
+        self.term._ended()
 
 
-class Terminal:
+class Terminal(ScreenReader):
     """One SSH connection showing the chat on a pyte screen of ``cols`` x ``rows``."""
 
     def __init__(self, cols: int, rows: int) -> None:
-        self.screen = pyte.Screen(cols, rows)
-        self.stream = pyte.Stream(self.screen)
+        super().__init__(cols, rows)
         self.raw: list[str] = []
         self.packets = 0
-        self.closed = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.conn: asyncssh.SSHClientConnection | None = None
         self.chan: asyncssh.SSHClientChannel[str] | None = None
 
@@ -57,7 +50,10 @@ class Terminal:
         pty: bool = True,
         encoding: str | None = "utf-8",
         password: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Terminal:
+        """Log in and open the session; the chat may not be on the screen yet
+        (``tests.helpers.connected`` waits for it)."""
         term = cls(cols, rows)
         term.conn = await asyncssh.connect(
             "127.0.0.1",
@@ -71,55 +67,20 @@ class Terminal:
         kwargs: dict[str, Any] = {"encoding": encoding}
         if pty:
             kwargs.update(term_type=term_type, term_size=(cols, rows))
+        if env is not None:
+            kwargs.update(env=env)
         term.chan, _ = await term.conn.create_session(
             lambda: _Client(term), command=command, **kwargs
         )
         return term
 
-    def _feed(self, data: str) -> None:
-        self.raw.append(data)
+    def _feed(self, data: str | bytes) -> None:
+        self.raw.append(self._show(data))
         self.packets += 1
-        self.stream.feed(data)
-        self._changed.set()
-
-    def text(self) -> str:
-        """The whole screen, one line per row, trailing spaces removed."""
-        return "\n".join(line.rstrip() for line in self.screen.display)
-
-    def joined(self) -> str:
-        """The screen's rows joined with spaces (for text that wraps across rows)."""
-        return " ".join(line.strip() for line in self.screen.display if line.strip())
 
     def raw_text(self) -> str:
         """Everything the server wrote, as one string."""
         return "".join(self.raw)
-
-    async def wait_for(
-        self, what: str | Callable[[Terminal], bool], timeout: float = 5.0
-    ) -> None:
-        """Wait until ``what`` (text on screen, or a predicate) holds.
-
-        Raises:
-            AssertionError: it did not hold within ``timeout`` seconds (shows the screen).
-        """
-
-        def ok() -> bool:
-            if callable(what):
-                return what(self)
-            return what in self.text() or what in self.joined()
-
-        deadline = time.monotonic() + timeout
-        while not ok():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set():
-                if ok():
-                    return
-                raise AssertionError(f"waited for {what!r}; the screen shows:\n{self.text()}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
 
     async def send(self, text: str) -> None:
         """Type ``text`` (escape sequences allowed: ``\\r`` is Enter, ``\\x03`` Ctrl-C)."""
@@ -136,7 +97,7 @@ class Terminal:
     def resize(self, cols: int, rows: int) -> None:
         """Resize the terminal, as a window change."""
         assert self.chan is not None
-        self.screen.resize(rows, cols)
+        self._resize_screen(cols, rows)
         self.chan.change_terminal_size(cols, rows)
 
     async def wait_closed(self, timeout: float = 5.0) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import asyncssh
-
 from kindlessh import Server
 
 from .conftest import FIXTURES, ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected, open_chat
 from .sshterm import Terminal
 
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
@@ -34,11 +33,9 @@ async def test_streamed_answer_is_shown(term: Terminal, fake_gemini: FakeGemini)
 
 
 async def test_every_split_of_a_fixture_gives_the_whole_answer(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=80, rows=30)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, cols=80, rows=30) as term:
         for i, split in enumerate(("bytes", "events", "whole", "awkward")):
             fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse", split=split))
             await term.send("/new\r")
@@ -50,8 +47,6 @@ async def test_every_split_of_a_fixture_gives_the_whole_answer(
             await term.wait_for("green and blue.)")
             await term.wait_for(lambda t: "ready" in t.text())
             assert "(In light, the additive primaries are red, green and blue.)" in term.joined()
-    finally:
-        await term.close()
 
 
 async def test_second_turn_carries_the_history(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -188,78 +183,59 @@ async def test_second_question_while_answering_is_refused_and_kept(
 
 
 async def test_no_api_key_says_how_to_set_it(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(gemini={"api_key": None})
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("No Gemini API key is set on the server")
+    async with connected(server, ready="No Gemini API key is set on the server") as term:
         await term.ask("hello?")
         await term.wait_for(lambda t: t.joined().count("GEMINI_API_KEY") >= 2)
         assert fake_gemini.requests == []
         await term.send("/help\r")
         await term.wait_for("/new")
-    finally:
-        await term.close()
 
 
 async def test_wrong_api_key_is_one_clear_line(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(gemini={"api_key": "not-the-key"})
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         await term.ask("hello?")
         await term.wait_for("Gemini rejected the API key (not valid)")
         assert "not-the-key" not in term.raw_text()
         await term.send("/help\r")
         await term.wait_for("/new")
-    finally:
-        await term.close()
 
 
 async def test_unknown_model_is_one_clear_line(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(gemini={"model": "gemini-9.9-ultra"})
-    term = await Terminal.connect(server.port, client_key, cols=80)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, cols=80) as term:
         await term.ask("hello?")
         await term.wait_for("Gemini does not know the model 'gemini-9.9-ultra'")
-    finally:
-        await term.close()
 
 
-async def test_unreachable_upstream_is_one_clear_line(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey
-) -> None:
+async def test_unreachable_upstream_is_one_clear_line(make_server: ServerFactory) -> None:
     # A port that was just free: nothing listens there.
     probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
     server = await make_server(gemini={"base_url": f"http://127.0.0.1:{port}"})
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         await term.ask("hello?")
         await term.wait_for("Gemini could not be reached")
         await term.send("/help\r")
         await term.wait_for("/new")
-    finally:
-        await term.close()
 
 
 async def test_disconnect_mid_answer_leaves_nothing_running(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     """With finish_on_disconnect off, a dropped connection stops its answer."""
     server = await make_server(chat={"finish_on_disconnect": False})
     baseline = len(asyncio.all_tasks())
-    term = await Terminal.connect(server.port, client_key)
-    await term.wait_for("/help")
+    term = await open_chat(server)
     fake_gemini.enqueue(Reply.hang(after=["Words before the drop"]))
     await term.ask("question")
     await term.wait_for("Words before the drop")
@@ -273,14 +249,10 @@ async def test_disconnect_mid_answer_leaves_nothing_running(
     assert not server.ctx.sessions
     assert len(asyncio.all_tasks()) <= baseline
     # The server still serves others.
-    other = await Terminal.connect(server.port, client_key)
-    try:
-        fake_gemini.enqueue(Reply.text(["Still here."]))
-        await other.wait_for("/help")
+    fake_gemini.enqueue(Reply.text(["Still here."]))
+    async with connected(server) as other:
         await other.ask("are you there?")
         await other.wait_for("Still here.")
-    finally:
-        await other.close()
 
 
 async def test_ctrl_c_in_the_same_keystrokes_as_enter_stops_cleanly(
@@ -296,11 +268,10 @@ async def test_ctrl_c_in_the_same_keystrokes_as_enter_stops_cleanly(
 
 
 async def test_server_close_says_goodbye_to_connected_clients(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server()
-    term = await Terminal.connect(server.port, client_key)
-    await term.wait_for("/help")
+    term = await open_chat(server)
     fake_gemini.enqueue(Reply.hang(["Half an answer"]))
     await term.ask("question")
     await term.wait_for("Half an answer")
@@ -310,14 +281,8 @@ async def test_server_close_says_goodbye_to_connected_clients(
     await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2.0)
 
 
-async def test_a_huge_claimed_terminal_is_clamped(
-    server: Server, client_key: asyncssh.SSHKey
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=600, rows=300)
-    try:
-        await term.wait_for("/help")
+async def test_a_huge_claimed_terminal_is_clamped(server: Server) -> None:
+    async with connected(server, cols=600, rows=300):
         (session,) = server.ctx.sessions
         size = session.ui.app.output.get_size()
         assert (size.columns, size.rows) == (500, 200)
-    finally:
-        await term.close()

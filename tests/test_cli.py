@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -13,38 +11,11 @@ import asyncssh
 
 import kindlessh
 
-from .sshterm import Terminal
-
-
-async def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[
-    asyncio.subprocess.Process, list[str]
-]:
-    base = {k: v for k, v in os.environ.items() if k != "GEMINI_API_KEY"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kindlessh", "serve", *args,
-        cwd=cwd,
-        env={**base, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    while not any(line.startswith("Gemini:") for line in lines):
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        if not line:
-            err = await proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"server exited: {lines} {err.decode()}")
-        lines.append(line.decode().rstrip("\n"))
-    return proc, lines
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 10)
+from .helpers import connected, start_serve, stop_serve
 
 
 async def test_serve_without_config_creates_a_key_and_explains(tmp_path: Path) -> None:
-    proc, lines = await _start(tmp_path, "--host", "127.0.0.1", "--port", "0")
+    proc, lines = await start_serve(tmp_path, "--host", "127.0.0.1", "--port", "0")
     try:
         text = "\n".join(lines)
         key = tmp_path / "keys" / "ssh_host_ed25519_key"
@@ -58,32 +29,31 @@ async def test_serve_without_config_creates_a_key_and_explains(tmp_path: Path) -
         assert str(tmp_path / "keys" / "authorized_keys") in text
         assert "NO API KEY" in text and "GEMINI_API_KEY" in text
     finally:
-        assert await _stop(proc) == 0
+        assert await stop_serve(proc) == 0
 
 
 async def test_serve_with_a_key_file_lets_the_key_in(tmp_path: Path) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "authorized_keys").write_bytes(key.export_public_key())
-    proc, lines = await _start(
+    proc, lines = await start_serve(
         tmp_path, "--host", "127.0.0.1", "--port", "0", env={"GEMINI_API_KEY": "k"}
     )
     try:
         text = "\n".join(lines)
         assert "Authorized keys: 1 in" in text and "API key set" in text
         port = int(re.search(r":(\d+)\n", text).group(1))  # type: ignore[union-attr]
-        term = await Terminal.connect(port, key)
-        await term.wait_for("/help")
-        await term.send("/quit\r")
-        await term.wait_closed()
+        async with connected(port, key) as term:
+            await term.send("/quit\r")
+            await term.wait_closed()
         # Restarting reuses the same host key.
     finally:
-        assert await _stop(proc) == 0
-    proc, lines = await _start(tmp_path, "--host", "127.0.0.1", "--port", "0")
+        assert await stop_serve(proc) == 0
+    proc, lines = await start_serve(tmp_path, "--host", "127.0.0.1", "--port", "0")
     try:
         assert "(created now)" not in "\n".join(lines)
     finally:
-        await _stop(proc)
+        await stop_serve(proc)
 
 
 async def test_bad_config_fails_with_one_line(tmp_path: Path) -> None:

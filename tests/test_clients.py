@@ -10,8 +10,6 @@ line. Host keys: Ed25519 plus an RSA key offered as rsa-sha2-256/512 only, never
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -25,7 +23,8 @@ from kindlessh._keys import RSA_KEY_BITS, load_or_create_rsa_host_key, rsa_host_
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .ptyclient import PtyClient, need_binary
+from .helpers import only_session
+from .ptyclient import CLIENTS, PtyClient, dropbear_argv
 
 # Streamed in pieces cut inside words, and by the fake server inside "data: ", CRLFs and
 # the UTF-8 of the dash, so the client sees the answer arrive bit by bit.
@@ -43,60 +42,7 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-def _authorize(server: Server, public_key_line: str) -> None:
-    """Add a key; the server re-reads authorized_keys at the next login."""
-    with server.ctx.authorized.path.open("a") as fh:
-        fh.write(public_key_line.strip() + "\n")
-
-
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def openssh_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
-    ssh = need_binary("ssh", "openssh-client")
-    key = tmp_path / "id_ed25519"
-    key.write_bytes(client_key.export_private_key("openssh"))
-    key.chmod(0o600)
-    return [
-        ssh, "-t", "-p", str(server.port), "-i", str(key),
-        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR",
-        "reader@127.0.0.1",
-    ]
-
-
-def dropbear_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
-    dbclient = need_binary("dbclient", "dropbear-bin")
-    dropbearkey = need_binary("dropbearkey", "dropbear-bin")
-    key = tmp_path / "id_dropbear"
-    _run(dropbearkey, "-t", "ed25519", "-f", str(key))
-    public = [ln for ln in _run(dropbearkey, "-y", "-f", str(key)).splitlines()
-              if ln.startswith("ssh-ed25519 ")]
-    _authorize(server, public[0])
-    # -y -y: accept any host key without asking (the test's known_hosts is nowhere).
-    return [dbclient, "-t", "-y", "-y", "-i", str(key), "-p", str(server.port),
-            "reader@127.0.0.1"]
-
-
-def putty_argv(server: Server, client_key: asyncssh.SSHKey, tmp_path: Path) -> list[str]:
-    plink = need_binary("plink", "putty-tools")
-    puttygen = need_binary("puttygen", "putty-tools")
-    key = tmp_path / "key.ppk"
-    _run(puttygen, "-t", "ed25519", "-o", str(key), "--new-passphrase", "/dev/null")
-    _authorize(server, _run(puttygen, "-L", str(key)))
-    return [plink, "-ssh", "-batch", "-t", "-P", str(server.port), "-i", str(key),
-            "-hostkey", server.host_key.fingerprint, "reader@127.0.0.1"]
-
-
-CLIENTS: dict[str, Callable[[Server, asyncssh.SSHKey, Path], list[str]]] = {
-    "openssh": openssh_argv,
-    "dropbear": dropbear_argv,
-    "putty": putty_argv,
-}
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize(
     ("command", "cols", "rows"), [("", 54, 20), ("eink", 60, 30)], ids=["54x20", "eink-60x30"]
@@ -125,11 +71,7 @@ async def test_client_asks_and_sees_the_whole_streamed_answer(
         term.close()
 
 
-def _session(server: Server):  # type: ignore[no-untyped-def]
-    (session,) = server.ctx.sessions
-    return session
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
     client: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,
@@ -146,7 +88,7 @@ async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
         await term.wait_for("/help")
         await term.send(b"lines\r")
         await term.wait_for("Line 05")
-        session = _session(server)
+        session = only_session(server)
         for cols, rows in ((54, 30), (54, 20)):
             before = session.output.writes
             term.resize(cols, rows)
@@ -166,6 +108,7 @@ async def test_keyboard_toggle_mid_answer_repaints_once_each_way(
         term.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("cols", "rows"), [(66, 20), (54, 30)], ids=["touch-66x20", "54x30"])
 async def test_kindle_screen_sizes_read_well(
     cols: int, rows: int, make_server: ServerFactory, client_key: asyncssh.SSHKey,
@@ -189,6 +132,7 @@ async def test_kindle_screen_sizes_read_well(
         term.close()
 
 
+@pytest.mark.slow
 async def test_dropbear_resize_repaints_at_the_new_size(
     make_server: ServerFactory, client_key: asyncssh.SSHKey, tmp_path: Path
 ) -> None:

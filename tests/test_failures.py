@@ -7,12 +7,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncssh
 import pytest
 
 from .conftest import FIXTURES, ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .sshterm import Terminal
+from .helpers import connected
 
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "MANIFEST.json").read_text())
 
@@ -132,15 +131,13 @@ CASES: dict[str, Case] = {
 
 @pytest.mark.parametrize("name", list(CASES))
 async def test_failure_is_shown_and_the_next_question_works(
-    name: str, make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    name: str, make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     case = CASES[name]
     server = await make_server(**case.config)
     for reply in case.replies:
         fake_gemini.enqueue(reply)
-    term = await Terminal.connect(server.port, client_key, cols=80, rows=30)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, cols=80, rows=30) as term:
         await term.ask("the question")
         for text in case.shows:
             await term.wait_for(text)
@@ -152,23 +149,17 @@ async def test_failure_is_shown_and_the_next_question_works(
         fake_gemini.enqueue(Reply.text(["The next ", "one works."]))
         await term.ask("next question")
         await term.wait_for("The next one works.")
-    finally:
-        await term.close()
 
 
 async def test_api_key_never_appears_in_logs_or_screen(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    make_server: ServerFactory, fake_gemini: FakeGemini,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("DEBUG")
     server = await make_server(gemini={"api_key": "AIzaSECRETvalue"})
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         await term.ask("hello")
         await term.wait_for("rejected the API key")
         assert "AIzaSECRETvalue" not in term.raw_text()
         assert "AIzaSECRETvalue" not in caplog.text
         assert "AIzaSECRETvalue" not in fake_gemini.requests[0].target
-    finally:
-        await term.close()

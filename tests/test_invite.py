@@ -17,9 +17,8 @@ from kindlessh._invites import Invites
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import FakeClock, connected, until
 from .ptyclient import PtyClient, need_binary
-from .sshterm import Terminal
-from .test_security import FakeClock, until
 
 FAST = {"ui": {"eink_interval_ms": 250, "smooth_interval_ms": 20}}
 
@@ -83,6 +82,7 @@ async def _try(server: Server, name: str, keys: list[asyncssh.SSHKey], answers: 
     return typer, None
 
 
+@pytest.mark.slow
 async def test_invite_with_openssh_then_the_key_alone(
     make_server: ServerFactory, fake_gemini: FakeGemini, tmp_path: Path
 ) -> None:
@@ -123,6 +123,7 @@ async def test_invite_with_openssh_then_the_key_alone(
         term.close()
 
 
+@pytest.mark.slow
 async def test_invite_with_dropbear_typing_the_code(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
@@ -221,7 +222,7 @@ async def test_a_client_with_no_key_is_told_how_to_make_one(
 
 
 async def test_several_keys_offered_only_the_first_is_registered(
-    server: Server, tmp_path: Path, client_key: asyncssh.SSHKey
+    server: Server, tmp_path: Path
 ) -> None:
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
@@ -231,11 +232,8 @@ async def test_several_keys_offered_only_the_first_is_registered(
     stored = _user_file(tmp_path, "kindle").read_text()
     assert keys[0].export_public_key().decode().split()[1] in stored
     assert keys[1].export_public_key().decode().split()[1] not in stored
-    term = await Terminal.connect(server.port, keys[0], username="kindle")
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+    async with connected(server, keys[0], username="kindle"):
+        pass
 
 
 @pytest.mark.parametrize("args", [["Bad Name"], ["kindle", "--ttl", "9d"], []])

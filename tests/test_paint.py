@@ -23,7 +23,6 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
-from kindlessh import Server
 from kindlessh._paint import (
     Key,
     Line,
@@ -35,19 +34,13 @@ from kindlessh._paint import (
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .ptyclient import PtyClient
-from .sshterm import Terminal
-from .test_clients import CLIENTS
+from .helpers import connected, only_session
+from .ptyclient import CLIENTS, PtyClient
 
 # Forty short lines, one per text event: each commit adds a line or two at the bottom of
 # a full transcript, so every repaint scrolls it.
 LINES = [f"line {i:02d}: the quick brown fox jumps over" for i in range(40)]
 ANSWER_BYTES = len("\n".join(LINES).encode())
-
-
-def _session(server: Server):  # type: ignore[no-untyped-def]
-    (session,) = server.ctx.sessions
-    return session
 
 
 def _cells(screen: pyte.Screen) -> list[list[Any]]:
@@ -57,7 +50,7 @@ def _cells(screen: pyte.Screen) -> list[list[Any]]:
 
 
 async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_full_repaint(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     """At the Kindle's 54x20 with the laptop profile: the answer streams a line at a time
     into a full transcript. The terminal scrolls (few bytes per answer byte), and the
@@ -65,9 +58,7 @@ async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_ful
     from scratch."""
     server = await make_server()
     fake_gemini.enqueue(Reply.text([ln + "\n" for ln in LINES], chunk_delay=0.03))
-    term = await Terminal.connect(server.port, client_key, command="smooth")
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="smooth") as term:
         await term.send("count lines")
         await term.wait_for("> count lines")
         start = len(term.raw_text().encode())
@@ -75,7 +66,7 @@ async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_ful
         await term.wait_for("line 39")
         await term.wait_for(lambda t: "ready" in t.text())
         sent = len(term.raw_text().encode()) - start
-        session = _session(server)
+        session = only_session(server)
         assert session.ui.transcript.scrolls >= 2, session.ui.transcript.scrolls
         # Repainting the whole transcript for each new line costs about 6 bytes per
         # answer byte here; scrolling leaves under 3.
@@ -86,10 +77,9 @@ async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_ful
         await term.wait_for(lambda t: t.packets > packets)
         await term.wait_for(lambda t: _cells(t.screen) == streamed, timeout=2)
         assert "line 39" in term.text() and "line 24" in term.text()
-    finally:
-        await term.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_real_clients_show_a_scrolled_answer_as_a_full_repaint(
     client: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,
@@ -106,7 +96,7 @@ async def test_real_clients_show_a_scrolled_answer_as_a_full_repaint(
         await term.send(b"count lines\r")
         await term.wait_for("line 39")
         await term.wait_until(lambda: "ready" in term.text(), "ready")
-        assert _session(server).ui.transcript.scrolls >= 2
+        assert only_session(server).ui.transcript.scrolls >= 2
         streamed = _cells(term.screen)
         before = len(term.raw)
         await term.send(b"\x0c")

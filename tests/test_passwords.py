@@ -13,7 +13,7 @@ from kindlessh._errors import UserError
 from kindlessh._passwords import Passwords, hash_password, verify_password
 
 from .conftest import ServerFactory
-from .sshterm import Terminal
+from .helpers import connected
 
 SECRET = "correct horse battery"
 
@@ -79,11 +79,8 @@ async def test_password_login_when_turned_on(make_server: ServerFactory, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "password set" in result.stdout
     assert await _login(server.port, "anna", SECRET) is None
-    term = await Terminal.connect(server.port, None, username="anna", password=SECRET)
-    try:
-        await term.wait_for("Hello anna.")
-    finally:
-        await term.close()
+    async with connected(server, None, username="anna", password=SECRET, ready="Hello anna."):
+        pass
     wrong = await _login(server.port, "anna", "wrong password")
     assert isinstance(wrong, asyncssh.PermissionDenied)
     # A name without a password is never asked for one.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import asyncssh
 import pytest
 
 from kindlessh import Server
@@ -12,14 +11,10 @@ from kindlessh._profile import choose_profile
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected, only_session
 from .sshterm import Terminal
 
 COLOUR_256_OR_24 = re.compile(r"\x1b\[[0-9;]*(38|48);[25];")
-
-
-def _session(server: Server):  # type: ignore[no-untyped-def]
-    (session,) = server.ctx.sessions
-    return session
 
 
 @pytest.mark.parametrize(
@@ -43,11 +38,9 @@ def test_profile_choice_first_match_wins(
 
 
 async def test_eink_from_the_ssh_command_is_one_bit(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
-    term = await Terminal.connect(server.port, client_key, command="eink", term_type="xterm")
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="eink", term_type="xterm") as term:
         fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
         await term.ask("colours?")
         await term.wait_for("green and blue.)")
@@ -56,8 +49,6 @@ async def test_eink_from_the_ssh_command_is_one_bit(
         assert not COLOUR_256_OR_24.search(term.raw_text())
         assert "\x1b[6n" not in term.raw_text()  # no cursor position requests
         assert "\x1b[?1000h" not in term.raw_text()  # no mouse
-    finally:
-        await term.close()
 
 
 async def test_smooth_uses_colour(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -67,41 +58,18 @@ async def test_smooth_uses_colour(term: Terminal, fake_gemini: FakeGemini) -> No
     assert not re.search(r"\x1b\[[0-9;]*38;2;", term.raw_text())  # never truecolor
 
 
-async def test_profile_from_the_client_environment(
-    server: Server, client_key: asyncssh.SSHKey
-) -> None:
-    conn = await asyncssh.connect(
-        "127.0.0.1", server.port, username="reader", client_keys=[client_key],
-        known_hosts=None, agent_path=None,
-    )
-    term = Terminal(54, 20)
-    term.conn = conn
-    from .sshterm import _Client  # the same client session class the helper uses
-
-    term.chan, _ = await conn.create_session(
-        lambda: _Client(term), term_type="xterm", term_size=(54, 20),
-        env={"KINDLESSH_PROFILE": "eink"}, encoding="utf-8",
-    )
-    try:
-        await term.wait_for("/help")
+async def test_profile_from_the_client_environment(server: Server) -> None:
+    async with connected(server, env={"KINDLESSH_PROFILE": "eink"}) as term:
         await term.send("/help\r")
         await term.wait_for("Screen: eink (from KINDLESSH_PROFILE from the client)")
-    finally:
-        await term.close()
 
 
-async def test_profile_from_the_key_option(
-    server: Server, client_key: asyncssh.SSHKey
-) -> None:
+async def test_profile_from_the_key_option(server: Server) -> None:
     path = server.ctx.authorized.path
     path.write_text('environment="KINDLESSH_PROFILE=eink" ' + path.read_text())
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         await term.send("/help\r")
         await term.wait_for("Screen: eink (from the key's environment= option)")
-    finally:
-        await term.close()
 
 
 async def test_switching_profiles_live(term: Terminal) -> None:
@@ -114,52 +82,40 @@ async def test_switching_profiles_live(term: Terminal) -> None:
 
 
 async def test_eink_commits_at_most_once_per_interval_and_loses_nothing(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(ui={"eink_interval_ms": 250})
     words = [f"w{i:02d} " for i in range(40)]
     fake_gemini.enqueue(Reply.text(words, chunk_delay=0.025))
-    term = await Terminal.connect(server.port, client_key, command="eink", cols=80, rows=30)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="eink", cols=80, rows=30) as term:
         await term.ask("count")
         await term.wait_for("w39")
         await term.wait_for(lambda t: "ready" in t.text())
-        session = _session(server)
+        session = only_session(server)
         turn = session.ui.conversation.current
         commits = session.ui.throttle.commits
         # Leading edge, then one per 250 ms while streaming, then the final state.
         assert commits <= turn.duration / 0.25 + 2, (commits, turn.duration)
         assert commits >= 2
         assert "".join(words).strip() in term.joined()
-    finally:
-        await term.close()
 
 
 async def test_typing_echoes_at_once_while_an_eink_answer_streams(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(ui={"eink_interval_ms": 5000})
     fake_gemini.enqueue(Reply.hang(["Slow words"]))
-    term = await Terminal.connect(server.port, client_key, command="eink")
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="eink") as term:
         await term.ask("go")
         await term.wait_for("Slow words")  # leading edge: the first words at once
         await term.send("typed")
         await term.wait_for("> typed", timeout=1.0)  # far less than the 5 s interval
-    finally:
-        await term.close()
 
 
-async def test_eink_pages_instead_of_scrolling(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
+async def test_eink_pages_instead_of_scrolling(server: Server, fake_gemini: FakeGemini) -> None:
     lines = [f"Line {i:02d} of a long answer.\n" for i in range(45)]
     fake_gemini.enqueue(Reply.text(lines))
-    term = await Terminal.connect(server.port, client_key, command="eink", cols=54, rows=20)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="eink", cols=54, rows=20) as term:
         await term.ask("a long answer please")
         await term.wait_for("Line 44")
         await term.wait_for(lambda t: "ready" in t.text())
@@ -176,22 +132,18 @@ async def test_eink_pages_instead_of_scrolling(
         assert "> a long answer please" in term.text()
         await term.send("/down\r/down\r")
         await term.wait_for("Line 44 of a long answer.")
-    finally:
-        await term.close()
 
 
 async def test_eink_resize_is_one_repaint_with_nothing_lost(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
     lines = [f"Row {i:02d} of the answer.\n" for i in range(25)]
     fake_gemini.enqueue(Reply.text(lines))
-    term = await Terminal.connect(server.port, client_key, command="eink", cols=54, rows=20)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command="eink", cols=54, rows=20) as term:
         await term.ask("rows")
         await term.wait_for("Row 24")
         await term.wait_for(lambda t: "ready" in t.text())
-        session = _session(server)
+        session = only_session(server)
         writes = session.output.writes
         term.resize(54, 30)  # the keyboard hides
         await term.wait_for(lambda t: "ready" in t.screen.display[-2])
@@ -200,28 +152,19 @@ async def test_eink_resize_is_one_repaint_with_nothing_lost(
         text = term.text()
         for i in range(25):
             assert text.count(f"Row {i:02d} of the answer.") == 1
-    finally:
-        await term.close()
 
 
-async def test_a_very_large_terminal_works(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=300, rows=100)
-    try:
-        await term.wait_for("/help")
+async def test_a_very_large_terminal_works(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=300, rows=100) as term:
         fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
         await term.ask("colours?")
         await term.wait_for("green and blue.)")
         assert "ready" in term.screen.display[98]
-    finally:
-        await term.close()
 
 
 @pytest.mark.parametrize(("profile", "interval_ms"), [("eink", 250), ("smooth", 100)])
 async def test_writes_while_streaming_follow_the_profile_interval(
     make_server: ServerFactory,
-    client_key: asyncssh.SSHKey,
     fake_gemini: FakeGemini,
     profile: str,
     interval_ms: int,
@@ -232,12 +175,10 @@ async def test_writes_while_streaming_follow_the_profile_interval(
     server = await make_server(ui={f"{profile}_interval_ms": interval_ms})
     words = [f"w{i:02d} " for i in range(40)]
     fake_gemini.enqueue(Reply.text(words, chunk_delay=0.025))
-    term = await Terminal.connect(server.port, client_key, command=profile, cols=80, rows=30)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, command=profile, cols=80, rows=30) as term:
         await term.send("count")
         await term.wait_for("> count")
-        session = _session(server)
+        session = only_session(server)
         before = session.output.writes
         await term.send("\r")
         await term.wait_for("w39")
@@ -249,5 +190,3 @@ async def test_writes_while_streaming_follow_the_profile_interval(
         assert writes < len(words) / 2  # far fewer than one per chunk
         assert term.packets == session.output.writes
         assert "".join(words).strip() in term.joined()
-    finally:
-        await term.close()

@@ -7,7 +7,6 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from kindlessh import ConfigError, Server, ServerBusy, load_config
@@ -15,26 +14,8 @@ from kindlessh._quota import Bucket, Slots, day_start, span
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import FakeClock, connected, open_chat
 from .sshterm import Terminal
-
-
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def _connect(server: Server, key: asyncssh.SSHKey, **kw: object) -> Terminal:
-    term = await Terminal.connect(server.port, key, **kw)  # type: ignore[arg-type]
-    await term.wait_for("/help")
-    return term
 
 
 async def _answered(term: Terminal, question: str, answer: str) -> None:
@@ -123,13 +104,12 @@ def test_quota_keys_are_checked(tmp_path: Path) -> None:
 
 
 async def test_the_fourth_quick_question_is_refused_until_the_bucket_refills(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(quota={"prompts": 3, "refill_seconds": 10.0})
     clock = FakeClock()
     server.ctx.quota.clock = clock
-    term = await _connect(server, client_key, cols=80)
-    try:
+    async with connected(server, cols=80) as term:
         for i in range(3):
             fake_gemini.enqueue(Reply.text([f"Answer {i}."]))
             await _answered(term, f"question {i}", f"Answer {i}.")
@@ -145,17 +125,14 @@ async def test_the_fourth_quick_question_is_refused_until_the_bucket_refills(
         await term.send("\r")
         await term.wait_for("Answer 3.")
         assert len(fake_gemini.requests) == 4
-    finally:
-        await term.close()
 
 
 async def test_a_refused_retry_keeps_the_last_answer(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(quota={"prompts": 1, "refill_seconds": 10.0})
     server.ctx.quota.clock = FakeClock()
-    term = await _connect(server, client_key, cols=80)
-    try:
+    async with connected(server, cols=80) as term:
         fake_gemini.enqueue(Reply.text(["The only answer."]))
         await _answered(term, "question", "The only answer.")
         await term.send("/retry\r")
@@ -165,46 +142,38 @@ async def test_a_refused_retry_keeps_the_last_answer(
         await term.wait_for("question (1)")  # still stored, after the recorder's flush
         (turn,) = await server.ctx.hub.store.load_turns("reader", 1)
         assert turn.answer == "The only answer."
-    finally:
-        await term.close()
 
 
 async def test_a_spent_daily_budget_survives_a_restart(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     quota = {"daily_tokens": 100}
     server = await make_server(quota=quota)
     # 60 in, 45 out: the answer that crosses the budget is finished.
     fake_gemini.enqueue(Reply.text(["A long answer."], prompt_tokens=60, candidate_tokens=[45]))
-    term = await _connect(server, client_key, cols=100)
-    try:
+    async with connected(server, cols=100) as term:
         await _answered(term, "spend it", "A long answer.")
         await term.ask("one more")
         await term.wait_for("You have used today's 100 tokens.")
-    finally:
-        await term.close()
     await server.close()
 
     again = await make_server(quota=quota)
-    term = await _connect(again, client_key, cols=100)
-    try:
+    async with connected(again, cols=100) as term:
         await term.send("/new\r")
         await term.wait_for("New conversation")
         await term.ask("after the restart")
         await term.wait_for("You have used today's 100 tokens.")
         await term.wait_for("The budget resets at 00:00 UTC, in ")
         assert len(fake_gemini.requests) == 1
-    finally:
-        await term.close()
 
 
 async def test_one_answer_at_a_time_per_user_across_connections(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate))
-    first = await _connect(server, client_key, cols=80)
-    second = await _connect(server, client_key, cols=80)
+    first = await open_chat(server, cols=80)
+    second = await open_chat(server, cols=80)
     try:
         await first.ask("a long one")
         await first.wait_for("First words arrive.")
@@ -226,7 +195,7 @@ async def test_one_answer_at_a_time_per_user_across_connections(
 
 
 async def test_usage_shows_tokens_today_and_what_is_left(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(
         quota={"daily_tokens": 1000, "prompts": 3, "refill_seconds": 10.0}
@@ -234,8 +203,7 @@ async def test_usage_shows_tokens_today_and_what_is_left(
     fake_gemini.enqueue(
         Reply.text(["Hi."], prompt_tokens=100, candidate_tokens=[20], thoughts_tokens=5)
     )
-    term = await _connect(server, client_key, cols=100, rows=30)
-    try:
+    async with connected(server, cols=100, rows=30) as term:
         await _answered(term, "hello", "Hi.")
         await term.send("/usage\r")
         await term.wait_for("Tokens today: 125 (input 100, output 20, thinking 5).")
@@ -243,22 +211,20 @@ async def test_usage_shows_tokens_today_and_what_is_left(
         await term.wait_for("Questions you can ask now: 2 of 3 (one more every 10 s).")
         await term.send("/help\r")
         await term.wait_for("/usage   your tokens today and what is left")
-    finally:
-        await term.close()
 
 
 # ----- everyone: the upstream slots ---------------------------------------------------------
 
 
 async def test_over_the_global_cap_a_question_waits_its_turn(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(quota={"max_upstream": 1})
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate), Reply.text(["Bob's answer."]))
-    alice = await _connect(server, client_key, username="alice", cols=80)
-    bob = await _connect(server, client_key, username="bob", cols=80)
-    carol = await _connect(server, client_key, username="carol", cols=80)
+    alice = await open_chat(server, username="alice", cols=80)
+    bob = await open_chat(server, username="bob", cols=80)
+    carol = await open_chat(server, username="carol", cols=80)
     try:
         await alice.ask("first")
         await alice.wait_for("First words arrive.")
@@ -281,13 +247,13 @@ async def test_over_the_global_cap_a_question_waits_its_turn(
 
 
 async def test_a_question_that_waits_too_long_fails_with_a_message(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(quota={"max_upstream": 1, "queue_timeout": 0.3})
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate))
-    alice = await _connect(server, client_key, username="alice", cols=100)
-    bob = await _connect(server, client_key, username="bob", cols=100)
+    alice = await open_chat(server, username="alice", cols=100)
+    bob = await open_chat(server, username="bob", cols=100)
     try:
         await alice.ask("first")
         await alice.wait_for("First words arrive.")
@@ -307,11 +273,9 @@ async def test_a_question_that_waits_too_long_fails_with_a_message(
 GOODBYE = "kindlessh: closed after 0.3 seconds without input; your conversations are saved."
 
 
-async def test_an_idle_session_is_closed_with_a_goodbye(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey
-) -> None:
+async def test_an_idle_session_is_closed_with_a_goodbye(make_server: ServerFactory) -> None:
     server = await make_server(server={"idle_timeout": 0.3})
-    term = await _connect(server, client_key)
+    term = await open_chat(server)
     for _ in range(6):  # typing keeps it open
         await term.send("x")
         await asyncio.sleep(0.1)
@@ -322,12 +286,12 @@ async def test_an_idle_session_is_closed_with_a_goodbye(
 
 
 async def test_an_idle_session_is_not_closed_while_an_answer_streams(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(server={"idle_timeout": 0.3})
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate))
-    term = await _connect(server, client_key)
+    term = await open_chat(server)
     await term.ask("take your time")
     await term.wait_for("First words arrive.")
     await asyncio.sleep(0.9)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-import asyncssh
-
 from kindlessh import Server
 
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected
 from .sshterm import Terminal
 
 ANSWER = [
@@ -36,18 +35,14 @@ def _sgr_params(raw: str) -> set[str]:
 
 
 async def _ask(term: Terminal, fake_gemini: FakeGemini) -> None:
-    await term.wait_for("/help")
     fake_gemini.enqueue(Reply.text(ANSWER, chunk_delay=0.002))
     await term.ask("water on Everest?")
     await term.wait_for("Everest  70")
     await term.wait_for(lambda t: "ready" in t.text())
 
 
-async def test_markdown_on_a_laptop_screen(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=60, rows=30)
-    try:
+async def test_markdown_on_a_laptop_screen(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=60, rows=30) as term:
         await _ask(term, fake_gemini)
         text = term.text()
         # The marks are rendered, not shown.
@@ -61,15 +56,10 @@ async def test_markdown_on_a_laptop_screen(
         # Inline code in colour (a 16-colour foreground), never 24-bit.
         assert {cell.fg for cell in _cells(term, "boil()")} == {"magenta"}  # type: ignore[attr-defined]
         assert "38;2" not in term.raw_text()
-    finally:
-        await term.close()
 
 
-async def test_markdown_on_eink_is_one_bit(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, command="eink", cols=60, rows=30)
-    try:
+async def test_markdown_on_eink_is_one_bit(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, command="eink", cols=60, rows=30) as term:
         await _ask(term, fake_gemini)
         assert " • low pressure" in term.text()
         assert all(cell.bold for cell in _cells(term, "70 °C"))  # type: ignore[attr-defined]
@@ -77,16 +67,10 @@ async def test_markdown_on_eink_is_one_bit(
         assert all(cell.reverse for cell in code)  # type: ignore[attr-defined]
         # Only reset, bold, underline and reverse ever go over the wire: no colour at all.
         assert _sgr_params(term.raw_text()) <= {"0", "1", "4", "7"}
-    finally:
-        await term.close()
 
 
-async def test_a_table_on_a_20_column_screen(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=20, rows=8)
-    try:
-        await term.wait_for("/help")
+async def test_a_table_on_a_20_column_screen(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=20, rows=8) as term:
         fake_gemini.enqueue(
             Reply.text(["| Mountain | Boiling point |\n|---|---|\n| Everest | 70 degrees |\n"])
         )
@@ -95,19 +79,11 @@ async def test_a_table_on_a_20_column_screen(
         await term.wait_for(lambda t: "ready" in t.text())
         assert "Everest" in term.text() and "70 degrees" in term.text()
         assert all(len(row.rstrip()) <= 20 for row in term.screen.display)
-    finally:
-        await term.close()
 
 
-async def test_thinking_is_hidden_until_asked_for(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=60, rows=40)
-    try:
-        await term.wait_for("/help")
+async def test_thinking_is_hidden_until_asked_for(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=60, rows=40) as term:
         await _thinking(term, fake_gemini)
-    finally:
-        await term.close()
 
 
 async def _thinking(term: Terminal, fake_gemini: FakeGemini) -> None:

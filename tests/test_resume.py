@@ -19,8 +19,8 @@ from kindlessh._store import Store
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected, open_chat, start_serve, stop_serve
 from .sshterm import Terminal
-from .test_cli import _start, _stop
 
 
 def _gated(gate: asyncio.Event) -> Reply:
@@ -37,24 +37,12 @@ async def _settled(server: Server) -> None:
     raise AssertionError(f"chats still in memory: {server.ctx.hub.chats}")
 
 
-async def _connect(server: Server, key: asyncssh.SSHKey, **kw: object) -> Terminal:
-    term = await Terminal.connect(server.port, key, **kw)  # type: ignore[arg-type]
-    await term.wait_for("/help")
-    return term
-
-
-async def _connect_port(port: int, key: asyncssh.SSHKey) -> Terminal:
-    term = await Terminal.connect(port, key)
-    await term.wait_for("/help")
-    return term
-
-
 async def _ask_and_drop(
     server: Server, key: asyncssh.SSHKey, fake_gemini: FakeGemini, gate: asyncio.Event
 ) -> None:
     """A screen asks for a gated answer, sees its first words, and drops (Wi-Fi sleeps)."""
     fake_gemini.enqueue(_gated(gate))
-    first = await _connect(server, key)
+    first = await open_chat(server, key)
     await first.ask("tell me")
     await first.wait_for("First words arrive.")
     await first.close()
@@ -72,17 +60,17 @@ async def _serve_asking(
         + extra
     )
     fake_gemini.enqueue(_gated(asyncio.Event()))
-    proc, lines = await _start(
+    proc, lines = await start_serve(
         tmp_path, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
     )
     found = re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines))
     assert found is not None
     try:
-        term = await _connect_port(int(found.group(1)), key)
+        term = await open_chat(int(found.group(1)), key)
         await term.ask("tell me")
         await term.wait_for("First words arrive.")
     except BaseException:
-        await _stop(proc)
+        await stop_serve(proc)
         raise
     return proc, term
 
@@ -93,8 +81,7 @@ async def test_reconnecting_during_an_answer_shows_it_live(
     gate = asyncio.Event()
     await _ask_and_drop(server, client_key, fake_gemini, gate)  # the Kindle's Wi-Fi sleeps
 
-    second = await _connect(server, client_key)
-    try:
+    async with connected(server) as second:
         await second.wait_for("answer is still coming")
         await second.wait_for("First words arrive.")
         gate.set()
@@ -106,8 +93,6 @@ async def test_reconnecting_during_an_answer_shows_it_live(
         assert len(fake_gemini.requests) == 1
         assert fake_gemini.responses[0].completed
         assert not fake_gemini.responses[0].client_closed.is_set()
-    finally:
-        await second.close()
 
 
 async def test_reconnecting_after_the_answer_shows_it_whole(
@@ -119,8 +104,7 @@ async def test_reconnecting_after_the_answer_shows_it_whole(
     await asyncio.wait_for(fake_gemini.responses[0].finished.wait(), 5)
     await _settled(server)
 
-    second = await _connect(server, client_key)
-    try:
+    async with connected(server) as second:
         await second.wait_for("And the end.")
         text = second.joined()
         assert "Conversation 1 reopened" in text
@@ -135,8 +119,6 @@ async def test_reconnecting_after_the_answer_shows_it_whole(
         assert contents[1]["parts"][0]["text"] == (
             "First words arrive. Then the middle. And the end."
         )
-    finally:
-        await second.close()
 
 
 async def test_without_finish_on_disconnect_the_answer_stops_and_is_kept(
@@ -147,25 +129,22 @@ async def test_without_finish_on_disconnect_the_answer_stops_and_is_kept(
     await _ask_and_drop(server, client_key, fake_gemini, gate)
     await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2)
     await _settled(server)
-    second = await _connect(server, client_key)
-    try:
+    async with connected(server) as second:
         await second.wait_for("[stopped: the connection closed; the text above is what")
         assert "First words arrive." in second.joined()
-    finally:
-        await second.close()
 
 
 async def test_two_screens_of_one_user_watch_the_same_answer(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate))
-    laptop = await _connect(server, client_key, cols=80, rows=24)
+    laptop = await open_chat(server, cols=80, rows=24)
     kindle = None
     try:
         await laptop.ask("tell me")
         await laptop.wait_for("First words arrive.")
-        kindle = await _connect(server, client_key, command="eink")
+        kindle = await open_chat(server, command="eink")
         await kindle.wait_for("First words arrive.")
         gate.set()
         for term in (laptop, kindle):
@@ -182,19 +161,18 @@ async def test_two_screens_of_one_user_watch_the_same_answer(
 
 
 async def test_restart_between_turns_keeps_the_conversation(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server()
     fake_gemini.enqueue(Reply.text(["Paris is the capital."]))
-    term = await _connect(server, client_key)
+    term = await open_chat(server)
     await term.ask("capital of France?")
     await term.wait_for("Paris is the capital.")
     await term.close()
     await server.close()
 
     server = await make_server()
-    term = await _connect(server, client_key)
-    try:
+    async with connected(server) as term:
         await term.wait_for("Paris is the capital.")
         fake_gemini.enqueue(Reply.text(["About 2 million."]))
         await term.ask("population?")
@@ -204,18 +182,16 @@ async def test_restart_between_turns_keeps_the_conversation(
             "Paris is the capital.",
             "population?",
         ]
-    finally:
-        await term.close()
 
 
 @pytest.mark.parametrize("finish_on_disconnect", [True, False])
 async def test_stopping_the_server_mid_answer_keeps_the_text_marked(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    make_server: ServerFactory, fake_gemini: FakeGemini,
     finish_on_disconnect: bool,
 ) -> None:
     server = await make_server(chat={"finish_on_disconnect": finish_on_disconnect})
     fake_gemini.enqueue(_gated(asyncio.Event()))
-    term = await _connect(server, client_key)
+    term = await open_chat(server)
     await term.ask("tell me")
     await term.wait_for("First words arrive.")
     await server.close()
@@ -223,12 +199,9 @@ async def test_stopping_the_server_mid_answer_keeps_the_text_marked(
     assert "shutting down" in term.raw_text()
 
     server = await make_server()
-    term = await _connect(server, client_key)
-    try:
+    async with connected(server) as term:
         await term.wait_for("[interrupted: the server stopped; the text above is what")
         assert "First words arrive." in term.joined()
-    finally:
-        await term.close()
     store = server.ctx.hub.store
     (turn,) = await store.load_turns("reader", 1)
     assert turn.incomplete and turn.state == "stopped"
@@ -241,7 +214,7 @@ async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
     """The real command: SIGTERM ends sessions with a goodbye within 5 s and the
     partial answer is in the database, marked incomplete."""
     proc, term = await _serve_asking(tmp_path, client_key, fake_gemini)
-    code = await _stop(proc)
+    code = await stop_serve(proc)
     await term.wait_closed()
     assert code == 0
     assert "the server is shutting down" in term.raw_text()
@@ -255,17 +228,16 @@ async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
 
 
 async def test_users_see_only_their_own_conversations(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
     fake_gemini.enqueue(Reply.text(["Alice's answer."]))
-    alice = await _connect(server, client_key, username="alice")
+    alice = await open_chat(server, username="alice")
     await alice.ask("alice's secret question")
     await alice.wait_for("Alice's answer.")
     await alice.close()
     await _settled(server)
 
-    bob = await _connect(server, client_key, username="bob")
-    try:
+    async with connected(server, username="bob") as bob:
         assert "secret" not in bob.joined()
         await bob.send("/history\r")
         await bob.wait_for("No conversations yet.")
@@ -274,16 +246,13 @@ async def test_users_see_only_their_own_conversations(
         await bob.send("/delete 1\r")
         await bob.wait_for("No conversation 1.")
         assert "secret" not in bob.joined()
-    finally:
-        await bob.close()
     assert len(await server.ctx.hub.store.load_turns("alice", 1)) == 1
 
 
 async def test_history_open_delete_and_export(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini, tmp_path: Path
+    server: Server, fake_gemini: FakeGemini, tmp_path: Path
 ) -> None:
-    term = await _connect(server, client_key, cols=54, rows=20)
-    try:
+    async with connected(server, cols=54, rows=20) as term:
         fake_gemini.enqueue(Reply.text(["Blue."]))
         await term.ask("colour of the sky?")
         await term.wait_for("Blue.")
@@ -327,8 +296,6 @@ async def test_history_open_delete_and_export(
         await term.wait_for("Conversation 2 deleted.")
         rows = await server.ctx.hub.store.list_conversations("reader")
         assert [r.id for r in rows] == [1]
-    finally:
-        await term.close()
 
 
 async def test_deleting_the_conversation_on_screen_starts_a_new_one(
@@ -361,7 +328,7 @@ async def test_retry_replaces_the_stored_answer(
 
 
 async def test_hostile_history_is_sanitised_when_replayed(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, tmp_path: Path
+    make_server: ServerFactory, tmp_path: Path
 ) -> None:
     hostile = "Copy \x1b]52;c;cm0gLXJmIH4=\x07 and \x9b2J title \x1b]0;pwned\x07 done."
     (tmp_path / "data").mkdir()
@@ -372,8 +339,7 @@ async def test_hostile_history_is_sanitised_when_replayed(
     await store.close()
 
     server = await make_server()
-    term = await _connect(server, client_key)
-    try:
+    async with connected(server) as term:
         await term.wait_for("done.")
         await term.send("/history\r")
         await term.wait_for("Your conversations")
@@ -381,8 +347,6 @@ async def test_hostile_history_is_sanitised_when_replayed(
         for bad in ("\x1b]52", "\x1b]0;", "\x9b", "\x07", "\x1b[2J title"):
             assert bad not in raw, repr(bad)
         assert "^[]52;c;cm0gLXJmIH4=^G" in term.joined()
-    finally:
-        await term.close()
 
 
 
@@ -420,15 +384,15 @@ async def test_sigkill_loses_at_most_the_last_commit_interval(
 
 
 async def test_deleting_on_one_screen_empties_the_other_and_its_next_question_is_kept(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
     fake_gemini.enqueue(Reply.text(["First."]))
-    laptop = await _connect(server, client_key, cols=80, rows=24)
+    laptop = await open_chat(server, cols=80, rows=24)
     kindle = None
     try:
         await laptop.ask("one")
         await laptop.wait_for("First.")
-        kindle = await _connect(server, client_key)
+        kindle = await open_chat(server)
         await kindle.wait_for("First.")
         await laptop.send("/delete 1\r")
         await laptop.wait_for("Delete conversation 1,")
@@ -451,21 +415,18 @@ async def test_deleting_on_one_screen_empties_the_other_and_its_next_question_is
 
 
 async def test_an_export_that_cannot_be_written_says_so(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini,
+    make_server: ServerFactory, fake_gemini: FakeGemini,
     tmp_path: Path,
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the export folder should be")
     server = await make_server(storage={"export_dir": str(blocker)})
-    term = await _connect(server, client_key)
-    try:
+    async with connected(server) as term:
         fake_gemini.enqueue(Reply.text(["Answer."]))
         await term.ask("q")
         await term.wait_for("Answer.")
         await term.send("/export\r")
         await term.wait_for("The export could not be written on the server")
-    finally:
-        await term.close()
 
 
 def test_exports_are_sanitised_and_folders_never_shared() -> None:

@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import asyncssh
 import pytest
 
 from kindlessh import (
@@ -25,6 +24,7 @@ from kindlessh._retry import RetryPolicy, stream_with_retries
 
 from .conftest import FIXTURES, ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected
 from .sshterm import Terminal
 
 REQUEST = ChatRequest(messages=(Message("user", "hi"),))
@@ -126,23 +126,20 @@ async def test_nothing_is_retried_after_the_first_token() -> None:
     assert provider.calls == 1
 
 
+@pytest.mark.slow
 async def test_busy_gemini_is_retried_with_a_status_line(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
     server = await make_server(gemini={"retry_base_delay": 0.4})
     for _ in range(3):
         fake_gemini.enqueue(Reply.error(503))
     fake_gemini.enqueue(Reply.text(["After ", "three tries."]))
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         await term.ask("hello?")
         await term.wait_for("Gemini is busy, retrying in")
         await term.wait_for("After three tries.")
         assert len(fake_gemini.requests) == 4
         assert term.joined().count("After three tries.") == 1
-    finally:
-        await term.close()
 
 
 async def test_gemini_down_for_good_says_so_after_the_retries(

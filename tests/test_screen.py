@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncssh
 import pytest
@@ -11,6 +12,7 @@ from kindlessh import Server
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
+from .helpers import connected, only_session
 from .sshterm import Terminal
 
 HOSTILE = [
@@ -22,31 +24,22 @@ HOSTILE = [
 FORBIDDEN = ["\x1b]", "\x07", "\x9b", "\x9d", "\x90", "\x1bP", "\x1b_", "\x1b^", "\x01", "\x02"]
 
 
-def _session(server: Server):  # type: ignore[no-untyped-def]
-    (session,) = server.ctx.sessions
-    return session
-
-
 async def test_one_channel_write_per_rendered_frame(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
+    async with connected(server) as term:
         fake_gemini.enqueue(
             Reply.text([f"word{i} " for i in range(60)], chunk_delay=0.005)
         )
         await term.ask("count")
         await term.wait_for("word59")
         await term.wait_for(lambda t: "ready" in t.text())
-        session = _session(server)
+        session = only_session(server)
         renders = session.ui.app.render_counter
         assert session.output.writes <= renders
         # The client received exactly as many data messages as the server wrote.
         assert term.packets == session.output.writes
         assert session.output.bytes_sent == len(term.raw_text().encode())
-    finally:
-        await term.close()
 
 
 async def test_newlines_are_not_rewritten(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -71,72 +64,70 @@ async def test_hostile_model_output_never_reaches_the_terminal_raw(
     assert "<9b>2J" in screen
 
 
-async def test_long_username_is_cut_for_display(
-    server: Server, client_key: asyncssh.SSHKey
-) -> None:
-    term = await Terminal.connect(server.port, client_key, username="u" * 60)
-    try:
-        await term.wait_for("/help")
+async def test_long_username_is_cut_for_display(server: Server) -> None:
+    async with connected(server, username="u" * 60) as term:
         assert "Hello " + "u" * 31 + "…." in term.joined()
         assert "u" * 32 not in term.joined()
-    finally:
-        await term.close()
 
 
-async def test_resize_repaints_once_and_rewraps(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=54, rows=20)
-    try:
-        await term.wait_for("/help")
+async def _typed(term: Terminal, session: Any, marker: str) -> int:
+    """Type ``marker`` and wait for its echo; returns the writes the echo took.
+
+    Strategy: the keystroke goes in after everything the server had to do before it; a
+    repaint still pending then goes out before the echo (or with it), so it is counted
+    here instead of being missed because it came late.
+    """
+    writes = session.output.writes
+    await term.send(marker)
+    await term.wait_for(lambda t: t.screen.display[-1].rstrip().endswith(marker))
+    return int(session.output.writes - writes)
+
+
+async def test_resize_repaints_once_and_rewraps(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=54, rows=20) as term:
         fake_gemini.enqueue(Reply.fixture("01_text_multichunk.sse"))
         await term.ask("What are the primary colours?")
         await term.wait_for("green and blue.)")
         await term.wait_for(lambda t: "ready" in t.text())
-        session = _session(server)
-        await asyncio.sleep(0.1)
+        session = only_session(server)
+        assert await _typed(term, session, "a") == 1  # the answer's last frames are out
         before_writes, before_renders = session.output.writes, session.ui.app.render_counter
         term.resize(54, 30)  # the Kindle keyboard hides: 20 -> 30 rows
         await term.wait_for(lambda t: "ready" in t.screen.display[-2])
-        await asyncio.sleep(0.2)
         assert session.output.writes - before_writes == 1
         assert session.ui.app.render_counter - before_renders == 1
+        # The next keystroke's echo is the next frame: no second repaint came first, and
+        # the echo is a few bytes, not a repaint sent with it.
+        sent = session.output.bytes_sent
+        assert await _typed(term, session, "b") == 1
+        assert session.output.bytes_sent - sent < 100
+        assert session.ui.app.render_counter - before_renders == 2
         assert "the longest visible wavelength" in term.joined()
+        writes = session.output.writes
         term.resize(30, 20)
-        await asyncio.sleep(0.2)
+        await term.wait_for(
+            lambda t: session.output.writes > writes and "green and blue.)" in t.joined()
+        )
         assert all(len(line.rstrip()) <= 30 for line in term.screen.display)
-        assert "green and blue.)" in term.joined()
-    finally:
-        await term.close()
 
 
-async def test_tiny_terminal_still_works(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
-) -> None:
-    term = await Terminal.connect(server.port, client_key, cols=20, rows=8)
-    try:
-        await term.wait_for("/help")
+async def test_tiny_terminal_still_works(server: Server, fake_gemini: FakeGemini) -> None:
+    async with connected(server, cols=20, rows=8) as term:
         fake_gemini.enqueue(Reply.text(["Tiny but whole."]))
         await term.ask("hi")
         await term.wait_for("Tiny but whole.")
-    finally:
-        await term.close()
 
 
 async def test_invalid_utf8_from_the_client_is_replaced(
-    server: Server, client_key: asyncssh.SSHKey, fake_gemini: FakeGemini
+    server: Server, fake_gemini: FakeGemini
 ) -> None:
-    term = await Terminal.connect(server.port, client_key, encoding=None)
-    try:
-        await term.wait_for("/help")
+    async with connected(server, encoding=None) as term:
         assert term.chan is not None
         term.chan.write(b"caf\xe9 \xff\r")  # bytes that are not UTF-8
         fake_gemini.enqueue(Reply.text(["Still alive."]))
         await term.wait_for("Still alive.")
         question = fake_gemini.requests[0].json["contents"][0]["parts"][0]["text"]
         assert question == "caf\ufffd \ufffd"
-    finally:
-        await term.close()
 
 
 async def test_long_question_is_refused_and_kept(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -192,12 +183,9 @@ async def test_unknown_command_gets_a_message(
         assert "unknown command 'rm -rf /'" in str(result.stdout)
 
 
-async def test_eink_command_opens_the_chat(server: Server, client_key: asyncssh.SSHKey) -> None:
-    term = await Terminal.connect(server.port, client_key, command="eink")
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+async def test_eink_command_opens_the_chat(server: Server) -> None:
+    async with connected(server, command="eink"):
+        pass
 
 
 async def test_unknown_key_is_refused(server: Server) -> None:
@@ -212,17 +200,12 @@ async def test_unknown_key_is_refused(server: Server) -> None:
     raise AssertionError("a key that is not authorized logged in")
 
 
-async def test_a_key_added_while_running_works(
-    server: Server, client_key: asyncssh.SSHKey
-) -> None:
+async def test_a_key_added_while_running_works(server: Server) -> None:
     newcomer = asyncssh.generate_private_key("ssh-ed25519")
     path = server.ctx.authorized.path
     path.write_text(path.read_text() + "\n" + newcomer.export_public_key().decode())
-    term = await Terminal.connect(server.port, newcomer)
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+    async with connected(server, newcomer):
+        pass
 
 
 async def test_second_session_on_one_connection_is_refused(
@@ -242,6 +225,7 @@ async def test_second_session_on_one_connection_is_refused(
         chan.close()
 
 
+@pytest.mark.slow
 async def test_hostile_sequences_split_at_every_byte_never_reach_the_channel(
     term: Terminal, fake_gemini: FakeGemini
 ) -> None:
@@ -324,8 +308,5 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered(
         assert not server.ctx.sessions
         assert "client stopped reading" in caplog.text
     # The server is fine for everyone else.
-    other = await Terminal.connect(server.port, client_key)
-    try:
-        await other.wait_for("/help")
-    finally:
-        await other.close()
+    async with connected(server):
+        pass

@@ -22,20 +22,11 @@ from kindlessh._guard import Guard
 from kindlessh._server import KindleSSHServer
 
 from .conftest import ServerFactory
+from .helpers import FakeClock, connected, open_chat, until
 from .sshterm import Terminal
 
 KW: dict[str, Any] = {"known_hosts": None, "agent_path": None}
 BANNER = b"SSH-2.0-kindlessh"
-
-
-class FakeClock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Fixed(random.Random):
@@ -47,15 +38,6 @@ class Fixed(random.Random):
 
     def random(self) -> float:
         return self.value
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds (the server handles closes a little later)."""
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")
 
 
 async def first_line(port: int) -> tuple[bytes, asyncio.StreamWriter]:
@@ -158,7 +140,7 @@ async def test_a_client_stuck_in_login_is_cut(make_server: ServerFactory) -> Non
 
 
 async def test_a_flood_from_one_address_is_dropped_and_a_real_client_still_works(
-    server: Server, client_key: asyncssh.SSHKey
+    server: Server
 ) -> None:
     opened = [await first_line(server.port) for _ in range(20)]
     lines = [line for line, _ in opened]
@@ -168,11 +150,8 @@ async def test_a_flood_from_one_address_is_dropped_and_a_real_client_still_works
     for _, writer in opened:
         writer.close()
     await until(lambda: server.ctx.guard.logging_in == 0)
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+    async with connected(server):
+        pass
 
 
 async def test_startups_over_the_full_mark_are_all_dropped(make_server: ServerFactory) -> None:
@@ -202,11 +181,8 @@ async def test_repeated_failures_are_penalised_then_forgiven(
     await refused(login(server, client_key))  # even with the right key
 
     clock.now += 15
-    term = await Terminal.connect(server.port, client_key)
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+    async with connected(server):
+        pass
     # Coming back soon after: the next penalty is twice as long.
     for _ in range(3):
         await refused(login(server, stranger))
@@ -223,20 +199,16 @@ async def test_the_sixth_session_of_a_user_gets_server_full(
     terms = []
     try:
         for _ in range(5):
-            terms.append(await Terminal.connect(server.port, client_key))
-            await terms[-1].wait_for("/help")
+            terms.append(await open_chat(server))
         sixth = await Terminal.connect(server.port, client_key)
         await sixth.wait_for("server full for reader")
         await sixth.wait_closed()
         assert "5 chats are open under this name" in sixth.raw_text()
         assert server.ctx.guard.sessions == 5
-        other = await Terminal.connect(server.port, client_key, username="writer")
-        terms.append(other)
-        await other.wait_for("/help")  # the cap is per user
+        terms.append(await open_chat(server, username="writer"))  # the cap is per user
         await terms.pop(0).close()
         await until(lambda: server.ctx.guard.sessions == 5)
-        terms.append(await Terminal.connect(server.port, client_key))
-        await terms[-1].wait_for("/help")
+        terms.append(await open_chat(server))
     finally:
         for term in terms:
             await term.close()
@@ -246,10 +218,8 @@ async def test_the_server_wide_session_cap(
     make_server: ServerFactory, client_key: asyncssh.SSHKey
 ) -> None:
     server = await make_server(server={"max_sessions": 2})
-    terms = [await Terminal.connect(server.port, client_key, username=f"u{i}") for i in range(2)]
+    terms = [await open_chat(server, username=f"u{i}") for i in range(2)]
     try:
-        for term in terms:
-            await term.wait_for("/help")
         third = await Terminal.connect(server.port, client_key, username="u3")
         await third.wait_for("server full: 2 chats are open")
         await third.wait_closed()
@@ -323,13 +293,10 @@ class FreezingProxy:
         up_writer.close()
 
 
-async def test_a_dead_client_is_dropped_by_keepalive(
-    make_server: ServerFactory, client_key: asyncssh.SSHKey
-) -> None:
+async def test_a_dead_client_is_dropped_by_keepalive(make_server: ServerFactory) -> None:
     server = await make_server(server={"keepalive_interval": 0.05, "keepalive_count_max": 2})
     async with FreezingProxy(server.port) as proxy:
-        term = await Terminal.connect(proxy.port, client_key)
-        await term.wait_for("/help")
+        term = await open_chat(proxy.port)
         assert server.ctx.guard.sessions == 1
         proxy.frozen = True  # from now on the server hears nothing back
         await until(lambda: not server.ctx.connections and server.ctx.guard.sessions == 0)
@@ -353,11 +320,8 @@ async def test_hostile_user_names_never_reach_the_log_raw(
         exc = await refused(login(server, client_key, user=name))
         assert isinstance(exc, asyncssh.IllegalUserName), (name[:20], exc)
     # A long printable name logs in, shown cut to 32 characters.
-    term = await Terminal.connect(server.port, client_key, username="B" * 200)
-    try:
-        await term.wait_for("/help")
-    finally:
-        await term.close()
+    async with connected(server, username="B" * 200):
+        pass
     text = caplog.text
     for bad in ("\x1b", "\x07", "\u202e", "\r", "forged", "A" * 33, "B" * 33):
         assert bad not in text, repr(bad)

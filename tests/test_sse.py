@@ -558,6 +558,7 @@ def test_bad_bound_is_rejected() -> None:
 # ----- linear cost ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_one_mib_event_fed_one_byte_at_a_time() -> None:
     # Linear cost is what keeps this at well under a second; a rescan of the pending line
     # on every feed would take minutes. Timing itself is not asserted.

@@ -438,22 +438,34 @@ async def test_event_loop_runs_during_writes(store: Store) -> None:
 
 async def test_waiting_for_the_lock_does_not_block_the_loop(store: Store, db_path: Path) -> None:
     """Another connection holds the write lock; our write waits (busy_timeout) on the store
-    thread while the loop keeps ticking, then succeeds once the lock is released."""
+    thread while the loop keeps working, then succeeds once the lock is released.
+
+    The loop's work is 20 rows written through the lock holder while the store's write
+    waits: if the store blocked the loop, the holder could not write them, nor commit
+    before busy_timeout ran out, and the store's write would fail.
+    """
     other = sqlite3.connect(db_path, isolation_level=None)
+    now = datetime.now(UTC).isoformat()
     try:
         other.execute("BEGIN IMMEDIATE")
         write = asyncio.create_task(store.new_conversation("u", "waited"))
-        ticks = 0
-        for _ in range(20):
+        for i in range(20):
             await asyncio.sleep(0.005)
-            ticks += 1
-        assert ticks == 20
-        assert not write.done()
+            assert not write.done()
+            other.execute(
+                "INSERT INTO conversations (user, title, created_at, updated_at) "
+                "VALUES ('u', ?, ?, ?)", (f"meanwhile {i}", now, now),
+            )
         other.execute("COMMIT")
         conv = await write
     finally:
         other.close()
-    assert [c.id for c in await store.list_conversations("u")] == [conv]
+    rows = {c.id: c.title for c in await store.list_conversations("u")}
+    # The store's row came after the 20 the loop wrote while it waited.
+    assert len(rows) == 21 and conv == max(rows) and rows[conv] == "waited"
+    assert sorted(title for id_, title in rows.items() if id_ != conv) == sorted(
+        f"meanwhile {i}" for i in range(20)
+    )
 
 
 async def test_calls_run_in_order_and_survive_cancellation(store: Store, db_path: Path) -> None:

@@ -17,7 +17,7 @@ from kindlessh._errors import UserError
 from kindlessh._users import Users, check_name, parse_keys
 
 from .conftest import ServerFactory
-from .sshterm import Terminal
+from .helpers import connected
 
 KW = {"known_hosts": None, "agent_path": None}
 
@@ -118,13 +118,9 @@ async def test_profile_from_stdin_options_and_user_set(
     text = (server.ctx.config.server.users_dir / "kim").read_text()
     assert text.count('environment="KINDLESSH_PROFILE=eink"') == 2
     assert 'from="127.0.0.1,::1"' in text  # other options are kept
-    term = await Terminal.connect(server.port, kindle, username="kim")
-    try:
-        await term.wait_for("/help")
+    async with connected(server, kindle, username="kim") as term:
         await term.send("/help\r")
         await term.wait_for("Screen: eink (from the key's environment= option)")
-    finally:
-        await term.close()
 
 
 @pytest.mark.parametrize(

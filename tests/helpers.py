@@ -1,0 +1,140 @@
+"""What the tests share: connecting a screen to the chat, clocks, waiting, ``kindlessh serve``.
+
+Contract:
+- :data:`CLIENT_KEY` is the client key every test server authorizes (the ``client_key``
+  fixture is this key).
+- :func:`connected` opens a :class:`~tests.sshterm.Terminal` to a server (or a port),
+  waits until the chat is up (``/help`` on the screen, or the ``ready`` text) and closes
+  it on the way out, whatever happened; :func:`open_chat` is the same without the
+  closing, for tests that drop or keep connections themselves.
+- :func:`only_session` is a server's one open session.
+- :class:`FakeClock` is a monotonic clock that moves only when told; :func:`until`
+  waits for a condition on the server's side.
+- :func:`start_serve` runs ``kindlessh serve`` as a subprocess and returns once it has
+  printed its start-up lines; :func:`stop_serve` stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypedDict, Unpack
+
+import asyncssh
+
+from kindlessh import Server
+
+from .sshterm import Terminal
+
+CLIENT_KEY = asyncssh.generate_private_key("ssh-ed25519", comment="reader@kindle")
+
+
+class TermOptions(TypedDict, total=False):
+    """How :func:`connected` connects: the keywords of ``Terminal.connect``."""
+
+    username: str
+    cols: int
+    rows: int
+    command: str | None
+    term_type: str
+    encoding: str | None
+    password: str | None
+    env: dict[str, str] | None
+
+
+async def open_chat(
+    target: Server | int,
+    key: asyncssh.SSHKey | None = CLIENT_KEY,
+    *,
+    ready: str = "/help",
+    **options: Unpack[TermOptions],
+) -> Terminal:
+    """A terminal logged in to ``target`` with ``ready`` on its screen; the caller closes it."""
+    port = target if isinstance(target, int) else target.port
+    term = await Terminal.connect(port, key, **options)
+    try:
+        await term.wait_for(ready)
+    except BaseException:
+        await term.close()
+        raise
+    return term
+
+
+@asynccontextmanager
+async def connected(
+    target: Server | int,
+    key: asyncssh.SSHKey | None = CLIENT_KEY,
+    *,
+    ready: str = "/help",
+    **options: Unpack[TermOptions],
+) -> AsyncIterator[Terminal]:
+    """``async with connected(server) as term:`` - the chat, up, on a terminal that is
+    closed at the end of the block."""
+    term = await open_chat(target, key, ready=ready, **options)
+    try:
+        yield term
+    finally:
+        await term.close()
+
+
+def only_session(server: Server) -> Any:
+    """The server's one open session (the test has exactly one connection)."""
+    (session,) = server.ctx.sessions
+    return session
+
+
+class FakeClock:
+    """Monotonic seconds that move only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds (the server handles closes a little later)."""
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def start_serve(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """``kindlessh serve *args`` in ``cwd`` (no ``GEMINI_API_KEY`` unless ``env`` sets one);
+    returns the process and the lines it printed up to the ``Gemini:`` line."""
+    base = {k: v for k, v in os.environ.items() if k != "GEMINI_API_KEY"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kindlessh", "serve", *args,
+        cwd=cwd,
+        env={**base, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any(line.startswith("Gemini:") for line in lines):
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not line:
+            err = await proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"server exited: {lines} {err.decode()}")
+        lines.append(line.decode().rstrip("\n"))
+    return proc, lines
+
+
+async def stop_serve(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, as a service manager stops it; returns the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), 10)
