@@ -40,6 +40,7 @@ from ._paint import Transcript
 from ._profile import Profile
 from ._sanitize import sanitize_inline
 from ._scrollback import Scrollback
+from ._statusline import fit, status_texts
 from ._throttle import CommitAction, CommitThrottle, commit_action
 from ._view import Item, Line, Notice
 
@@ -255,40 +256,15 @@ class ChatUI:
             app.invalidate()
 
     def _status(self) -> StyleAndTextTuples:
-        width = self.app.output.get_size().columns
         turn = self.conversation.current
-        back = self.scrollback.page_back
-        texts: tuple[str, ...]
-        if self.profile.paged and back:
-            texts = (f"page {back} back - PgDn or /down", f"page -{back}")
-        elif self.conversation.answering and turn is not None and turn.status:
-            texts = (turn.status,)
-        elif self.conversation.answering:
-            texts = ("answering - Ctrl-C stops", "answering")
-        elif self.scrollback.lines_up:
-            texts = ("scrolled up - PgDn for more", "scrolled up")
-        else:
-            model = sanitize_inline(self.conversation.provider.model, 40)
-            texts = (f"{model} - ready", "ready")
-        return self._status_line(texts, width)
-
-    @staticmethod
-    def _status_line(texts: tuple[str, ...], width: int) -> StyleAndTextTuples:
-        """The first of ``texts`` (longest first) that fits, with ``/help`` at the right
-        when there is room; on a very narrow screen the shortest, cut to fit."""
-        right = "/help "
-        for text in texts:
-            left = " " + text
-            if get_cwidth(left) + 1 + len(right) <= width:
-                return [("", left + " " * (width - get_cwidth(left) - len(right)) + right)]
-        for text in texts:
-            left = " " + text
-            if get_cwidth(left) <= width:
-                return [("", left)]
-        left = " " + texts[-1]
-        while left and get_cwidth(left + "…") > width:
-            left = left[:-1]
-        return [("", left + "…" if left else "")]
+        texts = status_texts(
+            page_back=self.scrollback.page_back if self.profile.paged else 0,
+            answering=self.conversation.answering,
+            turn_status=turn.status if turn is not None else None,
+            lines_up=self.scrollback.lines_up,
+            model=self.conversation.provider.model,
+        )
+        return fit(texts, self.app.output.get_size().columns)
 
     # ----- input ----------------------------------------------------------------------
 
