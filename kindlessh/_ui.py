@@ -2,11 +2,16 @@
 
 Contract:
 - :class:`ChatUI` renders what its :class:`Conversation` holds and never talks to the
-  model API itself. Enter sends; ``/help``, ``/new``, ``/quit`` are commands; Ctrl-C
-  stops an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line
-  quits; PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
-- Streamed text reaches the screen through a :class:`CommitThrottle`; typed keys are
-  never throttled.
+  model API itself. Enter sends; a line starting with ``/`` is a command (run by
+  :mod:`._commands`, for which ChatUI is the :class:`~._commands.Screen`); Ctrl-C stops
+  an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line quits;
+  PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
+- ChatUI holds the layout, the key bindings and :meth:`ChatUI.run`. What the transcript
+  holds and where the reader is lives in a :class:`~._scrollback.Scrollback`; the status
+  line's wording in :mod:`._statusline`.
+- Streamed text reaches the screen through a :class:`CommitThrottle`, as the commit
+  policy (:func:`~._throttle.commit_action`) says for each change; typed keys are never
+  throttled.
 - Input that cannot be sent (too long, an answer still coming, over a quota) stays in
   the input line and a notice says why: nothing the person typed is lost.
 """
