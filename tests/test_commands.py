@@ -78,11 +78,14 @@ class Screen:
 
     async def command(self, line: str, *, says: str) -> str:
         """Type a command and wait for a notice containing ``says``; returns it."""
-        before = {id(item) for item in self.ui.items}
+        # The items themselves are kept, not their ids: /new drops them from the screen,
+        # and a freed item's id may come back as a new item's.
+        before = list(self.ui.items)
+        seen = {id(item) for item in before}
 
         def new() -> list[str]:
             return [item.notice.text for item in self.ui.items
-                    if item.notice is not None and id(item) not in before]
+                    if item.notice is not None and id(item) not in seen]
 
         self.keys.send_text(line + "\r")
         await until(lambda: any(says in text for text in new()))
