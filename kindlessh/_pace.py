@@ -12,6 +12,8 @@ Contract:
   commit per screen: commits of many screens that fall due together (their timers run
   in the same turn) no longer become one long burst of repaints in a single turn, and
   keystrokes and timers get their turn between two repaints.
+- ``clock`` (monotonic seconds) and ``sleep`` are the probe's only view of time, so a test
+  can replace them (defaults: :func:`time.monotonic`, :func:`asyncio.sleep`).
 
 Strategy: a laptop repaints a streaming answer 20 times a second; a hundred of them need
 2,000 renders a second, more than the one core the event loop has, and then everyone's
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("kindlessh.pace")
 
@@ -43,11 +45,15 @@ class Pace:
         busy: float = 0.008,
         calm: float = 0.002,
         max_factor: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.period = period
         self.busy = busy
         self.calm = calm
         self.max_factor = max_factor
+        self.clock = clock
+        self.sleep = sleep
         self.factor = 1.0
         self.lag = 0.0  # smoothed, in seconds
         self._task: asyncio.Task[None] | None = None
@@ -101,9 +107,9 @@ class Pace:
 
     async def _probe(self) -> None:
         while True:
-            start = time.monotonic()
-            await asyncio.sleep(self.period)
-            self.observe(time.monotonic() - start - self.period)
+            start = self.clock()
+            await self.sleep(self.period)
+            self.observe(self.clock() - start - self.period)
 
     async def aclose(self) -> None:
         """Stop probing and spreading (waiting commits run at once)."""

@@ -78,24 +78,6 @@ class Usage:
         """Input, output and thinking tokens together: what a budget counts."""
         return self.input_tokens + self.output_tokens + self.thoughts_tokens
 
-    # Transitional: the old TokenCounts names, read by the /usage command until it is
-    # moved out of _ui and reads the names above. Delete these four with that move.
-    @property
-    def input(self) -> int:
-        return self.input_tokens
-
-    @property
-    def output(self) -> int:
-        return self.output_tokens
-
-    @property
-    def thoughts(self) -> int:
-        return self.thoughts_tokens
-
-    @property
-    def total(self) -> int:
-        return self.counted
-
 
 @dataclass(frozen=True, slots=True)
 class Finish:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from ._config import QuotaConfig
+from ._durations import span
 from ._errors import BudgetExceeded, InputRejected, ServerBusy
 from ._provider import Usage
 from ._store import Store, utcnow
@@ -49,17 +49,6 @@ MAX_IDLE_BUCKETS = 1000  # full buckets kept before they are forgotten (a full o
 def day_start(when: datetime) -> datetime:
     """The start of ``when``'s day in UTC, when the daily budget resets."""
     return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def span(seconds: float) -> str:
-    """A wait in words for a reader: ``7 s``, ``12 min``, ``5 h 3 min``."""
-    seconds = max(1, math.ceil(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = math.ceil(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
 
 
 class Bucket:
@@ -188,6 +177,8 @@ class UsageStatus:
     daily_tokens: int  # 0: no daily limit
     resets_at: datetime
     resets_in: float  # seconds
+    prompts: int  # the bucket's capacity; 0: no limit on prompts
+    refill_seconds: float  # one prompt comes back every this many seconds
 
 
 class Quota:
@@ -292,6 +283,8 @@ class Quota:
             daily_tokens=self.config.daily_tokens,
             resets_at=resets_at,
             resets_in=resets_in,
+            prompts=self.config.prompts,
+            refill_seconds=self.config.refill_seconds,
         )
 
 

@@ -10,6 +10,7 @@ Contract:
 - :func:`only_session` is a server's one open session.
 - :class:`FakeClock` is a monotonic clock that moves only when told; :func:`until`
   waits for a condition on the server's side.
+- :class:`ScriptedProvider` is a model API with no sockets that plays scripted answers.
 - :func:`start_serve` runs ``kindlessh serve`` as a subprocess and returns once it has
   printed its start-up lines; :func:`stop_serve` stops it with SIGTERM.
 """
@@ -20,14 +21,15 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import asyncssh
 
-from kindlessh import Server
+from kindlessh import ChatRequest, Finish, Server, StreamEvent, TextDelta, UpstreamError
 
 from .sshterm import Terminal
 
@@ -101,7 +103,39 @@ class FakeClock:
         self.now += seconds
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+Step = StreamEvent | asyncio.Event | UpstreamError
+
+
+@dataclass
+class ScriptedProvider:
+    """Answers from a script, no sockets: each call to ``stream`` plays the next reply,
+    a list of steps: an event is yielded, an :class:`asyncio.Event` holds the answer
+    there until it is set, an :class:`UpstreamError` is raised there. With no reply
+    left, the answer is "Fine."."""
+
+    replies: list[list[Step]] = field(default_factory=list)
+    requests: list[ChatRequest] = field(default_factory=list)
+    name: str = "Scripted"
+    model: str = "test-model"
+
+    @property
+    def calls(self) -> int:
+        """How many answers were asked for."""
+        return len(self.requests)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if self.replies else [TextDelta("Fine."), Finish("STOP")]
+        for step in reply:
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+            elif isinstance(step, UpstreamError):
+                raise step
+            else:
+                yield step
+
+
+async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
     """Wait until ``check()`` holds (the server handles closes a little later)."""
     for _ in range(int(timeout / 0.01)):
         if check():

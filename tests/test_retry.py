@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from kindlessh import (
     Message,
     QuotaExhausted,
     RateLimited,
-    StreamEvent,
     TextDelta,
     UpstreamError,
     UpstreamUnavailable,
@@ -24,29 +22,10 @@ from kindlessh._retry import RetryPolicy, stream_with_retries
 
 from .conftest import FIXTURES, ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .helpers import connected
+from .helpers import ScriptedProvider, Step, connected
 from .sshterm import Terminal
 
 REQUEST = ChatRequest(messages=(Message("user", "hi"),))
-
-
-class ScriptedProvider:
-    """Each call to stream() plays the next script: events, then maybe an error."""
-
-    name = "Scripted"
-    model = "scripted"
-
-    def __init__(self, scripts: list[tuple[list[StreamEvent], UpstreamError | None]]) -> None:
-        self.scripts = scripts
-        self.calls = 0
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        events, error = self.scripts[self.calls]
-        self.calls += 1
-        for event in events:
-            yield event
-        if error is not None:
-            raise error
 
 
 async def run(provider: ScriptedProvider, policy: RetryPolicy) -> tuple[list[Any], list[float]]:
@@ -67,8 +46,8 @@ async def run(provider: ScriptedProvider, policy: RetryPolicy) -> tuple[list[Any
     return events, waits
 
 
-OK: tuple[list[StreamEvent], UpstreamError | None] = ([TextDelta("fine"), Finish("STOP")], None)
-BUSY: tuple[list[StreamEvent], UpstreamError | None] = ([], UpstreamUnavailable("busy", status=503))
+OK: list[Step] = [TextDelta("fine"), Finish("STOP")]
+BUSY: list[Step] = [UpstreamUnavailable("busy", status=503)]
 
 
 async def test_overload_before_the_first_token_is_retried_with_backoff() -> None:
@@ -94,15 +73,13 @@ async def test_retries_stop_at_the_time_budget() -> None:
 
 
 async def test_retry_delay_from_the_server_is_honoured() -> None:
-    limited = ([], RateLimited("quota", retry_after=7.5))
-    provider = ScriptedProvider([limited, OK])  # type: ignore[list-item]
+    provider = ScriptedProvider([[RateLimited("quota", retry_after=7.5)], OK])
     events, waits = await run(provider, RetryPolicy())
     assert waits == [7.5] and provider.calls == 2
 
 
 async def test_a_wait_longer_than_the_budget_is_not_attempted() -> None:
-    limited = ([], RateLimited("quota", retry_after=45.0))
-    provider = ScriptedProvider([limited, OK])  # type: ignore[list-item]
+    provider = ScriptedProvider([[RateLimited("quota", retry_after=45.0)], OK])
     with pytest.raises(RateLimited):
         await run(provider, RetryPolicy())
     assert provider.calls == 1
@@ -112,15 +89,14 @@ async def test_a_wait_longer_than_the_budget_is_not_attempted() -> None:
     "error", [QuotaExhausted("daily"), ApiKeyInvalid("key"), UpstreamError("other")]
 )
 async def test_permanent_errors_are_not_retried(error: UpstreamError) -> None:
-    provider = ScriptedProvider([([], error), OK])
+    provider = ScriptedProvider([[error], OK])
     with pytest.raises(type(error)):
         await run(provider, RetryPolicy())
     assert provider.calls == 1
 
 
 async def test_nothing_is_retried_after_the_first_token() -> None:
-    broken = ([TextDelta("half an ")], UpstreamUnavailable("dropped"))
-    provider = ScriptedProvider([broken, OK])  # type: ignore[list-item]
+    provider = ScriptedProvider([[TextDelta("half an "), UpstreamUnavailable("dropped")], OK])
     with pytest.raises(UpstreamUnavailable):
         await run(provider, RetryPolicy())
     assert provider.calls == 1

@@ -12,6 +12,8 @@ from prompt_toolkit.utils import get_cwidth
 from kindlessh._throttle import CommitThrottle
 from kindlessh._view import wrap
 
+from .fake_clock import FakeTimers
+
 PROSE = (
     "The three primary colors of traditional color theory are red, yellow, and blue. "
     "In light, the additive primaries are red, green and blue."
@@ -60,25 +62,64 @@ def test_wrap_never_overflows_and_loses_no_text(text: str, width: int) -> None:
     assert "".join("".join(lines).split()) == "".join(text.split())
 
 
-async def test_throttle_leading_edge_then_one_per_interval() -> None:
-    commits: list[int] = []
-    throttle = CommitThrottle(0.05, lambda: commits.append(1))
+def test_throttle_leading_edge_then_one_per_interval() -> None:
+    timers = FakeTimers()
+    commits: list[float] = []
+    throttle = CommitThrottle(
+        0.05, lambda: commits.append(timers.now), clock=timers.clock, schedule=timers.call_later
+    )
     throttle.poke()  # first words: at once
-    assert commits == [1]
+    assert commits == [0.0]
     for _ in range(20):
+        timers.advance(0.001)
         throttle.poke()
-    assert commits == [1]  # the rest waits for the interval
-    await asyncio.sleep(0.08)  # the scheduled trailing commit lands, once
-    assert len(commits) == 2
+    assert commits == [0.0]  # the rest waits for the interval
+    assert timers.pending == [pytest.approx(0.05)]  # one trailing commit, not twenty
+    timers.advance(0.1)  # the scheduled trailing commit lands, once, on time
+    assert commits == [0.0, pytest.approx(0.05)]
     throttle.flush()
     assert len(commits) == 3 and throttle.commits == 3
 
 
-async def test_throttle_cancel_drops_the_pending_commit() -> None:
+def test_throttle_after_a_quiet_spell_commits_at_once_again() -> None:
+    timers = FakeTimers()
+    commits: list[float] = []
+    throttle = CommitThrottle(
+        0.05, lambda: commits.append(timers.now), clock=timers.clock, schedule=timers.call_later
+    )
+    throttle.poke()
+    timers.advance(0.2)
+    throttle.poke()
+    assert commits == [0.0, 0.2] and timers.pending == []
+
+
+def test_throttle_cancel_drops_the_pending_commit() -> None:
+    timers = FakeTimers()
     commits: list[int] = []
-    throttle = CommitThrottle(0.05, lambda: commits.append(1))
+    throttle = CommitThrottle(
+        0.05, lambda: commits.append(1), clock=timers.clock, schedule=timers.call_later
+    )
     throttle.poke()
     throttle.poke()
+    assert len(timers.pending) == 1
     throttle.cancel()
-    await asyncio.sleep(0.1)
+    timers.advance(1.0)
     assert commits == [1]
+    assert timers.pending == []
+
+
+async def test_throttle_schedules_on_the_running_loop_by_default() -> None:
+    # The default seam: a real loop timer (the fake-clock tests above cover the timing).
+    second = asyncio.get_running_loop().create_future()
+    commits: list[int] = []
+
+    def commit() -> None:
+        commits.append(1)
+        if len(commits) == 2:
+            second.set_result(None)
+
+    throttle = CommitThrottle(0.01, commit)
+    throttle.poke()
+    throttle.poke()
+    assert commits == [1]
+    await asyncio.wait_for(second, 5.0)  # a generous bound: only "it lands" is checked
