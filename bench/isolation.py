@@ -49,9 +49,9 @@ import asyncssh
 from bench._probe import ProbeTerminal, input_is, loop_lag
 from bench._routed import RoutedGemini, last_question
 from kindlessh import Server, load_config, start_server
-from kindlessh._channel import ChatSession
 from kindlessh._conversation import Conversation
 from kindlessh._process import tune_process
+from kindlessh._session import Session
 from tests.conftest import write_config
 from tests.fake_gemini import Reply
 from tests.sshterm import Terminal
@@ -129,9 +129,9 @@ async def conversation_of(server: Server, username: str, timeout: float = 10.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for session in list(server.ctx.sessions):
-            if isinstance(session, ChatSession) and session.username == username:
-                if session.ui is not None:
-                    return session.ui.conversation
+            if isinstance(session, Session) and session.username == username:
+                if session.screen is not None:
+                    return session.screen.conversation
         await asyncio.sleep(0.01)
     raise RuntimeError(f"no server session for {username}")
 

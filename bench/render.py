@@ -69,8 +69,8 @@ import pyte
 
 from bench._probe import ProbeTerminal, input_is
 from kindlessh import Server, load_config, start_server
-from kindlessh._channel import ChatSession
 from kindlessh._process import tune_process
+from kindlessh._session import Session
 from tests.conftest import write_config
 from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, _Connection
 
@@ -279,15 +279,15 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
 
 
-async def session_of(server: Server, username: str, timeout: float = 10.0) -> ChatSession:
+async def session_of(server: Server, username: str, timeout: float = 10.0) -> Session:
     """The server-side session of ``username``, once its chat screen is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for session in list(server.ctx.sessions):
             if (
-                isinstance(session, ChatSession)
+                isinstance(session, Session)
                 and session.username == username
-                and session.ui is not None
+                and session.screen is not None
                 and session.output is not None
             ):
                 return session
@@ -359,7 +359,7 @@ async def run_once(
     try:
         await term.wait_for("/help", 10.0)
         session = await session_of(server, username)
-        ui, output = session.ui, session.output
+        ui, output = session.screen, session.output
         assert ui is not None and output is not None
         if variant.interval_override is not None:
             ui.throttle.interval = variant.interval_override

@@ -29,7 +29,7 @@ from prompt_toolkit.utils import get_cwidth
 from ._conversation import Conversation
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected
-from ._hub import Chat, Hub
+from ._hub import Hub, LiveConversation
 from ._profile import Profile
 from ._sanitize import sanitize_inline
 
@@ -39,7 +39,7 @@ KEYS_HELP = "Keys: Enter sends, Ctrl-C stops an answer, Ctrl-L repaints."
 class Screen(Protocol):
     """What a command may do to the chat screen it was typed on."""
 
-    chat: Chat
+    chat: LiveConversation
     hub: Hub
     profile: Profile
     show_thoughts: bool
@@ -58,7 +58,7 @@ class Screen(Protocol):
     def ask_first(self, answer: Callable[[str], bool]) -> None:
         """Hand the next line typed to ``answer``; it returns True if it took the line."""
 
-    def switch(self, chat: Chat) -> None:
+    def switch(self, chat: LiveConversation) -> None:
         """Show ``chat`` instead of the current one."""
 
     def sync(self) -> None:

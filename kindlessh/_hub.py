@@ -1,8 +1,9 @@
 """The live conversations of every user, shared by their connections.
 
 Contract:
-- A :class:`Chat` is one conversation in memory with its recorder and the number of
-  screens showing it. A user's connections share their chats: a second connection, or a
+- A :class:`LiveConversation` (``chat`` in variable names) is one conversation in
+  memory with its recorder and the number of screens showing it. A user's connections
+  share their chats: a second connection, or a
   reconnection while an answer is still coming, attaches to the same chat and sees it
   stream live.
 - :meth:`Hub.resume` gives a connection the user's chat to start with: the one most
@@ -40,7 +41,7 @@ from ._store import INTERRUPTED_NOTE, ConversationRow, Store, TurnRow
 log = logging.getLogger("kindlessh.hub")
 
 
-class Chat:
+class LiveConversation:
     """One conversation in memory, its recorder, and how many screens show it."""
 
     def __init__(self, user: str, conversation: Conversation, recorder: Recorder) -> None:
@@ -104,13 +105,13 @@ class Hub:
         self.commit_interval = commit_interval
         self.finish_on_disconnect = finish_on_disconnect
         self.export_dir = export_dir
-        self.chats: list[Chat] = []
+        self.chats: list[LiveConversation] = []
         self._stamp = 0
         self._closing: set[asyncio.Task[None]] = set()
 
     # ----- handing chats out ----------------------------------------------------------
 
-    def _attach(self, chat: Chat) -> Chat:
+    def _attach(self, chat: LiveConversation) -> LiveConversation:
         self._stamp += 1
         chat.viewers += 1
         chat.used = self._stamp
@@ -118,7 +119,7 @@ class Hub:
 
     def _new_chat(
         self, user: str, conversation_id: int | None = None, rows: list[TurnRow] | None = None
-    ) -> Chat:
+    ) -> LiveConversation:
         conversation = self.make_conversation(user)
         saved: dict[Turn, int] = {}
         for row in rows or []:
@@ -133,7 +134,7 @@ class Hub:
             conversation_id=conversation_id,
             saved=saved,
         )
-        chat = Chat(user, conversation, recorder)
+        chat = LiveConversation(user, conversation, recorder)
         self.chats.append(chat)
         return chat
 
@@ -144,7 +145,7 @@ class Hub:
         for chat in [c for c in self.chats if c.user == user and c.closed]:
             await chat.dropped.wait()
 
-    async def resume(self, user: str) -> Chat:
+    async def resume(self, user: str) -> LiveConversation:
         """The chat a new connection of ``user`` starts with (see the module contract)."""
         await self.quota.load(user)
         await self._dropping(user)
@@ -157,11 +158,11 @@ class Hub:
                 return await self.open(user, latest)
         return self.new(user)
 
-    def new(self, user: str) -> Chat:
+    def new(self, user: str) -> LiveConversation:
         """A fresh chat for ``user`` (stored from its first question on)."""
         return self._attach(self._new_chat(user))
 
-    async def open(self, user: str, conversation_id: int) -> Chat:
+    async def open(self, user: str, conversation_id: int) -> LiveConversation:
         """``user``'s stored conversation ``conversation_id``, live if it is in memory.
 
         Raises:
@@ -179,7 +180,7 @@ class Hub:
                 return self._attach(chat)
         return self._attach(self._new_chat(user, conversation_id, rows))
 
-    def release(self, chat: Chat) -> None:
+    def release(self, chat: LiveConversation) -> None:
         """A screen stops showing ``chat``."""
         chat.viewers = max(0, chat.viewers - 1)
         if chat.viewers:
@@ -195,12 +196,12 @@ class Hub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _finish_unwatched(self, chat: Chat) -> None:
+    async def _finish_unwatched(self, chat: LiveConversation) -> None:
         await chat.conversation.wait()
         if not chat.viewers:
             await self._drop(chat)
 
-    async def _drop(self, chat: Chat) -> None:
+    async def _drop(self, chat: LiveConversation) -> None:
         if chat.viewers or chat.closed:
             return
         chat.closed = True
@@ -257,7 +258,7 @@ class Hub:
             chat.conversation.forget()
         return deleted
 
-    async def export(self, chat: Chat, now: datetime) -> Path:
+    async def export(self, chat: LiveConversation, now: datetime) -> Path:
         """Write ``chat`` as Markdown to the user's export folder; returns the file."""
         await chat.recorder.flush()
         folder = self.export_dir / _safe_name(chat.user)
@@ -305,18 +306,18 @@ def _safe_name(name: str) -> str:
     return f"{safe or '_'}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
-def _export_path(folder: Path, chat: Chat, now: datetime) -> Path:
+def _export_path(folder: Path, chat: LiveConversation, now: datetime) -> Path:
     number = chat.id if chat.id is not None else 0
     return folder / f"conversation-{number}-{now:%Y%m%d-%H%M%S}.md"
 
 
-def _write_export(folder: Path, chat: Chat, now: datetime) -> None:
+def _write_export(folder: Path, chat: LiveConversation, now: datetime) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = _export_path(folder, chat, now)
     path.write_text(to_markdown(chat, now), encoding="utf-8")
 
 
-def to_markdown(chat: Chat, now: datetime) -> str:
+def to_markdown(chat: LiveConversation, now: datetime) -> str:
     """A conversation as a Markdown document: each question as a quote, then its answer.
 
     Every text passes the sanitiser: a file on the server is read with ``cat`` in a

@@ -284,5 +284,5 @@ async def test_server_close_says_goodbye_to_connected_clients(
 async def test_a_huge_claimed_terminal_is_clamped(server: Server) -> None:
     async with connected(server, cols=600, rows=300):
         (session,) = server.ctx.sessions
-        size = session.ui.app.output.get_size()
+        size = session.screen.app.output.get_size()
         assert (size.columns, size.rows) == (500, 200)

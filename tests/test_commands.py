@@ -24,8 +24,8 @@ from kindlessh._hub import Hub
 from kindlessh._profile import ProfileName, make_profile
 from kindlessh._provider import Finish, TextDelta, ThoughtDelta, Usage
 from kindlessh._quota import Quota
+from kindlessh._screen import ChatScreen
 from kindlessh._store import Store
-from kindlessh._ui import ChatUI
 
 from .helpers import ScriptedProvider, until
 
@@ -35,7 +35,7 @@ USER = "reader"
 
 @dataclass
 class Screen:
-    ui: ChatUI
+    ui: ChatScreen
     keys: PipeInput
     hub: Hub
     store: Store
@@ -110,7 +110,7 @@ async def chat_screen(
                           enable_cpr=False)
     try:
         with create_pipe_input() as keys, create_app_session(input=keys, output=output):
-            ui = ChatUI(chat, hub=hub, username=USER, profile=profiles[profile],
+            ui = ChatScreen(chat, hub=hub, username=USER, profile=profiles[profile],
                         profiles=dict(profiles))
             task = asyncio.get_running_loop().create_task(ui.run())
             await until(lambda: ui.app.is_running)

@@ -79,4 +79,5 @@ def test_the_package_has_no_import_cycle() -> None:
 
 def test_a_session_does_not_know_the_server() -> None:
     graph = import_graph(PACKAGE)
-    assert "_server" not in graph["_channel"]
+    for module in ("_session", "_channel", "_screen"):
+        assert not {"_server", "_connection"} & graph[module], module

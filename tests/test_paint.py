@@ -67,7 +67,7 @@ async def test_a_scrolling_answer_is_scrolled_by_the_terminal_and_reads_as_a_ful
         await term.wait_for(lambda t: "ready" in t.text())
         sent = len(term.raw_text().encode()) - start
         session = only_session(server)
-        assert session.ui.transcript.scrolls >= 2, session.ui.transcript.scrolls
+        assert session.screen.transcript.scrolls >= 2, session.screen.transcript.scrolls
         # Repainting the whole transcript for each new line costs about 6 bytes per
         # answer byte here; scrolling leaves under 3.
         assert sent / ANSWER_BYTES < 3.5, sent / ANSWER_BYTES
@@ -96,7 +96,7 @@ async def test_real_clients_show_a_scrolled_answer_as_a_full_repaint(
         await term.send(b"count lines\r")
         await term.wait_for("line 39")
         await term.wait_until(lambda: "ready" in term.text(), "ready")
-        assert only_session(server).ui.transcript.scrolls >= 2
+        assert only_session(server).screen.transcript.scrolls >= 2
         streamed = _cells(term.screen)
         before = len(term.raw)
         await term.send(b"\x0c")

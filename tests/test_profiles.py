@@ -92,8 +92,8 @@ async def test_eink_commits_at_most_once_per_interval_and_loses_nothing(
         await term.wait_for("w39")
         await term.wait_for(lambda t: "ready" in t.text())
         session = only_session(server)
-        turn = session.ui.conversation.current
-        commits = session.ui.throttle.commits
+        turn = session.screen.conversation.current
+        commits = session.screen.throttle.commits
         # Leading edge, then one per 250 ms while streaming, then the final state.
         assert commits <= turn.duration / 0.25 + 2, (commits, turn.duration)
         assert commits >= 2
@@ -184,7 +184,7 @@ async def test_writes_while_streaming_follow_the_profile_interval(
         await term.wait_for("w39")
         await term.wait_for(lambda t: "ready" in t.text())
         writes = session.output.writes - before
-        turn = session.ui.conversation.current
+        turn = session.screen.conversation.current
         allowed = turn.duration / (interval_ms / 1000) + 3
         assert writes <= allowed, (writes, allowed, turn.duration)
         assert writes < len(words) / 2  # far fewer than one per chunk

@@ -35,7 +35,7 @@ async def test_one_channel_write_per_rendered_frame(
         await term.wait_for("word59")
         await term.wait_for(lambda t: "ready" in t.text())
         session = only_session(server)
-        renders = session.ui.app.render_counter
+        renders = session.screen.app.render_counter
         assert session.output.writes <= renders
         # The client received exactly as many data messages as the server wrote.
         assert term.packets == session.output.writes
@@ -91,17 +91,17 @@ async def test_resize_repaints_once_and_rewraps(server: Server, fake_gemini: Fak
         await term.wait_for(lambda t: "ready" in t.text())
         session = only_session(server)
         assert await _typed(term, session, "a") == 1  # the answer's last frames are out
-        before_writes, before_renders = session.output.writes, session.ui.app.render_counter
+        before_writes, before_renders = session.output.writes, session.screen.app.render_counter
         term.resize(54, 30)  # the Kindle keyboard hides: 20 -> 30 rows
         await term.wait_for(lambda t: "ready" in t.screen.display[-2])
         assert session.output.writes - before_writes == 1
-        assert session.ui.app.render_counter - before_renders == 1
+        assert session.screen.app.render_counter - before_renders == 1
         # The next keystroke's echo is the next frame: no second repaint came first, and
         # the echo is a few bytes, not a repaint sent with it.
         sent = session.output.bytes_sent
         assert await _typed(term, session, "b") == 1
         assert session.output.bytes_sent - sent < 100
-        assert session.ui.app.render_counter - before_renders == 2
+        assert session.screen.app.render_counter - before_renders == 2
         assert "the longest visible wavelength" in term.joined()
         writes = session.output.writes
         term.resize(30, 20)

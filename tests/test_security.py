@@ -18,8 +18,8 @@ import pytest
 
 from kindlessh import Server
 from kindlessh._config import ServerConfig
+from kindlessh._connection import Connection
 from kindlessh._guard import Guard
-from kindlessh._server import KindleSSHServer
 
 from .conftest import ServerFactory
 from .helpers import FakeClock, connected, open_chat, until
@@ -84,11 +84,11 @@ async def test_five_wrong_keys_are_cut_after_four(
 ) -> None:
     tried: list[str] = []
 
-    def validate_public_key(self: KindleSSHServer, username: str, key: asyncssh.SSHKey) -> bool:
+    def validate_public_key(self: Connection, username: str, key: asyncssh.SSHKey) -> bool:
         tried.append(key.get_fingerprint())
         return False
 
-    monkeypatch.setattr(KindleSSHServer, "validate_public_key", validate_public_key)
+    monkeypatch.setattr(Connection, "validate_public_key", validate_public_key)
     wrong = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(5)]
     exc = await refused(login(server, wrong))
     assert isinstance(exc, asyncssh.PermissionDenied)

@@ -1,12 +1,12 @@
 """The chat screen: a transcript, one status line and an input line (prompt-toolkit).
 
 Contract:
-- :class:`ChatUI` renders what its :class:`Conversation` holds and never talks to the
+- :class:`ChatScreen` renders what its :class:`Conversation` holds and never talks to the
   model API itself. Enter sends; a line starting with ``/`` is a command (run by
-  :mod:`._commands`, for which ChatUI is the :class:`~._commands.Screen`); Ctrl-C stops
+  :mod:`._commands`, for which ChatScreen is the :class:`~._commands.Screen`); Ctrl-C stops
   an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line quits;
   PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
-- ChatUI holds the layout, the key bindings and :meth:`ChatUI.run`. What the transcript
+- ChatScreen holds the layout, the key bindings and :meth:`ChatScreen.run`. What the transcript
   holds and where the reader is lives in a :class:`~._scrollback.Scrollback`; the status
   line's wording in :mod:`._statusline`.
 - Streamed text reaches the screen through a :class:`CommitThrottle`, as the commit
@@ -40,7 +40,7 @@ from prompt_toolkit.utils import get_cwidth
 from . import _commands
 from ._conversation import Conversation
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
-from ._hub import Chat, Hub
+from ._hub import Hub, LiveConversation
 from ._paint import Transcript
 from ._profile import Profile
 from ._sanitize import sanitize_inline
@@ -65,7 +65,7 @@ STYLE = Style.from_dict(
 )
 
 
-class ChatUI:
+class ChatScreen:
     """One person's chat screen.
 
     Args:
@@ -81,7 +81,7 @@ class ChatUI:
 
     def __init__(
         self,
-        chat: Chat,
+        chat: LiveConversation,
         *,
         hub: Hub,
         username: str,
@@ -184,7 +184,7 @@ class ChatUI:
                 "/new starts a fresh one."
             )
 
-    def switch(self, chat: Chat) -> None:
+    def switch(self, chat: LiveConversation) -> None:
         """Show ``chat`` instead of the current one (``/new``, ``/open``)."""
         old = self.chat
         if self._unsubscribe is not None:

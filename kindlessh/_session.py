@@ -1,0 +1,281 @@
+"""An SSH session: one chat screen per SSH session channel.
+
+Contract:
+- :class:`Session` runs the chat for a shell (``ssh -t host``) or an allowed command
+  (``ssh -t host eink``); anything else gets a one-line message and exit status 2. Without
+  a PTY it says to use ``ssh -t``. Its output goes through one
+  :class:`~kindlessh._channel.ChannelOutput`, the only writer to the channel.
+- When the client disconnects, the chat, its answer task and its upstream response are
+  all closed; nothing keeps running for a gone session.
+- A chat with no input for ``[server] idle_timeout`` seconds (0: never) is closed with a
+  goodbye line; an answer streaming counts as activity, so it is never closed under one.
+- A session is given a :class:`SessionDeps` by its server and uses nothing else of it:
+  the hub, the pace, the settings it reads and the registry of open sessions (so the
+  server can end them all when it stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO, cast
+
+import asyncssh
+from asyncssh.channel import SSHChannel
+from prompt_toolkit.application.current import create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from ._channel import ChannelOutput
+from ._config import UIConfig
+from ._durations import duration
+from ._hub import Hub
+from ._input import ChannelInput
+from ._pace import Pace
+from ._profile import choose_profile, make_profile
+from ._sanitize import sanitize_inline
+from ._screen import ChatScreen
+from ._view import Notice
+
+log = logging.getLogger("kindlessh.session")
+
+# Commands accepted on the ssh line (``ssh -t host eink``); the profiles themselves
+# are chosen by the screen-profile layer.
+ALLOWED_COMMANDS = ("", "chat", "eink", "smooth")
+MAX_COLUMNS, MAX_ROWS = 500, 200
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    """What every chat session of one server is given.
+
+    Attributes:
+        hub: the conversations, shared between screens.
+        pace: the server-wide pacing of screen updates.
+        ui: ``[ui]``, for the screen profiles.
+        idle_timeout: ``[server] idle_timeout`` (0: never).
+        max_write_buffer: ``[server] max_write_buffer``, bytes.
+        notices: error lines every chat shows first (an upstream that cannot work as
+            configured, such as a missing API key).
+        sessions: the open sessions; each adds itself and leaves when it ends.
+    """
+
+    hub: Hub
+    pace: Pace
+    ui: UIConfig
+    idle_timeout: float
+    max_write_buffer: int
+    notices: tuple[str, ...] = ()
+    sessions: set[Session] = field(default_factory=set)
+
+
+class Session(asyncssh.SSHServerSession[str]):
+    """One SSH session channel running the chat."""
+
+    def __init__(
+        self,
+        deps: SessionDeps,
+        username: str,
+        key_env: dict[str, str] | None = None,
+        greeting: str | None = None,
+    ) -> None:
+        self.deps = deps
+        self.username = username
+        self.key_env = key_env or {}
+        self.greeting = greeting  # a line about the login itself (a key just registered)
+        self._chan: asyncssh.SSHServerChannel[str] | None = None
+        self._pty = False
+        self._command = ""
+        self._task: asyncio.Task[None] | None = None
+        self._input: ChannelInput | None = None
+        self.screen: ChatScreen | None = None
+        self.output: ChannelOutput | None = None
+        self._last_input = 0.0  # monotonic time of the last input (or streaming answer)
+        self._idle: asyncio.TimerHandle | None = None
+        self._goodbye = "kindlessh: bye."
+
+    # ----- asyncssh callbacks --------------------------------------------------------
+
+    def connection_made(self, chan: SSHChannel[str]) -> None:
+        self._chan = cast("asyncssh.SSHServerChannel[str]", chan)
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self._pty = True
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._command = command.strip()
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._main())
+        self.deps.sessions.add(self)
+        self._task.add_done_callback(lambda _: self.deps.sessions.discard(self))
+
+    def data_received(self, data: str, datatype: Any) -> None:
+        # Strategy: only note the time; the idle timer checks it when it fires, rather
+        # than being re-armed on every keystroke.
+        self._last_input = time.monotonic()
+        if self._input is not None:
+            self._input.send_text(data)
+
+    def eof_received(self) -> bool:
+        if self.screen is not None:
+            self.screen.quit()
+        return True
+
+    def terminal_size_changed(
+        self, width: int, height: int, pixwidth: int, pixheight: int
+    ) -> None:
+        screen = self.screen
+        if screen is not None and screen.app.is_running:
+            # One erase + redraw, coalesced into one write by ChannelOutput.
+            screen.app._on_resize()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.output is not None:
+            self.output.closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def shutdown(self) -> None:
+        """The server is stopping: say goodbye and end this session."""
+        chan = self._chan
+        if chan is not None:
+            with contextlib.suppress(Exception):
+                # Leave the full-screen view first, so the line stays readable.
+                chan.write("\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n")
+        self.connection_lost(None)
+
+    # ----- the session ---------------------------------------------------------------
+
+    def _size(self) -> Size:
+        assert self._chan is not None
+        width, height, _, _ = self._chan.get_terminal_size()
+        # Clamp: a client claiming a 10000x10000 terminal would make every render cost
+        # seconds of CPU for everyone on the server.
+        rows = min(max(height, 1), MAX_ROWS) if height else 24
+        columns = min(max(width, 1), MAX_COLUMNS) if width else 80
+        return Size(rows=rows, columns=columns)
+
+    def _check_idle(self) -> None:
+        """The idle timer fired: close the chat if nothing happened for the timeout."""
+        self._idle = None
+        screen = self.screen
+        timeout = self.deps.idle_timeout
+        if screen is None or not timeout:
+            return
+        now = time.monotonic()
+        if screen.conversation.answering:
+            # Look again soon: the reader's time starts when the answer ends.
+            self._last_input = now
+            delay = min(timeout, 1.0)
+        else:
+            delay = self._last_input + timeout - now
+        if delay > 0:
+            self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
+            return
+        log.info("%s: closing an idle session", self.username)
+        self._goodbye = (
+            f"kindlessh: closed after {duration(timeout)} without input; "
+            "your conversations are saved."
+        )
+        screen.quit()
+
+    def _drop(self) -> None:
+        if self._chan is not None:
+            self._chan.abort()
+
+    async def _main(self) -> None:
+        chan = self._chan
+        assert chan is not None
+        try:
+            if self._command.lower() not in ALLOWED_COMMANDS:
+                shown = sanitize_inline(self._command, 40)
+                chan.write(
+                    f"kindlessh: unknown command '{shown}'. Connect with `ssh -t` and no "
+                    "command for the chat (or the command eink or smooth).\r\n"
+                )
+                chan.exit(2)
+                return
+            if not self._pty:
+                chan.write(
+                    "kindlessh: this is a full-screen chat and needs a terminal. "
+                    "Connect with: ssh -t ...\r\n"
+                )
+                chan.exit(1)
+                return
+            await self._chat(chan)
+            chan.write(self._goodbye + "\r\n")
+            chan.exit(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session failed")
+            with contextlib.suppress(Exception):
+                chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
+                chan.exit(1)
+
+    async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+        deps = self.deps
+        env = dict(chan.get_environment())
+        term = chan.get_terminal_type() or "xterm"
+        # asyncssh merges the key's environment= option into the channel's environment;
+        # what differs from it was sent by the client.
+        client_env = {k: v for k, v in env.items() if self.key_env.get(k) != v}
+        name, source = choose_profile(
+            self._command, client_env, self.key_env, deps.ui.profile
+        )
+        profile = make_profile(name, deps.ui, term, env, source)
+        self.output = ChannelOutput(chan, deps.max_write_buffer, self._drop)
+        output = Vt100_Output(
+            cast(TextIO, self.output),
+            self._size,
+            term=term,
+            default_color_depth=profile.color_depth,
+            enable_bell=False,
+            enable_cpr=False,
+        )
+        notices = [Notice(self.greeting)] if self.greeting else []
+        notices += [Notice(text, "error") for text in deps.notices]
+        self._input = ChannelInput()
+        chat = await deps.hub.resume(self.username)
+        try:
+            with create_app_session(input=self._input, output=output):
+                self.screen = ChatScreen(
+                    chat,
+                    hub=deps.hub,
+                    username=self.username,
+                    profile=profile,
+                    profiles={
+                        n: make_profile(n, deps.ui, term, env, "a command")
+                        for n in ("eink", "smooth")
+                    },
+                    notices=notices,
+                    pace=deps.pace.stretch,
+                    spread=deps.pace.spread,
+                )
+                if deps.idle_timeout:
+                    self._last_input = time.monotonic()
+                    self._idle = asyncio.get_running_loop().call_later(
+                        deps.idle_timeout, self._check_idle
+                    )
+                await self.screen.run()
+        finally:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+            self._input.close()
+            self._input = None
+            # The chat may go on without this screen (an answer finishing on its own).
+            deps.hub.release(self.screen.chat if self.screen is not None else chat)
+
