@@ -143,7 +143,8 @@ async def main(config_path: Path, samples_path: Path) -> int:
     slow: dict[str, list[float]] = {}
     if os.environ.get("LOAD_SLOW"):
         time_callbacks(slow)
-    prober = asyncio.create_task(probe(lags, sessions, lambda: len(server.ctx.sessions), stop))
+    open_sessions = server.ctx.session.sessions
+    prober = asyncio.create_task(probe(lags, sessions, lambda: len(open_sessions), stop))
     print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
 
     await stop.wait()

@@ -128,7 +128,7 @@ async def conversation_of(server: Server, username: str, timeout: float = 10.0) 
     """The server-side conversation of the session logged in as ``username``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for session in list(server.ctx.sessions):
+        for session in list(server.ctx.session.sessions):
             if isinstance(session, Session) and session.username == username:
                 if session.screen is not None:
                     return session.screen.conversation

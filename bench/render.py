@@ -283,7 +283,7 @@ async def session_of(server: Server, username: str, timeout: float = 10.0) -> Se
     """The server-side session of ``username``, once its chat screen is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for session in list(server.ctx.sessions):
+        for session in list(server.ctx.session.sessions):
             if (
                 isinstance(session, Session)
                 and session.username == username

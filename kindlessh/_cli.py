@@ -116,12 +116,12 @@ def describe(server: Server) -> list[str]:
         made = " (created now)" if key.created else ""
         lines += [f"Host key {key.path}{made}:", f"  {key.label} {key.fingerprint}"]
     lines.append(f"Connect:  {_connect_command(config, server.port)}")
-    auth = server.ctx.authorized
+    auth = server.ctx.keys.authorized
     count = auth.count()
-    users = server.ctx.users.names()
+    users = server.ctx.keys.users.names()
     if users:
         shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
-        lines.append(f"Users: {len(users)} in {server.ctx.users.root} ({shown})")
+        lines.append(f"Users: {len(users)} in {server.ctx.keys.users.root} ({shown})")
     if count:
         lines.append(f"Authorized keys: {count} in {auth.path}")
     elif not users:

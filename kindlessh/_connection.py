@@ -33,20 +33,14 @@ from ._config import Config
 from ._enrol import Challenge, Enrolment
 from ._failcount import FailedLogins, count_failures
 from ._guard import Guard
-from ._hub import Hub
 from ._invites import Invites
 from ._keychoice import KeyChoice
-from ._keys import (
-    AuthorizedKeys,
-)
-from ._pace import Pace
 from ._password_login import PasswordLogin
 from ._provider import Provider
 from ._quota import Quota
 from ._refused import RefusedSession
 from ._sanitize import sanitize_inline
 from ._session import Session, SessionDeps
-from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
 
@@ -77,31 +71,6 @@ class ServerContext:
     session: SessionDeps
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
 
-    @property
-    def hub(self) -> Hub:
-        """The conversations (the sessions' hub)."""
-        return self.session.hub
-
-    @property
-    def pace(self) -> Pace:
-        """The pacing of screen updates (the sessions' pace)."""
-        return self.session.pace
-
-    @property
-    def sessions(self) -> set[Session]:
-        """The open chat sessions."""
-        return self.session.sessions
-
-    @property
-    def authorized(self) -> AuthorizedKeys:
-        """The shared ``authorized_keys`` file."""
-        return self.keys.authorized
-
-    @property
-    def users(self) -> Users:
-        """The per-user key files."""
-        return self.keys.users
-
 
 class Connection(asyncssh.SSHServer):
     """One connection: asyncssh's callbacks, each handed to the unit that decides."""
@@ -118,7 +87,7 @@ class Connection(asyncssh.SSHServer):
         self._login_timer: asyncio.TimerHandle | None = None
         self._sessions = 0
         self._session_user: str | None = None
-        self._enrol = Enrolment(ctx.invites, ctx.users)
+        self._enrol = Enrolment(ctx.invites, ctx.keys.users)
         self._password_ok = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:

@@ -102,8 +102,8 @@ class Server:
     async def close(self) -> None:
         """Stop listening, end all sessions and close the upstream client."""
         self._acceptor.close()
-        self.ctx.hub.stop_answers()
-        for session in list(self.ctx.sessions):
+        self.ctx.session.hub.stop_answers()
+        for session in list(self.ctx.session.sessions):
             session.shutdown()
         for conn in list(self.ctx.connections):
             conn.close()
@@ -114,8 +114,8 @@ class Server:
             # Python 3.12+ waits here for every connection to be gone.
             await asyncio.wait_for(self._acceptor.wait_closed(), 5)
         # Answers still coming are stopped and saved as they stand, marked interrupted.
-        await self.ctx.hub.aclose()
-        await self.ctx.pace.aclose()
+        await self.ctx.session.hub.aclose()
+        await self.ctx.session.pace.aclose()
         closer = getattr(self.ctx.provider, "aclose", None)
         if closer is not None:
             await closer()
@@ -182,7 +182,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     except BaseException:
         await store.close()
         raise
-    ctx.pace.start()
+    ctx.session.pace.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
 
 

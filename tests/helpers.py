@@ -86,7 +86,7 @@ async def connected(
 
 def only_session(server: Server) -> Any:
     """The server's one open session (the test has exactly one connection)."""
-    (session,) = server.ctx.sessions
+    (session,) = server.ctx.session.sessions
     return session
 
 

@@ -116,7 +116,7 @@ class PtyClient(ScreenReader):
 
 def _authorize(server: Server, public_key_line: str) -> None:
     """Add a key; the server re-reads authorized_keys at the next login."""
-    with server.ctx.authorized.path.open("a") as fh:
+    with server.ctx.keys.authorized.path.open("a") as fh:
         fh.write(public_key_line.strip() + "\n")
 
 

@@ -239,14 +239,14 @@ async def test_disconnect_mid_answer_leaves_nothing_running(
     fake_gemini.enqueue(Reply.hang(after=["Words before the drop"]))
     await term.ask("question")
     await term.wait_for("Words before the drop")
-    assert len(server.ctx.sessions) == 1
+    assert len(server.ctx.session.sessions) == 1
     await term.close()
     await asyncio.wait_for(fake_gemini.responses[0].client_closed.wait(), 2.0)
     for _ in range(100):
-        if not server.ctx.sessions and len(asyncio.all_tasks()) <= baseline:
+        if not server.ctx.session.sessions and len(asyncio.all_tasks()) <= baseline:
             break
         await asyncio.sleep(0.02)
-    assert not server.ctx.sessions
+    assert not server.ctx.session.sessions
     assert len(asyncio.all_tasks()) <= baseline
     # The server still serves others.
     fake_gemini.enqueue(Reply.text(["Still here."]))
@@ -283,6 +283,6 @@ async def test_server_close_says_goodbye_to_connected_clients(
 
 async def test_a_huge_claimed_terminal_is_clamped(server: Server) -> None:
     async with connected(server, cols=600, rows=300):
-        (session,) = server.ctx.sessions
+        (session,) = server.ctx.session.sessions
         size = session.screen.app.output.get_size()
         assert (size.columns, size.rows) == (500, 200)

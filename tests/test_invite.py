@@ -289,7 +289,7 @@ async def test_an_enrolment_is_logged_with_name_fingerprint_and_address(
 async def test_a_new_server_with_only_an_invite_does_not_say_nobody_can_log_in(
     server: Server, tmp_path: Path
 ) -> None:
-    server.ctx.authorized.path.write_text("")  # a fresh server: no keys at all
+    server.ctx.keys.authorized.path.write_text("")  # a fresh server: no keys at all
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
     # Any other name gets the explanation of how the owner adds a key...

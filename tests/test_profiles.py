@@ -65,7 +65,7 @@ async def test_profile_from_the_client_environment(server: Server) -> None:
 
 
 async def test_profile_from_the_key_option(server: Server) -> None:
-    path = server.ctx.authorized.path
+    path = server.ctx.keys.authorized.path
     path.write_text('environment="KINDLESSH_PROFILE=eink" ' + path.read_text())
     async with connected(server) as term:
         await term.send("/help\r")

@@ -142,7 +142,7 @@ async def test_a_refused_retry_keeps_the_last_answer(
         assert "The only answer." in term.text()
         await term.send("/history\r")
         await term.wait_for("question (1)")  # still stored, after the recorder's flush
-        (turn,) = await server.ctx.hub.store.load_turns("reader", 1)
+        (turn,) = await server.ctx.session.hub.store.load_turns("reader", 1)
         assert turn.answer == "The only answer."
 
 

@@ -31,10 +31,10 @@ def _gated(gate: asyncio.Event) -> Reply:
 async def _settled(server: Server) -> None:
     """Wait until no chat is in memory, i.e. everything is stored."""
     for _ in range(250):
-        if not server.ctx.hub.chats:
+        if not server.ctx.session.hub.chats:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"chats still in memory: {server.ctx.hub.chats}")
+    raise AssertionError(f"chats still in memory: {server.ctx.session.hub.chats}")
 
 
 async def _ask_and_drop(
@@ -202,7 +202,7 @@ async def test_stopping_the_server_mid_answer_keeps_the_text_marked(
     async with connected(server) as term:
         await term.wait_for("[interrupted: the server stopped; the text above is what")
         assert "First words arrive." in term.joined()
-    store = server.ctx.hub.store
+    store = server.ctx.session.hub.store
     (turn,) = await store.load_turns("reader", 1)
     assert turn.incomplete and turn.state == "stopped"
     assert turn.answer == "First words arrive. "
@@ -246,7 +246,7 @@ async def test_users_see_only_their_own_conversations(
         await bob.send("/delete 1\r")
         await bob.wait_for("No conversation 1.")
         assert "secret" not in bob.joined()
-    assert len(await server.ctx.hub.store.load_turns("alice", 1)) == 1
+    assert len(await server.ctx.session.hub.store.load_turns("alice", 1)) == 1
 
 
 async def test_history_open_delete_and_export(
@@ -294,7 +294,7 @@ async def test_history_open_delete_and_export(
         await term.wait_for("Delete conversation 2,")
         await term.send("y\r")
         await term.wait_for("Conversation 2 deleted.")
-        rows = await server.ctx.hub.store.list_conversations("reader")
+        rows = await server.ctx.session.hub.store.list_conversations("reader")
         assert [r.id for r in rows] == [1]
 
 
@@ -309,7 +309,7 @@ async def test_deleting_the_conversation_on_screen_starts_a_new_one(
     await term.send("yes\r")
     await term.wait_for("Conversation 1 deleted.")
     assert "Gone soon." not in term.text()
-    assert await server.ctx.hub.store.list_conversations("reader") == []
+    assert await server.ctx.session.hub.store.list_conversations("reader") == []
 
 
 async def test_retry_replaces_the_stored_answer(
@@ -323,7 +323,7 @@ async def test_retry_replaces_the_stored_answer(
     await term.wait_for(lambda t: "ready" in t.text())
     await term.send("/history\r")
     await term.wait_for("write (1)")
-    (turn,) = await server.ctx.hub.store.load_turns("reader", 1)
+    (turn,) = await server.ctx.session.hub.store.load_turns("reader", 1)
     assert turn.answer == "Better."
 
 
@@ -406,7 +406,7 @@ async def test_deleting_on_one_screen_empties_the_other_and_its_next_question_is
         await laptop.wait_for("Second.")
         await kindle.send("/history\r")
         await kindle.wait_for("two (1)")
-        rows = await server.ctx.hub.store.list_conversations("reader")
+        rows = await server.ctx.session.hub.store.list_conversations("reader")
         assert [(r.title, r.turn_count) for r in rows] == [("two", 1)]
     finally:
         await laptop.close()

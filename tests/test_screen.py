@@ -202,7 +202,7 @@ async def test_unknown_key_is_refused(server: Server) -> None:
 
 async def test_a_key_added_while_running_works(server: Server) -> None:
     newcomer = asyncssh.generate_private_key("ssh-ed25519")
-    path = server.ctx.authorized.path
+    path = server.ctx.keys.authorized.path
     path.write_text(path.read_text() + "\n" + newcomer.export_public_key().decode())
     async with connected(server, newcomer):
         pass
@@ -295,7 +295,7 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered(
         with caplog.at_level("WARNING", logger="kindlessh.session"):
             chan.write("tell me everything\r")
             for _ in range(500):
-                if not server.ctx.sessions:
+                if not server.ctx.session.sessions:
                     break
                 if chan.is_closing():
                     # The server has closed the channel; its session record goes next.
@@ -305,7 +305,7 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered(
                 # coming however the server paces the answer's repaints.
                 chan.write("\x0c")
                 await asyncio.sleep(0.02)
-        assert not server.ctx.sessions
+        assert not server.ctx.session.sessions
         assert "client stopped reading" in caplog.text
     # The server is fine for everyone else.
     async with connected(server):

@@ -185,13 +185,13 @@ async def test_a_key_file_others_may_write_is_not_trusted(
     path = users.path("ann")
     os.chmod(path, 0o664)
     assert not await can_log_in(server, key, "ann")
-    assert "chmod 600" in (server.ctx.users.authorized("ann").error or "")  # type: ignore[union-attr]
+    assert "chmod 600" in (server.ctx.keys.users.authorized("ann").error or "")  # type: ignore[union-attr]
     os.chmod(path, 0o600)
     assert await can_log_in(server, key, "ann")
 
 
 async def test_the_start_up_lines_count_the_users(server: Server) -> None:
-    server.ctx.authorized.path.unlink()
+    server.ctx.keys.authorized.path.unlink()
     assert any("No keys are authorized yet" in line for line in describe(server))
     key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     for name in ("ann", "bo"):
