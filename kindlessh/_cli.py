@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import __version__
+from ._acceptlog import install_accept_log
 from ._config import Config, load_config
 from ._errors import ConfigError, UserError
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
@@ -150,6 +151,7 @@ async def _serve(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    install_accept_log(loop)  # out of file descriptors: one line a minute, not a flood
     server = await start_server(config)
     tune_process()  # after start-up, so what it made is frozen too
     for line in describe(server):
