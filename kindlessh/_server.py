@@ -47,8 +47,19 @@ from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
 
+# Key exchanges offered: elliptic curves and ML-KEM hybrids only, as OpenSSH 10's sshd.
+# Measured on loopback (client and server in one process, per exchange): curve25519
+# 1.7 ms, ML-KEM768x25519 2.9 ms, nistp521 2.6 ms; finite-field DH group16 8.1 ms and
+# group18 31 ms, group exchange as costly as the group the client asks for (up to 8192
+# bits), rsa2048-sha256 50 ms (a new RSA key every time). The costly ones would let a
+# client with no key buy seconds of the event loop; every client we serve (OpenSSH,
+# Dropbear since 2013.61, PuTTY since 0.68) has curve25519.
+_CHEAP_KEX = ("mlkem", "curve25519-", "curve448-", "ecdh-sha2-nistp")
+
+
 def kex_algorithms() -> list[str]:
-    """asyncssh's key exchange list with ``curve25519-sha256`` first.
+    """asyncssh's key exchanges, the cheap ones only (see ``_CHEAP_KEX``), with
+    ``curve25519-sha256`` first.
 
     Strategy: Dropbear clients send a guessed first KEX packet for their first algorithm;
     asyncssh judges that guess by the *chosen* algorithm, not by the two first choices as
@@ -56,7 +67,9 @@ def kex_algorithms() -> list[str]:
     hybrid) is one Dropbear lacks. With curve25519 first both readings agree. OpenSSH
     clients still get their own first choice, since the client's order decides.
     """
-    algs = [a.decode() for a in get_default_kex_algs() if not a.startswith(b"gss-")]
+    algs = [
+        a.decode() for a in get_default_kex_algs() if a.decode().startswith(_CHEAP_KEX)
+    ]
     preferred = "curve25519-sha256"
     if preferred in algs:
         algs.remove(preferred)
