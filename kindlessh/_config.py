@@ -62,6 +62,12 @@ class ServerConfig:
     penalty_exempt: str = ""
     max_sessions: int = 100
     max_sessions_per_user: int = 5
+    max_connections: int = 150
+    max_connections_per_user: int = 10
+    unused_timeout: float = 30.0
+    max_rekeys: int = 10
+    max_resize_rate: float = 20.0
+    max_resize_burst: int = 300
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
@@ -185,6 +191,12 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ),
     ("server", "max_sessions"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_sessions_per_user"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_connections"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_connections_per_user"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "unused_timeout"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("server", "max_rekeys"): (lambda v: 1 <= v <= 3600, "a count from 1 to 3600"),
+    ("server", "max_resize_rate"): (lambda v: v > 0, "a number above 0"),
+    ("server", "max_resize_burst"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),

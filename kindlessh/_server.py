@@ -187,6 +187,8 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             ui=config.ui,
             idle_timeout=srv.idle_timeout,
             max_write_buffer=srv.max_write_buffer,
+            max_resize_rate=srv.max_resize_rate,
+            max_resize_burst=srv.max_resize_burst,
             notices=tuple(n for n in [setup_notice(gemini)] if n is not None),
         ),
     )

@@ -9,6 +9,11 @@ Contract:
   all closed; nothing keeps running for a gone session.
 - A chat with no input for ``[server] idle_timeout`` seconds (0: never) is closed with a
   goodbye line; an answer streaming counts as activity, so it is never closed under one.
+- Window size changes are laid out at most once per :data:`RESIZE_INTERVAL` (the first
+  at once, so a Kindle's keyboard toggle re-wraps promptly; the last of a burst always
+  lands). More than ``[server] max_resize_burst`` of them at once, refilled at
+  ``max_resize_rate`` a second, close the chat with a one-line reason: no terminal
+  sends that many (a window dragged by its corner sends one per frame).
 - A session is given a :class:`SessionDeps` by its server and uses nothing else of it:
   the hub, the pace, the settings it reads and the registry of open sessions (so the
   server can end them all when it stops).
@@ -36,8 +41,10 @@ from ._hub import Hub
 from ._input import ChannelInput
 from ._pace import Pace
 from ._profile import choose_profile, make_profile
+from ._quota import Bucket
 from ._sanitize import sanitize_inline
 from ._screen import ChatScreen
+from ._throttle import CommitThrottle
 from ._view import Notice
 
 log = logging.getLogger("kindlessh.session")
@@ -46,6 +53,9 @@ log = logging.getLogger("kindlessh.session")
 # are chosen by the screen-profile layer.
 ALLOWED_COMMANDS = ("", "chat", "eink", "smooth")
 MAX_COLUMNS, MAX_ROWS = 500, 200
+# Seconds between two layouts for window size changes: a full layout of a long
+# transcript costs milliseconds, and a client may send hundreds of changes a second.
+RESIZE_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class SessionDeps:
         ui: ``[ui]``, for the screen profiles.
         idle_timeout: ``[server] idle_timeout`` (0: never).
         max_write_buffer: ``[server] max_write_buffer``, bytes.
+        max_resize_rate: ``[server] max_resize_rate``, window size changes a second.
+        max_resize_burst: ``[server] max_resize_burst``, window size changes at once.
         notices: error lines every chat shows first (an upstream that cannot work as
             configured, such as a missing API key).
         sessions: the open sessions; each adds itself and leaves when it ends.
@@ -68,6 +80,8 @@ class SessionDeps:
     ui: UIConfig
     idle_timeout: float
     max_write_buffer: int
+    max_resize_rate: float
+    max_resize_burst: int
     notices: tuple[str, ...] = ()
     sessions: set[Session] = field(default_factory=set)
 
@@ -96,6 +110,11 @@ class Session(asyncssh.SSHServerSession[str]):
         self._last_input = 0.0  # monotonic time of the last input (or streaming answer)
         self._idle: asyncio.TimerHandle | None = None
         self._goodbye = "kindlessh: bye."
+        self._resizes = Bucket(
+            deps.max_resize_burst, 1 / deps.max_resize_rate, time.monotonic()
+        )
+        self._flooded = False
+        self._layout = CommitThrottle(RESIZE_INTERVAL, self._lay_out)
 
     # ----- asyncssh callbacks --------------------------------------------------------
 
@@ -136,12 +155,45 @@ class Session(asyncssh.SSHServerSession[str]):
     def terminal_size_changed(
         self, width: int, height: int, pixwidth: int, pixheight: int
     ) -> None:
+        if self._flooded:
+            return
+        now = time.monotonic()
+        if self._resizes.wait(now) > 0:
+            self._resize_flood()
+            return
+        self._resizes.take(now)
+        # Strategy: the size is read from the channel when the screen is drawn, so the
+        # layout that lands uses the last size sent, whatever came in between.
+        self._layout.poke()
+
+    def _lay_out(self) -> None:
         screen = self.screen
-        if screen is not None and screen.app.is_running:
+        if screen is not None and screen.app.is_running and not self._flooded:
             # One erase + redraw, coalesced into one write by ChannelOutput.
             screen.app._on_resize()
 
+    def _resize_flood(self) -> None:
+        """Too many window size changes: end this chat with the reason."""
+        self._flooded = True
+        self._layout.cancel()
+        deps = self.deps
+        log.info(
+            "%s: more than %d window size changes at %g a second; closing the session",
+            self.username, deps.max_resize_burst, deps.max_resize_rate,
+        )
+        self._goodbye = (
+            f"kindlessh: closed: too many window size changes (over {deps.max_resize_burst} "
+            f"at more than {deps.max_resize_rate:g} a second); your conversations are saved."
+        )
+        if self.screen is not None:
+            self.screen.quit()
+        elif self._chan is not None:
+            with contextlib.suppress(Exception):
+                self._chan.write(self._goodbye + "\r\n")
+                self._chan.exit(1)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._layout.cancel()
         if self.output is not None:
             self.output.closed = True
         if self._task is not None and not self._task.done():
