@@ -10,7 +10,13 @@ Contract:
   (not offered at all with no invite pending); passwords, only with ``[server]
   password_auth`` on and only for names that have one, are :mod:`._password_login`;
   counting failed logins is :mod:`._failcount` (the ``max_auth_tries``-th failed login
-  ends the connection). One not logged in after ``login_timeout`` is cut.
+  ends the connection). One not logged in after ``login_timeout`` is cut; when the
+  server itself was held up for :data:`SLOW_LOGIN` seconds or more meanwhile
+  (:mod:`._stall`), its address is not penalised for it.
+- Key exchanges the client starts are counted by :mod:`._rekeys` (``max_rekeys``).
+- Once logged in, a connection counts against ``max_connections`` and
+  ``max_connections_per_user`` (over a cap it is closed with the one-line reason), and
+  one with no channel open for ``unused_timeout`` seconds is closed (:mod:`._unused`).
 - A user name with unprintable characters is refused (asyncssh already refuses control
   characters and names of 1 KiB or more); logs and screens show at most 32 characters
   of any name, sanitised.
@@ -39,12 +45,19 @@ from ._password_login import PasswordLogin
 from ._provider import Provider
 from ._quota import Quota
 from ._refused import RefusedSession
+from ._rekeys import Rekeys, count_rekeys
 from ._sanitize import sanitize_inline
 from ._session import Session, SessionDeps
+from ._stall import StallWatch
+from ._unused import ChannelWatch, watch_channels
 
 log = logging.getLogger("kindlessh.server")
 
 MAX_USERNAME = 32  # characters of a user name shown in logs and on screen
+# Seconds the event loop was held up during a login that make a login timeout the
+# server's fault, not the client's: a healthy server's loop is late by milliseconds, and
+# a login may take 30 s. (:mod:`._stall` sees a stall up to a quarter second short.)
+SLOW_LOGIN = 0.5
 
 
 def acceptable_username(name: str) -> bool:
@@ -70,6 +83,7 @@ class ServerContext:
     passwords: PasswordLogin
     session: SessionDeps
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    stall: StallWatch = field(default_factory=StallWatch)
 
 
 class Connection(asyncssh.SSHServer):
@@ -82,6 +96,7 @@ class Connection(asyncssh.SSHServer):
         self._let_in = False
         self._logged_in = False
         self._timed_out = False
+        self._server_slow = False
         self._failures = FailedLogins(ctx.config.server.max_auth_tries)
         self._bad_name = False
         self._login_timer: asyncio.TimerHandle | None = None
@@ -89,6 +104,9 @@ class Connection(asyncssh.SSHServer):
         self._session_user: str | None = None
         self._enrol = Enrolment(ctx.invites, ctx.keys.users)
         self._password_ok = False
+        self._rekeys = Rekeys(ctx.config.server.max_rekeys)
+        self._channels: ChannelWatch | None = None
+        self._conn_user: str | None = None  # counted by guard.open_connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -107,14 +125,33 @@ class Connection(asyncssh.SSHServer):
             self.ctx.config.server.login_timeout, self._login_expired
         )
         count_failures(conn, self._failures, self._too_many)
+        count_rekeys(conn, self._rekeys, self._too_many_rekeys)
+        self._channels = watch_channels(conn, self.ctx.config.server.unused_timeout, self._unused)
 
     def _too_many(self) -> None:
         log.info("%s: %d failed logins; disconnecting", self._addr, self._failures.limit)
+
+    def _too_many_rekeys(self) -> None:
+        log.info(
+            "%s: %d key exchanges started by the client; disconnecting",
+            self._addr, self._rekeys.started,
+        )
+
+    def _unused(self) -> None:
+        timeout = self.ctx.config.server.unused_timeout
+        log.info("%s: no session for %g s after login; disconnecting", self._addr, timeout)
+        if self._conn is not None:
+            self._conn.disconnect(
+                asyncssh.DISC_BY_APPLICATION, f"kindlessh: no session for {timeout:g} s"
+            )
 
     def _login_expired(self) -> None:
         self._login_timer = None
         self._timed_out = True
         timeout = self.ctx.config.server.login_timeout
+        self._server_slow = self.ctx.stall.stalled(timeout) >= SLOW_LOGIN
+        if self._server_slow:
+            log.info("%s: the server was slow during this login; no penalty", self._addr)
         log.info("%s: not logged in within %g s; disconnecting", self._addr, timeout)
         if self._conn is not None:
             self._conn.disconnect(
@@ -128,14 +165,20 @@ class Connection(asyncssh.SSHServer):
         if not self._let_in:
             return
         self._let_in = False
+        if self._channels is not None:
+            self._channels.stop()
         if self._conn is not None:
             self.ctx.connections.discard(self._conn)
+        if self._conn_user is not None:
+            self.ctx.guard.close_connection(self._conn_user)
+            self._conn_user = None
         if self._session_user is not None:
             self.ctx.guard.close_session(self._session_user)
             self._session_user = None
         failed = self._failures.failed + self._bad_name
         self.ctx.guard.closed(
-            self._addr, logged_in=self._logged_in, failed=failed, timed_out=self._timed_out
+            self._addr, logged_in=self._logged_in, failed=failed, timed_out=self._timed_out,
+            server_slow=self._server_slow,
         )
 
     def begin_auth(self, username: str) -> bool:
@@ -198,8 +241,17 @@ class Connection(asyncssh.SSHServer):
             self._login_timer = None
         self._logged_in = True
         self.ctx.guard.logged_in(self._addr)
+        self._rekeys.logged_in()
         user = sanitize_inline(str(self._conn.get_extra_info("username")), MAX_USERNAME)
+        full = self.ctx.guard.open_connection(user)
+        if full is not None:
+            log.info("%s from %s: %s", user, self._addr, full)
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"kindlessh: {full}")
+            return
+        self._conn_user = user
         log.info("%s logged in from %s", user, self._addr)
+        if self._channels is not None:
+            self._channels.start()
 
     def session_requested(self) -> Any:
         assert self._conn is not None

@@ -14,7 +14,8 @@ Contract:
     100 % at ``max_startups_full``.
 - :meth:`Guard.closed` ends a connection that was let in and charges its address by how
   it ended: failed logins ``penalty_authfail`` seconds, cut by the login timeout
-  ``penalty_grace``, closed without trying ``penalty_noauth``, logged in nothing. The
+  ``penalty_grace`` (nothing when ``server_slow``: the login timed out because the
+  server itself was held up), closed without trying ``penalty_noauth``, logged in nothing. The
   seconds drain in real time; once ``penalty_min`` have piled up the address is refused
   for that long, doubled for every penalty it served within the last ``penalty_max``
   seconds, and never longer than ``penalty_max``. Addresses in ``penalty_exempt`` are
@@ -26,6 +27,9 @@ Contract:
 - :meth:`Guard.open_session` and :meth:`Guard.close_session` count chat sessions:
   ``max_sessions`` in all and ``max_sessions_per_user`` per user name. Over a cap,
   ``open_session`` returns the one "server full" line to show instead of the chat.
+- :meth:`Guard.open_connection` and :meth:`Guard.close_connection` count logged-in
+  connections: ``max_connections`` in all and ``max_connections_per_user`` per user.
+  Over a cap, ``open_connection`` returns the one-line reason the connection is closed.
 - ``clock`` (monotonic seconds) and ``rng`` are plain attributes so tests can replace them.
 """
 
@@ -78,6 +82,8 @@ class Guard:
         self._logging_in_total = 0
         self._sessions: dict[str, int] = {}
         self._sessions_total = 0
+        self._connections: dict[str, int] = {}
+        self._connections_total = 0
         self._warned_at = -_WARN_EVERY
 
     # ----- before login ---------------------------------------------------------------
@@ -133,7 +139,10 @@ class Guard:
         """A connection from ``addr`` that was let in has logged in."""
         self._left_login(source_of(addr))
 
-    def closed(self, addr: str, *, logged_in: bool, failed: int, timed_out: bool) -> None:
+    def closed(
+        self, addr: str, *, logged_in: bool, failed: int, timed_out: bool,
+        server_slow: bool = False,
+    ) -> None:
         """A connection from ``addr`` that was let in has closed; charge its penalty.
 
         Args:
@@ -141,6 +150,8 @@ class Guard:
             logged_in: it logged in (no penalty).
             failed: how many login attempts failed on it.
             timed_out: it was cut by the login timeout.
+            server_slow: the server's event loop was held up while it was logging in, so
+                a timeout is the server's fault, not the client's.
         """
         src = source_of(addr)
         if logged_in:
@@ -148,7 +159,8 @@ class Guard:
         self._left_login(src)
         cfg = self.config
         if timed_out:
-            self.charge(src, cfg.penalty_grace)
+            if not server_slow:
+                self.charge(src, cfg.penalty_grace)
         elif failed:
             self.charge(src, cfg.penalty_authfail)
         else:
@@ -229,6 +241,34 @@ class Guard:
         """A chat session counted by :meth:`open_session` has ended."""
         _count_down(self._sessions, user)
         self._sessions_total = max(0, self._sessions_total - 1)
+
+    @property
+    def logged_in_connections(self) -> int:
+        """Connections logged in now (counted by :meth:`open_connection`)."""
+        return self._connections_total
+
+    def open_connection(self, user: str) -> str | None:
+        """Count a connection that has just logged in as ``user`` (None), or the line
+        saying why it is closed instead."""
+        cfg = self.config
+        if self._connections_total >= cfg.max_connections:
+            return (
+                f"server full: {cfg.max_connections} connections are logged in, the most "
+                "this server takes. Try again later."
+            )
+        if self._connections.get(user, 0) >= cfg.max_connections_per_user:
+            return (
+                f"server full for {user}: {cfg.max_connections_per_user} connections are "
+                "logged in under this name, the most allowed. Close one and try again."
+            )
+        self._connections[user] = self._connections.get(user, 0) + 1
+        self._connections_total += 1
+        return None
+
+    def close_connection(self, user: str) -> None:
+        """A connection counted by :meth:`open_connection` has closed."""
+        _count_down(self._connections, user)
+        self._connections_total = max(0, self._connections_total - 1)
 
 
 def _count_down(counts: dict[str, int], key: str) -> None:

@@ -115,6 +115,7 @@ class Server:
     async def close(self) -> None:
         """Stop listening, end all sessions and close the upstream client."""
         self._acceptor.close()
+        self.ctx.stall.stop()
         self.ctx.session.hub.stop_answers()
         for session in list(self.ctx.session.sessions):
             session.shutdown()
@@ -198,6 +199,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         await store.close()
         raise
     ctx.session.pace.start()
+    ctx.stall.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
 
 
