@@ -90,7 +90,7 @@ async def test_a_paste_that_never_ends_is_bounded(server: Server) -> None:
 
 
 async def test_thousands_of_environment_variables_are_not_kept(server: Server) -> None:
-    env = {f"VAR{i}": "v" * 1024 for i in range(1_000)}
+    env = {f"VAR{i}": "v" * 1024 for i in range(200)}
     env["KINDLESSH_PROFILE"] = "eink"
     async with attack(server, env=env) as (person, term):
         (session,) = [s for s in server.ctx.session.sessions if s.username == "attacker"]
