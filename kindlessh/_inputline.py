@@ -4,7 +4,8 @@ Contract:
 - :class:`InputLine` never holds more than ``max_chars()`` characters. An edit that would
   make it longer (a key typed, a paste, a yank) is not made: ``overflow(extra)`` is
   called first, with how many characters the edit would have added, and the edit is
-  then abandoned (prompt-toolkit ignores it, as an edit of a read-only buffer).
+  then abandoned by raising prompt-toolkit's ``EditReadOnlyBuffer`` (which its key
+  processor ignores).
 - Its undo history keeps the last :data:`UNDO_DEPTH` states.
 
 Strategy: prompt-toolkit saves the whole line to the undo stack before most key presses
@@ -22,10 +23,6 @@ from prompt_toolkit.buffer import Buffer, EditReadOnlyBuffer
 UNDO_DEPTH = 50
 
 
-class LineFull(EditReadOnlyBuffer):
-    """An edit would have made the input line longer than allowed."""
-
-
 class InputLine(Buffer):
     """The chat's input line (see the module docstring)."""
 
@@ -40,7 +37,9 @@ class InputLine(Buffer):
         current = len(self.text)
         if len(value) > current and len(value) > self._max_chars():
             self._overflow(len(value) - current)
-            raise LineFull()
+            # prompt-toolkit's own signal for an edit not made: its key processor
+            # drops it quietly, wherever in its code the edit was tried.
+            raise EditReadOnlyBuffer()
         return super()._set_text(value)
 
     def save_to_undo_stack(self, clear_redo_stack: bool = True) -> None:

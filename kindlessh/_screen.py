@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import EditReadOnlyBuffer
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -44,7 +45,7 @@ from . import _commands
 from ._conversation import Conversation
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
 from ._hub import Hub, LiveConversation
-from ._inputline import InputLine, LineFull
+from ._inputline import InputLine
 from ._keyreader import RefusedPaste
 from ._paint import Transcript
 from ._profile import Profile
@@ -396,7 +397,7 @@ class ChatScreen:
         self._pasting = True
         try:
             self.input.insert_text(text)
-        except LineFull:
+        except EditReadOnlyBuffer:  # over the bound: _overflow has refused it
             pass
         finally:
             self._pasting = False

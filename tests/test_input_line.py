@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kindlessh._inputline import UNDO_DEPTH, InputLine, LineFull
+from prompt_toolkit.buffer import EditReadOnlyBuffer
+
+from kindlessh._inputline import UNDO_DEPTH, InputLine
 
 
 def test_an_edit_over_the_bound_is_not_made_and_is_reported() -> None:
@@ -11,7 +13,7 @@ def test_an_edit_over_the_bound_is_not_made_and_is_reported() -> None:
     line.insert_text("x" * 8)
     try:
         line.insert_text("yyy")
-    except LineFull:
+    except EditReadOnlyBuffer:
         pass
     else:
         raise AssertionError("an edit over the bound was made")
