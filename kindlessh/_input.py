@@ -1,9 +1,13 @@
-"""Keyboard input from an SSH channel for prompt-toolkit, parsed in memory.
+"""Keyboard input from an SSH channel for prompt-toolkit, read in memory.
 
 Contract: :meth:`ChannelInput.send_text` never blocks, whatever the amount of data; keys
-reach the application on the next loop iteration. A large burst of plain text with no
-escape sequence (a paste from a terminal without bracketed paste) arrives as one paste,
-not as thousands of single key presses.
+reach the application on the next loop iteration, at most :data:`KEYS_PER_TURN` at a time
+(the rest in later turns, after every other connection's work). While more than
+:data:`HIGH_WATER` keys wait, the channel stops reading (``pause``) until they are down to
+:data:`LOW_WATER` (``resume``): one client's flood is held in the SSH window, not in
+memory, and costs every other session no more than one turn at a time. The keys
+themselves come from a :class:`~._keyreader.KeyReader` (bounded escape sequences and
+pastes).
 
 Strategy: prompt-toolkit's pipe input writes to an OS pipe that the same event loop
 reads; a paste larger than the pipe's 64 KiB buffer would block that write forever and
@@ -14,48 +18,80 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 from prompt_toolkit.input import Input
-from prompt_toolkit.input.vt100_parser import Vt100Parser
 from prompt_toolkit.key_binding import KeyPress
-from prompt_toolkit.keys import Keys
 
-# A run of plain text this long in one read is a paste rather than typing.
-PASTE_BURST = 256
-_TEXT_RUN = re.compile("[^\x00-\x1f\x7f]{" + str(PASTE_BURST) + ",}")
+from ._keyreader import PASTE_BURST, KeyReader
+
+__all__ = ["HIGH_WATER", "KEYS_PER_TURN", "LOW_WATER", "PASTE_BURST", "ChannelInput"]
+
+# Strategy: a key costs prompt-toolkit some tens of microseconds (bindings, the undo
+# state, the buffer) and each turn with keys repaints; 50 keys a turn kept a bystander's
+# echo under 150 ms beside a 50 KB flood of typing (200 a turn: about 200 ms). A person
+# types a few keys a second, so this never delays typing.
+KEYS_PER_TURN = 50
+HIGH_WATER = 4 * KEYS_PER_TURN
+LOW_WATER = KEYS_PER_TURN
+
+
+def _nothing() -> None:
+    pass
 
 
 class ChannelInput(Input):
-    """An in-memory prompt-toolkit Input fed by ``send_text``."""
+    """An in-memory prompt-toolkit Input fed by ``send_text``.
 
-    def __init__(self) -> None:
-        self._keys: list[KeyPress] = []
-        self._parser = Vt100Parser(lambda key: self._keys.append(key))
+    Args:
+        max_paste: the longest bracketed paste kept whole, in characters.
+        pause: stops the channel's reading (``SSHChannel.pause_reading``).
+        resume: starts it again.
+    """
+
+    def __init__(
+        self,
+        max_paste: int = 1 << 20,
+        pause: Callable[[], None] = _nothing,
+        resume: Callable[[], None] = _nothing,
+    ) -> None:
+        self._reader = KeyReader(max_paste)
+        self._keys: deque[KeyPress] = deque()
+        self._pause, self._resume = pause, resume
+        self._paused = False
         self._callbacks: list[Callable[[], None]] = []
         self._closed = False
         self._scheduled = False
 
+    @property
+    def max_paste(self) -> int:
+        """The longest bracketed paste kept whole, in characters."""
+        return self._reader.max_paste
+
+    @max_paste.setter
+    def max_paste(self, value: int) -> None:
+        self._reader.max_paste = value
+
+    @property
+    def waiting(self) -> int:
+        """How many keys wait for the application."""
+        return len(self._keys)
+
     def send_text(self, data: str) -> None:
         """Queue text from the client (key presses, escape sequences, pastes)."""
-        in_paste = getattr(self._parser, "_in_bracketed_paste", False)
-        if in_paste or "\x1b" in data:
-            self._parser.feed(data)
-        else:
-            # Strategy: long runs of plain text become one paste each, so a flood of
-            # text mixed with control keys costs one insert per run, not one key press
-            # per character (which would hold the event loop for seconds).
-            start = 0
-            for run in _TEXT_RUN.finditer(data):
-                if run.start() > start:
-                    self._parser.feed(data[start : run.start()])
-                self._parser.flush()
-                self._keys.append(KeyPress(Keys.BracketedPaste, run.group()))
-                start = run.end()
-            if start < len(data):
-                self._parser.feed(data[start:])
+        self._reader.feed(data)
+        self._take()
+
+    def _take(self) -> None:
+        keys = self._reader.keys
+        if keys:
+            self._keys.extend(keys)
+            keys.clear()
+            if len(self._keys) > HIGH_WATER and not self._paused:
+                self._paused = True
+                self._pause()
         self._wake()
 
     def _wake(self) -> None:
@@ -69,11 +105,18 @@ class ChannelInput(Input):
             self._callbacks[-1]()
 
     def read_keys(self) -> list[KeyPress]:
-        keys, self._keys = self._keys, []
+        count = min(len(self._keys), KEYS_PER_TURN)
+        keys = [self._keys.popleft() for _ in range(count)]
+        if self._keys:
+            self._wake()  # the rest in the next turn, after everyone else's
+        if self._paused and len(self._keys) <= LOW_WATER:
+            self._paused = False
+            self._resume()
         return keys
 
     def flush_keys(self) -> list[KeyPress]:
-        self._parser.flush()
+        self._reader.flush()
+        self._take()
         return self.read_keys()
 
     def fileno(self) -> int:
@@ -117,6 +160,9 @@ class ChannelInput(Input):
         return self._detached()
 
     def close(self) -> None:
-        """The client went away: the application sees a closed input."""
+        """The client went away: the application sees a closed input; keys still
+        waiting (a flood, a paste) are let go at once."""
         self._closed = True
+        self._keys.clear()
+        self._reader = KeyReader(0)
         self._wake()

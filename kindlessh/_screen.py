@@ -14,6 +14,10 @@ Contract:
   throttled.
 - Input that cannot be sent (too long, an answer still coming, over a quota) stays in
   the input line and a notice says why: nothing the person typed is lost.
+- The input line holds at most twice ``max_prompt_chars`` (room to shorten a question
+  that is a little long). Input that would take it further, typed or pasted, is refused
+  as a whole, never cut: the line is cleared and one notice gives the whole size (a
+  flood arriving in many pieces keeps one notice, its count growing).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prompt_toolkit.application import Application
-from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.buffer import EditReadOnlyBuffer
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -41,6 +45,8 @@ from . import _commands
 from ._conversation import Conversation
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
 from ._hub import Hub, LiveConversation
+from ._inputline import InputLine
+from ._keyreader import RefusedPaste
 from ._paint import Transcript
 from ._profile import Profile
 from ._sanitize import sanitize_inline
@@ -104,6 +110,7 @@ class ChatScreen:
         )
         self._refused = 0
         self._paste_notice: Notice | None = None
+        self._pasting = False
         self.throttle = CommitThrottle(profile.interval, self._commit, pace=pace, spread=spread)
         self.say(
             f"Hello {sanitize_inline(username, 32)}. Type a question and press Enter; "
@@ -112,7 +119,7 @@ class ChatScreen:
         for notice in notices or []:
             self.scrollback.say(notice.text, notice.kind)
         self._show_turns()
-        self.input = Buffer(multiline=False, name="input")
+        self.input = InputLine(self.max_line, self._overflow, multiline=False, name="input")
         self.transcript = Transcript(self.visible_lines)
         self.app: Application[None] = Application(
             layout=Layout(
@@ -371,31 +378,51 @@ class ChatScreen:
 
         @kb.add(Keys.BracketedPaste)
         def _paste(event: KeyPressEvent) -> None:
-            self._paste(event.data.replace("\r\n", "\n").replace("\r", "\n"))
+            data = event.data
+            if isinstance(data, RefusedPaste):  # too long to be kept at all
+                self._refuse(data.size, pasted=True)
+            else:
+                self._paste(data.replace("\r\n", "\n").replace("\r", "\n"))
 
         return kb
 
+    def max_line(self) -> int:
+        """The most characters the input line holds: twice the message limit, room to
+        shorten a question a little over it (Enter says by how much)."""
+        return 2 * self.conversation.settings.max_prompt_chars
+
     def _paste(self, text: str) -> None:
-        limit = self.conversation.settings.max_prompt_chars
-        if len(self.input.text) + len(text) <= 2 * limit:
-            # Within reach of the limit: keep it; Enter says if it is too long, and the
-            # text stays to be shortened. (A paste from a terminal without bracketed
-            # paste arrives in several bursts; each lands here.)
+        # (A paste from a terminal without bracketed paste arrives in several bursts;
+        # each lands here, and the input line's bound refuses the lot once it is over.)
+        self._pasting = True
+        try:
             self.input.insert_text(text)
-            return
-        # Strategy: refuse a paste far over the limit as a whole rather than cut it: a
-        # silently cut question gets a confidently wrong answer. A paste that arrives in
-        # several bursts is reported once, with its whole size.
+        except EditReadOnlyBuffer:  # over the bound: _overflow has refused it
+            pass
+        finally:
+            self._pasting = False
+
+    def _overflow(self, extra: int) -> None:
+        """The input line would have gone over :meth:`max_line` by adding ``extra``."""
+        self._refuse(extra, pasted=self._pasting)
+
+    def _refuse(self, chars: int, *, pasted: bool) -> None:
+        """Refuse ``chars`` characters of input, and the input line with them."""
+        limit = self.conversation.settings.max_prompt_chars
+        # Strategy: refuse input far over the limit as a whole rather than cut it: a
+        # silently cut question gets a confidently wrong answer. Input that arrives in
+        # several bursts (a paste, a flood of keys) is reported once, with its whole size.
         if self._paste_notice is not None and self.scrollback.retract(self._paste_notice):
-            self._refused += len(text)
+            self._refused += chars
         else:
-            self._refused = len(text)
+            self._refused = chars
         if self.input.text:
             self._refused += len(self.input.text)
-            self.input.reset()  # earlier bursts of the same paste go too
+            self.input.reset()  # earlier bursts of the same input go too
+        what, done = ("paste", "pasted") if pasted else ("input", "kept")
         self._paste_notice = self.scrollback.say(
-            f"That paste has {self._refused:,} characters; a message may have at "
-            f"most {limit:,}. Nothing was pasted; the input line was cleared.",
+            f"That {what} has {self._refused:,} characters; a message may have at "
+            f"most {limit:,}. Nothing was {done}; the input line was cleared.",
             "error",
         )
 

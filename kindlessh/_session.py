@@ -37,6 +37,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from ._channel import ChannelOutput
 from ._config import UIConfig
 from ._durations import duration
+from ._environment import accept_only_used
 from ._hub import Hub
 from ._input import ChannelInput
 from ._pace import Pace
@@ -120,6 +121,7 @@ class Session(asyncssh.SSHServerSession[str]):
 
     def connection_made(self, chan: SSHChannel[str]) -> None:
         self._chan = cast("asyncssh.SSHServerChannel[str]", chan)
+        accept_only_used(chan)  # before the client's env requests arrive
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
         self._pty = True
@@ -299,8 +301,10 @@ class Session(asyncssh.SSHServerSession[str]):
         )
         notices = [Notice(self.greeting)] if self.greeting else []
         notices += [Notice(text, "error") for text in deps.notices]
-        self._input = ChannelInput()
+        self._input = ChannelInput(pause=chan.pause_reading, resume=chan.resume_reading)
         chat = await deps.hub.resume(self.username)
+        # A bracketed paste longer than the input line holds is refused unread.
+        self._input.max_paste = 2 * chat.conversation.settings.max_prompt_chars
         try:
             with create_app_session(input=self._input, output=output):
                 self.screen = ChatScreen(
