@@ -62,6 +62,8 @@ class ServerConfig:
     penalty_exempt: str = ""
     max_sessions: int = 100
     max_sessions_per_user: int = 5
+    max_names_per_source: int = 8
+    password_checks_per_second: float = 10.0
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
@@ -103,6 +105,7 @@ class ChatConfig:
     """``[chat]``: limits on what a person sends."""
 
     max_prompt_chars: int = 4000
+    max_answer_chars: int = 32768
     finish_on_disconnect: bool = True
 
 
@@ -185,6 +188,10 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ),
     ("server", "max_sessions"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_sessions_per_user"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_names_per_source"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "password_checks_per_second"): (
+        lambda v: 0.1 <= v <= 1000, "a number of checks from 0.1 to 1000"
+    ),
     ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),
@@ -208,6 +215,7 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("chat", "max_answer_chars"): (lambda v: v >= 1000, "a count of 1000 or more"),
     ("quota", "prompts"): (lambda v: v >= 0, "a count, 0 or more"),
     ("quota", "refill_seconds"): (lambda v: v > 0, "a number of seconds above 0"),
     ("quota", "daily_tokens"): (lambda v: v >= 0, "a count, 0 or more"),

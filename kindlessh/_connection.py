@@ -7,14 +7,22 @@ Contract:
   file or the shared ``authorized_keys``, re-read when they change; with no keys at all
   the server still runs, refuses everyone, and its auth banner says how the owner adds
   a key); pairing a device by invite code over keyboard-interactive is :mod:`._enrol`
-  (not offered at all with no invite pending); passwords, only with ``[server]
-  password_auth`` on and only for names that have one, are :mod:`._password_login`;
-  counting failed logins is :mod:`._failcount` (the ``max_auth_tries``-th failed login
-  ends the connection). One not logged in after ``login_timeout`` is cut.
-- A user name with unprintable characters is refused (asyncssh already refuses control
-  characters and names of 1 KiB or more); logs and screens show at most 32 characters
-  of any name, sanitised.
-- One session per connection, counted against ``max_sessions`` and
+  (offered to every name while any invite is pending, to none otherwise); passwords,
+  only with ``[server] password_auth`` on, are :mod:`._password_login` (then offered to
+  every name): which names have an invite or a password never shows in the methods
+  offered. Counting failed logins is :mod:`._failcount` (the ``max_auth_tries``-th
+  failed login ends the connection); each login name past ``max_names_per_source``
+  from one address counts as one more (:mod:`._probes`). One not logged in after
+  ``login_timeout`` is cut.
+- A user name is refused, with a one-line reason, when it is longer than
+  :data:`MAX_USERNAME` characters or not all printable (asyncssh already refuses control
+  characters); it is never cut, so two names never share an account. Logs and screens
+  show it sanitised.
+- Limits belong to the login's holder (:mod:`._holders`): the name for a user with
+  their own file, a password or an invite; the key's fingerprint for a key of the
+  shared ``authorized_keys``, whatever name it typed. The chat is given the holder
+  (questions, tokens); the session cap counts it.
+- One session per connection, counted against ``max_sessions`` and, per holder,
   ``max_sessions_per_user``; over a cap the session is a one-line "server full" notice.
   A chat session is given a :class:`~kindlessh._session.SessionDeps`, never the
   :class:`ServerContext`.
@@ -33,9 +41,12 @@ from ._config import Config
 from ._enrol import Challenge, Enrolment
 from ._failcount import FailedLogins, count_failures
 from ._guard import Guard
+from ._guesses import GuessBudget
+from ._holders import key_holder, note_signed_keys
 from ._invites import Invites
 from ._keychoice import KeyChoice
 from ._password_login import PasswordLogin
+from ._probes import NameProbes
 from ._provider import Provider
 from ._quota import Quota
 from ._refused import RefusedSession
@@ -44,16 +55,24 @@ from ._session import Session, SessionDeps
 
 log = logging.getLogger("kindlessh.server")
 
-MAX_USERNAME = 32  # characters of a user name shown in logs and on screen
+MAX_USERNAME = 32  # characters in a user name, as in users_dir (and Linux's useradd)
+
+
+def username_problem(name: str) -> str | None:
+    """Why a user name is refused (one line for the client), or None when it is fine:
+    1 to :data:`MAX_USERNAME` characters, all printable (no escapes, no bidi marks)."""
+    if not name:
+        return "kindlessh: a user name must not be empty"
+    if len(name) > MAX_USERNAME:
+        return f"kindlessh: a user name has at most {MAX_USERNAME} characters"
+    if not name.isprintable() or sanitize_inline(name) != name:
+        return "kindlessh: a user name must be printable"
+    return None
 
 
 def acceptable_username(name: str) -> bool:
-    """A user name we accept: not empty, and printable (no escapes, no bidi marks).
-
-    Strategy: longer names are accepted and cut for display, as before; the account is
-    the sanitised name, which can never equal a ``users_dir`` name unless it is one.
-    """
-    return bool(name) and name.isprintable()
+    """A user name we accept (see :func:`username_problem`)."""
+    return username_problem(name) is None
 
 
 @dataclass
@@ -70,6 +89,8 @@ class ServerContext:
     passwords: PasswordLogin
     session: SessionDeps
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    probes: NameProbes = field(default_factory=lambda: NameProbes(8))
+    guesses: GuessBudget = field(default_factory=lambda: GuessBudget(10.0))
 
 
 class Connection(asyncssh.SSHServer):
@@ -86,9 +107,15 @@ class Connection(asyncssh.SSHServer):
         self._bad_name = False
         self._login_timer: asyncio.TimerHandle | None = None
         self._sessions = 0
-        self._session_user: str | None = None
-        self._enrol = Enrolment(ctx.invites, ctx.keys.users)
+        self._session_holder: str | None = None
+        self._enrol = Enrolment(ctx.invites, ctx.keys.users, budget=ctx.guesses)
         self._password_ok = False
+        self._names: set[str] = set()
+        self._probing = 0  # login names one too many from this address
+        self._personal = False  # the name tried last has its own keys file
+        self._signed_key: bytes | None = None  # the key the login was signed with
+        self._by_name = False  # logged in by the name's password or invite
+        self._holder: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -107,6 +134,10 @@ class Connection(asyncssh.SSHServer):
             self.ctx.config.server.login_timeout, self._login_expired
         )
         count_failures(conn, self._failures, self._too_many)
+        note_signed_keys(conn, self._signed)
+
+    def _signed(self, key_data: bytes) -> None:
+        self._signed_key = key_data
 
     def _too_many(self) -> None:
         log.info("%s: %d failed logins; disconnecting", self._addr, self._failures.limit)
@@ -130,10 +161,10 @@ class Connection(asyncssh.SSHServer):
         self._let_in = False
         if self._conn is not None:
             self.ctx.connections.discard(self._conn)
-        if self._session_user is not None:
-            self.ctx.guard.close_session(self._session_user)
-            self._session_user = None
-        failed = self._failures.failed + self._bad_name
+        if self._session_holder is not None:
+            self.ctx.guard.close_session(self._session_holder)
+            self._session_holder = None
+        failed = self._failures.failed + self._bad_name + self._probing
         self.ctx.guard.closed(
             self._addr, logged_in=self._logged_in, failed=failed, timed_out=self._timed_out
         )
@@ -141,21 +172,29 @@ class Connection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         conn = self._conn
         assert conn is not None
-        if not acceptable_username(username):
+        problem = username_problem(username)
+        if problem is not None:
             # Shown only by its length: the name itself may be an escape sequence.
             self._bad_name = True
             conn.set_authorized_keys(None)
             log.info(
-                "%s: refused a user name of %d characters that are not all printable",
-                self._addr, len(username),
+                "%s: refused a user name of %d characters: %s",
+                self._addr, len(username), problem.removeprefix("kindlessh: "),
             )
-            conn.disconnect(
-                asyncssh.DISC_ILLEGAL_USER_NAME, "kindlessh: a user name must be printable"
-            )
+            conn.disconnect(asyncssh.DISC_ILLEGAL_USER_NAME, problem)
             return True
+        if username not in self._names:
+            self._names.add(username)
+            if self.ctx.probes.tried(self._addr, username):
+                # Probing for names with an invite or a password: a failed login.
+                self._probing += 1
+                log.info("%s: tried more than %d login names lately",
+                         self._addr, self.ctx.probes.limit)
         self._password_ok = self.ctx.passwords.asks(username)
         self._enrol.begin(username)
-        choice = self.ctx.keys.choose(username, invite_pending=self._enrol.invite is not None)
+        choice = self.ctx.keys.choose(username, invite_pending=self._enrol.open)
+        self._personal = choice.personal
+        self._signed_key = None
         if choice.banner is not None:
             conn.send_auth_banner(choice.banner)
         # Always set, even to None: keys chosen for an earlier name must not carry over.
@@ -174,7 +213,9 @@ class Connection(asyncssh.SSHServer):
         return self._password_ok
 
     async def validate_password(self, username: str, password: str) -> bool:
-        return await self.ctx.passwords.check(username, password, addr=self._addr)
+        ok = await self.ctx.passwords.check(username, password, addr=self._addr)
+        self._by_name = self._by_name or ok
+        return ok
 
     def kbdint_auth_supported(self) -> bool:
         return self._enrol.asks()
@@ -189,6 +230,7 @@ class Connection(asyncssh.SSHServer):
             assert self._conn is not None
             self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reply.refusal)
             return False
+        self._by_name = self._by_name or reply.accepted
         return reply.accepted
 
     def auth_completed(self) -> None:
@@ -198,23 +240,30 @@ class Connection(asyncssh.SSHServer):
             self._login_timer = None
         self._logged_in = True
         self.ctx.guard.logged_in(self._addr)
-        user = sanitize_inline(str(self._conn.get_extra_info("username")), MAX_USERNAME)
-        log.info("%s logged in from %s", user, self._addr)
+        username = str(self._conn.get_extra_info("username"))
+        if self._personal or self._by_name or self._signed_key is None:
+            self._holder = username
+        else:
+            self._holder = key_holder(self._signed_key)
+        held = "" if self._holder == username else f" with {self._holder.removeprefix('key:')}"
+        log.info("%s logged in from %s%s", sanitize_inline(username), self._addr, held)
 
     def session_requested(self) -> Any:
         assert self._conn is not None
         if self._sessions:
             return False  # one chat per connection
         self._sessions += 1
-        username = sanitize_inline(
-            str(self._conn.get_extra_info("username") or "you"), MAX_USERNAME
-        )
-        full = self.ctx.guard.open_session(username)
+        # The name as typed: begin_auth refused any that is too long or unprintable.
+        username = str(self._conn.get_extra_info("username") or "you")
+        holder = self._holder or username
+        full = self.ctx.guard.open_session(holder, username)
         if full is not None:
-            log.info("%s from %s: %s", username, self._addr, full)
+            log.info("%s from %s: %s", sanitize_inline(username), self._addr, full)
             return RefusedSession(full)
-        self._session_user = username
+        self._session_holder = holder
         key_env = self._conn.get_key_option("environment", {})
         env = {str(k): str(v) for k, v in key_env.items()} if isinstance(key_env, dict) else {}
         env.update(self._enrol.env)  # the invite's profile, for this first login too
-        return Session(self.ctx.session, username, env, greeting=self._enrol.greeting)
+        return Session(
+            self.ctx.session, username, env, greeting=self._enrol.greeting, holder=holder
+        )

@@ -81,9 +81,11 @@ class Session(asyncssh.SSHServerSession[str]):
         username: str,
         key_env: dict[str, str] | None = None,
         greeting: str | None = None,
+        holder: str | None = None,
     ) -> None:
         self.deps = deps
         self.username = username
+        self.holder = holder or username  # whose limits the chat spends (._holders)
         self.key_env = key_env or {}
         self.greeting = greeting  # a line about the login itself (a key just registered)
         self._chan: asyncssh.SSHServerChannel[str] | None = None
@@ -248,13 +250,14 @@ class Session(asyncssh.SSHServerSession[str]):
         notices = [Notice(self.greeting)] if self.greeting else []
         notices += [Notice(text, "error") for text in deps.notices]
         self._input = ChannelInput()
-        chat = await deps.hub.resume(self.username)
+        chat = await deps.hub.resume(self.username, holder=self.holder)
         try:
             with create_app_session(input=self._input, output=output):
                 self.screen = ChatScreen(
                     chat,
                     hub=deps.hub,
                     username=self.username,
+                    quota=deps.hub.quota.of(self.holder),
                     profile=profile,
                     profiles={
                         n: make_profile(n, deps.ui, term, env, "a command")
