@@ -88,6 +88,10 @@ async def test_one_shared_key_under_many_names_gets_one_daily_budget(
         async with connected(server, username=f"day{i}") as term:
             outcomes.append(await _ask_once(term, fake_gemini, server))
     assert outcomes == ["answered", "answered", "refused", "refused"], outcomes
+    # /usage under yet another name shows the key's tokens, not the name's.
+    async with connected(server, username="day9", cols=100) as term:
+        await term.send("/usage\r")
+        await term.wait_for("Tokens today: 136")
     # The ledger is summed by holder, across restarts too.
     (holder,) = {row for row in await _ledger_holders(server)}
     assert holder.startswith("key:SHA256:")
