@@ -12,7 +12,8 @@ kindlessh invite --list | --revoke NAME [--config FILE]
 ```
 
 Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config, unusable
-host key, port in use) print one line to stderr and return 2; a user command that cannot
+host key, port in use, a conversation store that cannot be opened or written or is
+damaged) print one line to stderr and return 2; a user command that cannot
 be done prints one line and returns 1; no traceback. User commands change the files
 under ``[server] users_dir``; a running server picks the change up at the next login.
 ``serve`` tunes the process for serving (:func:`~kindlessh._process.tune_process`) once
@@ -37,7 +38,7 @@ from pathlib import Path
 from . import __version__
 from ._acceptlog import install_accept_log
 from ._config import Config, load_config
-from ._errors import ConfigError, UserError
+from ._errors import ConfigError, StoreError, UserError
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
 from ._passwords import Passwords
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             server_cfg = dataclasses.replace(server_cfg, port=args.port)
         config = dataclasses.replace(config, server=server_cfg)
         return asyncio.run(_serve(config))
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         sys.stderr.write(f"kindlessh: {exc}\n")
         return 2
     except OSError as exc:

@@ -31,6 +31,7 @@ from ._durations import span
 from ._errors import BudgetExceeded, InputRejected
 from ._hub import Hub, LiveConversation
 from ._profile import Profile
+from ._quota import UserQuota
 from ._sanitize import sanitize_inline
 
 KEYS_HELP = "Keys: Enter sends, Ctrl-C stops an answer, Ctrl-L repaints."
@@ -42,6 +43,7 @@ class Screen(Protocol):
     chat: LiveConversation
     hub: Hub
     profile: Profile
+    quota: UserQuota | None  # the limits of whoever holds the login
     show_thoughts: bool
 
     @property
@@ -225,7 +227,7 @@ async def _save(screen: Screen) -> None:
 
 def _retry(screen: Screen, args: list[str]) -> None:
     try:
-        screen.conversation.retry()
+        screen.conversation.retry(quota=screen.quota)
     except (InputRejected, BudgetExceeded) as exc:
         screen.say(str(exc), "error")
         return
@@ -238,8 +240,9 @@ def _usage(screen: Screen, args: list[str]) -> None:
 
 async def _report_usage(screen: Screen) -> None:
     user = screen.chat.user
-    counts = await screen.hub.usage(user)
-    status = screen.hub.quota.status(user)
+    holder = screen.quota.holder if screen.quota is not None else user
+    counts = await screen.hub.usage(user, holder=holder)
+    status = screen.hub.quota.status(holder)
     when = f"{status.resets_at:%H:%M} UTC, in {span(status.resets_in)}"
     lines = [
         f"Tokens today: {counts.counted:,} (input {counts.input_tokens:,}, output "

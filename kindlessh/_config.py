@@ -68,6 +68,8 @@ class ServerConfig:
     max_rekeys: int = 10
     max_resize_rate: float = 20.0
     max_resize_burst: int = 300
+    max_names_per_source: int = 8
+    password_checks_per_second: float = 10.0
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
@@ -109,6 +111,7 @@ class ChatConfig:
     """``[chat]``: limits on what a person sends."""
 
     max_prompt_chars: int = 4000
+    max_answer_chars: int = 32768
     finish_on_disconnect: bool = True
 
 
@@ -197,6 +200,10 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("server", "max_rekeys"): (lambda v: 1 <= v <= 3600, "a count from 1 to 3600"),
     ("server", "max_resize_rate"): (lambda v: v > 0, "a number above 0"),
     ("server", "max_resize_burst"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "max_names_per_source"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("server", "password_checks_per_second"): (
+        lambda v: 0.1 <= v <= 1000, "a number of checks from 0.1 to 1000"
+    ),
     ("server", "keepalive_interval"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("server", "keepalive_count_max"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_write_buffer"): (lambda v: v >= 4096, "a byte count of 4096 or more"),
@@ -220,6 +227,7 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
+    ("chat", "max_answer_chars"): (lambda v: v >= 1000, "a count of 1000 or more"),
     ("quota", "prompts"): (lambda v: v >= 0, "a count, 0 or more"),
     ("quota", "refill_seconds"): (lambda v: v > 0, "a number of seconds above 0"),
     ("quota", "daily_tokens"): (lambda v: v >= 0, "a count, 0 or more"),

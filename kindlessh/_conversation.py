@@ -15,9 +15,16 @@ Contract:
 - Each request carries the history of earlier turns that produced text (roles
   ``user``/``model``), then the new question.
 - :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
-- With a :class:`UserQuota`, a question must also be admitted by it (a refusal raises as
-  it does), waits for a shared upstream slot (the turn's ``status`` says how many are
-  ahead), and gives its usage back to the quota when its answer ends, however it ends.
+- An answer, and its thoughts, are kept to ``max_answer_chars`` characters each
+  (``[chat] max_answer_chars``): past it the text is cut there, the turn ends marked
+  ``truncated`` (incomplete), and the upstream response is closed, so an upstream that
+  never stops costs bounded memory.
+- With a :class:`UserQuota` (the conversation's, or the one :meth:`ask` is given: the
+  asker's, when screens of different holders share the conversation), a question must
+  also be admitted by it (a refusal raises as it does), records its holder in
+  ``Turn.holder`` (whose token ledger it counts in), waits for a shared upstream slot
+  (the turn's ``status`` says how many are ahead), and gives its usage back to the quota
+  when its answer ends, however it ends.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class Turn:
     cut: bool = False
     upstream: str = "the model"
     usage: Usage | None = None
+    holder: str | None = None  # whose limits the question spent (._holders)
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
@@ -85,6 +93,14 @@ class GenerationSettings:
     temperature: float | None = None
     max_output_tokens: int | None = None
     max_prompt_chars: int = ChatConfig.max_prompt_chars
+    max_answer_chars: int = ChatConfig.max_answer_chars
+
+
+def _capped(text: str, more: str, cap: int) -> tuple[str, bool]:
+    """``text + more`` kept to ``cap`` characters; True when the cap was reached."""
+    if len(text) + len(more) < cap:
+        return text + more, False
+    return (text + more)[:cap], True
 
 
 class Conversation:
@@ -134,8 +150,9 @@ class Conversation:
         """The last turn, if any."""
         return self.turns[-1] if self.turns else None
 
-    def ask(self, question: str) -> Turn:
-        """Start answering ``question``.
+    def ask(self, question: str, *, quota: UserQuota | None = None) -> Turn:
+        """Start answering ``question``, within ``quota`` (the limits of whoever asks;
+        default: the conversation's own).
 
         Raises:
             InputRejected: the question is empty or too long, or an answer is in flight.
@@ -152,7 +169,8 @@ class Conversation:
             )
         if self.answering:
             raise InputRejected("An answer is still coming; wait for it or press Ctrl-C.")
-        ticket = self.quota.admit() if self.quota is not None else None
+        quota = quota or self.quota
+        ticket = quota.admit() if quota is not None else None
         self._stop_note = ""
         history: list[Message] = []
         for turn in self.turns:
@@ -160,7 +178,10 @@ class Conversation:
                 history.append(Message("user", turn.question))
                 history.append(Message("model", turn.answer))
         history.append(Message("user", question))
-        turn = Turn(question, upstream=self.provider.name)
+        turn = Turn(
+            question, upstream=self.provider.name,
+            holder=quota.holder if quota is not None else None,
+        )
         self.turns.append(turn)
         request = ChatRequest(
             messages=tuple(history),
@@ -194,6 +215,8 @@ class Conversation:
 
     async def _run(self, turn: Turn, request: ChatRequest, ticket: Ticket | None) -> None:
         finish_message = ""
+        cap = self.settings.max_answer_chars
+        truncated = ""
         stream = stream_with_retries(
             self.provider, request, self.retry_policy, on_wait=self._waiting(turn)
         )
@@ -210,10 +233,16 @@ class Conversation:
                 async for event in events:
                     turn.status = None
                     if isinstance(event, TextDelta):
-                        turn.answer += event.text
                         turn.state = "streaming"
+                        turn.answer, full = _capped(turn.answer, event.text, cap)
+                        if full:
+                            truncated = "answer"
+                            break  # leaving the block closes the upstream response
                     elif isinstance(event, ThoughtDelta):
-                        turn.thoughts += event.text
+                        turn.thoughts, full = _capped(turn.thoughts, event.text, cap)
+                        if full:
+                            truncated = "thoughts"
+                            break
                     elif isinstance(event, Usage):
                         turn.usage = event
                         continue
@@ -224,6 +253,12 @@ class Conversation:
                         finish_message = event.message
                     self._changed()
             turn.state = "done"
+            if truncated:
+                turn.cut = True
+                turn.note = (
+                    f"truncated: the {truncated} reached {cap:,} characters, the most "
+                    "kept; the rest was not fetched"
+                )
             if not turn.answer and turn.note is None:
                 why = f" ({finish_message.rstrip('.')})" if finish_message else ""
                 turn.note = f"{self.provider.name} sent no text{why}; try asking differently"
@@ -259,8 +294,9 @@ class Conversation:
         turn.state = "failed"
         turn.note = f"interrupted: {message}" if turn.answer else message
 
-    def retry(self) -> Turn:
-        """Ask the last question again, replacing its answer.
+    def retry(self, *, quota: UserQuota | None = None) -> Turn:
+        """Ask the last question again, replacing its answer (``quota`` as for
+        :meth:`ask`).
 
         Raises:
             InputRejected: an answer is in flight, or there is nothing to retry.
@@ -271,7 +307,7 @@ class Conversation:
             raise InputRejected("Nothing to retry yet: ask a question first.")
         last = self.turns.pop()
         try:
-            return self.ask(last.question)
+            return self.ask(last.question, quota=quota)
         except BaseException:
             # Refused (too soon, budget spent...): the old answer stays, unchanged.
             self.turns.append(last)

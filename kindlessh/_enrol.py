@@ -2,17 +2,22 @@
 
 Contract:
 - One :class:`Enrolment` per connection. :meth:`Enrolment.begin` is told each login
-  name the client tries; while ``kindlessh invite NAME`` has an invite pending for it,
-  :meth:`Enrolment.offer` remembers the keys the client offers (at most
+  name the client tries. While ``kindlessh invite`` has an invite pending for *any*
+  name, every name is treated alike, so that the methods offered never tell who has an
+  invite: :meth:`Enrolment.offer` remembers the keys the client offers (at most
   :data:`MAX_OFFERED`, each once), and :meth:`Enrolment.asks` says keyboard-interactive
-  may be offered: only then, and only for :data:`MAX_CODE_TRIES` wrong codes.
+  may be offered, for :data:`MAX_CODE_TRIES` wrong codes. With no invite pending at all
+  it is never offered.
 - :meth:`Enrolment.challenge` asks for the code (naming the fingerprint of the first
-  key offered), or carries the line that refuses: no key was offered, or the invite is
-  gone (expired or revoked since the login began).
-- :meth:`Enrolment.answer` checks the typed code (off the event loop: scrypt) and
-  returns a :class:`Reply`: accepted (the first key offered is now the user's, with the
-  invite's profile), try again, or a refusal line to end the connection with. After an
-  accepted code, :attr:`Enrolment.greeting` is the line the chat opens with and
+  key offered), or carries the line that refuses: no key was offered, or the name's
+  invite is gone (expired or revoked since the login began). A name that never had an
+  invite is asked all the same.
+- :meth:`Enrolment.answer` checks the typed code (off the event loop: scrypt, within the
+  server's :class:`~kindlessh._guesses.GuessBudget`; a name without an invite costs the
+  same scrypt and is a wrong code; a code over the budget is a wrong code, unchecked)
+  and returns a :class:`Reply`: accepted (the first key offered is now the user's, with
+  the invite's profile), try again, or a refusal line to end the connection with. After
+  an accepted code, :attr:`Enrolment.greeting` is the line the chat opens with and
   :attr:`Enrolment.env` carries the invite's profile for this first login.
 - The code is what authorises the key: SSH clients name a key before signing with it,
   and a refused key is never signed, so the key is registered as offered; only a device
@@ -21,7 +26,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from datetime import UTC, datetime
 import asyncssh
 
 from ._errors import UserError
+from ._guesses import GuessBudget
 from ._invites import Invite, Invites
 from ._users import PROFILE_VAR, KeyEntry, Users, valid_name
 
@@ -42,8 +47,8 @@ GONE = (
     "for a new one"
 )
 NO_CLIENT_KEY = (
-    "kindlessh: an invite is waiting for you, but your SSH client offered no key to "
-    "register. Make one, then connect again:\n"
+    "kindlessh: an invite code registers the key your SSH client offers, and it "
+    "offered none. Make one, then connect again:\n"
     "  Dropbear: dropbearkey -t ed25519 -f ~/.ssh/id_dropbear\n"
     "  OpenSSH:  ssh-keygen -t ed25519"
 )
@@ -83,12 +88,15 @@ class Enrolment:
         *,
         addr: str = "?",
         now: Callable[[], datetime] = _utc_now,
+        budget: GuessBudget | None = None,
     ) -> None:
         self._invites = invites
         self._users = users
+        self._budget = budget or GuessBudget(rate=1000.0, at_once=1000)
         self.addr = addr
         self._now = now
-        self.invite: Invite | None = None
+        self.invite: Invite | None = None  # the name's own invite, when it has one
+        self.open = False  # some name has an invite: every name is asked for a code
         self.offered: list[asyncssh.SSHKey] = []
         self.tries = 0  # wrong codes typed on this connection
         self.greeting: str | None = None
@@ -99,6 +107,11 @@ class Enrolment:
         """A login as ``name`` begins: forget the keys offered for any earlier name."""
         self.offered = []
         self.invite = self._pending(name) if valid_name(name) else None
+        try:
+            self.open = self.invite is not None or self._invites.any_pending(self._now())
+        except UserError as exc:
+            log.warning("%s", exc)
+            self.open = False
 
     def _pending(self, name: str) -> Invite | None:
         try:
@@ -109,18 +122,19 @@ class Enrolment:
 
     def offer(self, key: asyncssh.SSHKey) -> None:
         """The client offered ``key``, which no file authorizes: remember it if an invite
-        is pending."""
+        is pending (for any name)."""
         known = {k.public_data for k in self.offered}
         # Dropbear offers its default key again when -i names the same file.
-        if self.invite is not None and len(known) < MAX_OFFERED and key.public_data not in known:
+        if self.open and len(known) < MAX_OFFERED and key.public_data not in known:
             self.offered.append(key)
 
     def asks(self) -> bool:
-        """Keyboard-interactive is offered: an invite is pending and tries are left.
+        """Keyboard-interactive is offered: an invite is pending (for any name) and tries
+        are left.
 
         Nothing else is ever asked by keyboard, so no password can be guessed there.
         """
-        return self.invite is not None and self.tries < MAX_CODE_TRIES
+        return self.open and self.tries < MAX_CODE_TRIES
 
     def challenge(self, name: str) -> Challenge:
         """The prompt for the code, or (with no prompt) the line that refuses."""
@@ -128,7 +142,7 @@ class Enrolment:
         self._refusal = None
         if not self.offered:
             self._refusal = NO_CLIENT_KEY
-        elif self._pending(name) is None:
+        elif self.invite is not None and self._pending(name) is None:
             self._refusal = GONE.format(name=name)
         if self._refusal is not None:
             return ("", self._refusal + "\n", "", ())
@@ -160,12 +174,16 @@ class Enrolment:
         try:
             # scrypt takes a few tens of milliseconds, and the key file is written:
             # off the event loop. The invite is used up only once the key is stored.
-            outcome, invite = await asyncio.to_thread(
-                self._invites.redeem, name, str(responses[0]), self._now(), enrol
+            typed, now = str(responses[0]), self._now()
+            checked = await self._budget.run(
+                lambda: self._invites.redeem(name, typed, now, enrol)
             )
         except UserError as exc:
             log.error("could not register a key for %s: %s", name, exc)
             return Reply(refusal=NOT_STORED)
+        outcome, invite = checked if checked is not None else ("wrong", None)
+        if outcome == "gone" and self.invite is None:
+            outcome = "wrong"  # no invite to lose: a wrong code, as for any name
         if outcome == "gone":
             return Reply(refusal=GONE.format(name=name))
         if outcome == "wrong" or invite is None:

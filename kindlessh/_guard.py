@@ -25,7 +25,8 @@ Contract:
   unpenalised rather than evict others (OpenSSH's "permissive" overflow), so memory stays
   bounded under a spoofed flood.
 - :meth:`Guard.open_session` and :meth:`Guard.close_session` count chat sessions:
-  ``max_sessions`` in all and ``max_sessions_per_user`` per user name. Over a cap,
+  ``max_sessions`` in all and ``max_sessions_per_user`` per holder (:mod:`._holders`:
+  a user, or one shared key whatever names it logs in as). Over a cap,
   ``open_session`` returns the one "server full" line to show instead of the chat.
 - :meth:`Guard.open_connection` and :meth:`Guard.close_connection` count logged-in
   connections: ``max_connections`` in all and ``max_connections_per_user`` per user.
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_address
 
 from ._config import ServerConfig, parse_networks
+from ._sanitize import sanitize_inline
 
 log = logging.getLogger("kindlessh.guard")
 
@@ -220,8 +222,9 @@ class Guard:
         """Chat sessions open now."""
         return self._sessions_total
 
-    def open_session(self, user: str) -> str | None:
-        """Count a new chat session for ``user`` (None), or the "server full" line."""
+    def open_session(self, user: str, name: str | None = None) -> str | None:
+        """Count a new chat session for the holder ``user`` (None), or the "server full"
+        line; ``name`` is the login name the line speaks to (default ``user``)."""
         cfg = self.config
         if self._sessions_total >= cfg.max_sessions:
             return (
@@ -229,9 +232,10 @@ class Guard:
                 "takes. Try again later."
             )
         if self._sessions.get(user, 0) >= cfg.max_sessions_per_user:
+            shown = sanitize_inline(name if name is not None else user, 40)
             return (
-                f"server full for {user}: {cfg.max_sessions_per_user} chats are open under "
-                "this name, the most allowed. Close one and try again."
+                f"server full for {shown}: {cfg.max_sessions_per_user} chats are open under "
+                "this name or key, the most allowed. Close one and try again."
             )
         self._sessions[user] = self._sessions.get(user, 0) + 1
         self._sessions_total += 1

@@ -14,7 +14,9 @@ Contract:
   stands. A chat with no screen and no answer leaves memory; the store keeps it.
 - Users only ever reach their own conversations.
 - Every connection's first chat (:meth:`Hub.resume`, :meth:`Hub.open`) first has the
-  user's tokens of today loaded into the quota, so their budget holds across restarts.
+  tokens of today of the login's holder (:mod:`._holders`; the user name when none is
+  given) loaded into the quota, so the budget holds across restarts. Conversations
+  belong to the name; limits and token counts to the holder.
 - :meth:`Hub.aclose` (server shutdown) stops every answer, marking it interrupted, saves
   everything and closes the store.
 """
@@ -145,9 +147,10 @@ class Hub:
         for chat in [c for c in self.chats if c.user == user and c.closed]:
             await chat.dropped.wait()
 
-    async def resume(self, user: str) -> LiveConversation:
-        """The chat a new connection of ``user`` starts with (see the module contract)."""
-        await self.quota.load(user)
+    async def resume(self, user: str, *, holder: str | None = None) -> LiveConversation:
+        """The chat a new connection of ``user`` starts with (see the module contract);
+        ``holder`` holds the login (default: the name)."""
+        await self.quota.load(holder or user)
         await self._dropping(user)
         mine = [c for c in self.chats if c.user == user and not c.closed]
         if mine:
@@ -227,10 +230,14 @@ class Hub:
         for chat in [c for c in self.chats if c.user == user]:
             await chat.recorder.flush()
 
-    async def usage(self, user: str) -> Usage:
-        """``user``'s tokens of today (UTC) by kind, every finished answer included."""
-        await self._flush(user)
-        return await self.store.token_counts(user, day_start(self.quota.now()))
+    async def usage(self, user: str, *, holder: str | None = None) -> Usage:
+        """The tokens of today (UTC) of ``holder`` (default: ``user``), by kind, every
+        finished answer included, whichever of its names asked."""
+        holder = holder or user
+        for chat in self.chats:
+            if chat.user == user or any(t.holder == holder for t in chat.conversation.turns):
+                await chat.recorder.flush()
+        return await self.store.token_counts(holder, day_start(self.quota.now()))
 
     async def title(self, user: str, conversation_id: int) -> ConversationRow:
         """One of ``user``'s conversations, for a confirmation question.

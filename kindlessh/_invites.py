@@ -9,11 +9,11 @@ Contract:
   one invite is pending per name: a new one replaces the old. Invites expire; expired
   ones are dropped whenever the file is written.
 - :meth:`Invites.redeem` checks a typed code (in constant time, and outside the lock:
-  scrypt is slow) and, when it is right and the invite is still the same one, runs the
-  caller's enrolment and consumes the invite in one locked step: a code works once, and
-  an enrolment that fails leaves the invite standing. Counting wrong tries is the
-  caller's part. Codes are typed on an on-screen keyboard, so case, spaces and
-  hyphens in what is typed do not matter.
+  scrypt is slow; a name with no invite costs the same scrypt) and, when it is right and
+  the invite is still the same one, runs the caller's enrolment and consumes the invite
+  in one locked step: a code works once, and an enrolment that fails leaves the invite
+  standing. Counting wrong tries is the caller's part. Codes are typed on an on-screen
+  keyboard, so case, spaces and hyphens in what is typed do not matter.
 - One :class:`Invites` lives as long as the server: :meth:`Invites.pending` reads the
   file again only when it has changed (:mod:`._watched`), so an invite made by
   ``kindlessh invite`` while the server runs counts at the next login. Every
@@ -204,6 +204,24 @@ class Invites:
         invite = self._invite(name, record) if isinstance(record, dict) else None
         return invite if invite is not None and invite.left(now) > timedelta(0) else None
 
+    def any_pending(self, now: datetime) -> bool:
+        """True while some name has an unexpired invite (a read; nothing is written).
+
+        Raises:
+            UserError: the file cannot be read or is not JSON.
+        """
+        try:
+            records = self._seen.get()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise UserError(f"cannot read the invites in {self.path}: {exc}") from exc
+        for name, record in records.items():
+            invite = self._invite(name, record) if isinstance(record, dict) else None
+            if invite is not None and invite.left(now) > timedelta(0):
+                return True
+        return False
+
     def redeem(
         self,
         name: str,
@@ -228,6 +246,9 @@ class Invites:
             record = records.get(name)
         invite = self._invite(name, record) if isinstance(record, dict) else None
         if invite is None or record is None:
+            # The same scrypt as a real check: how long the answer takes must not tell
+            # whether the name had an invite.
+            _hash(code, secrets.token_bytes(16))
             return "gone", None
         try:
             salt = base64.b64decode(record["salt"])

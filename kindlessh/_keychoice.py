@@ -33,10 +33,12 @@ NO_KEYS_BANNER = (
 
 @dataclass(frozen=True)
 class Choice:
-    """The keys for one name (None: no key logs in) and a banner to send, if any."""
+    """The keys for one name (None: no key logs in), a banner to send, if any, and
+    whether they are the name's own (its user file) rather than the shared ones."""
 
     keys: asyncssh.SSHAuthorizedKeys | None
     banner: str | None = None
+    personal: bool = False
 
 
 class KeyChoice:
@@ -54,7 +56,7 @@ class KeyChoice:
             keys = user_keys.get()
             if keys is None and user_keys.error:
                 log.warning("%s", user_keys.error)
-            return Choice(keys)
+            return Choice(keys, personal=True)
         keys = self.authorized.get()
         if keys is None and not invite_pending and not self.users.names():
             return Choice(None, NO_KEYS_BANNER)

@@ -5,7 +5,8 @@ Contract:
   files 0600, written atomically), holding ``scrypt$N$r$p$salt$hash``: never the password.
 - :meth:`Passwords.check` compares in constant time and is slow on purpose (about 50 ms
   of scrypt): the server runs it off the event loop, and failed logins are limited and
-  penalised like failed keys.
+  penalised like failed keys. A name without a password costs the same scrypt (against
+  a decoy hash), so how long a refusal takes does not tell who has one.
 - A password shorter than :data:`MIN_LENGTH` is refused. Refusals raise
   :class:`~kindlessh._errors.UserError` with a message for the owner.
 - The server accepts passwords only when ``[server] password_auth`` is true (off by
@@ -72,6 +73,11 @@ class Passwords:
     def __init__(self, users_dir: Path) -> None:
         self.root = users_dir.parent / "passwords"
         self._watched: dict[str, Watched[str | None]] = {}
+        # Same parameters as a real hash, random salt and digest: checking against it
+        # costs one scrypt and never matches.
+        b64 = base64.b64encode
+        salt, digest = secrets.token_bytes(16), secrets.token_bytes(32)
+        self._decoy = f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -109,6 +115,7 @@ class Passwords:
         """True when ``password`` is ``name``'s. A file others may write is not trusted."""
         if not self.has(name):
             self._watched.pop(name, None)  # only files that exist are watched
+            verify_password(password, self._decoy)
             return False
         watched = self._watched.get(name)
         if watched is None:

@@ -12,12 +12,15 @@ Contract:
   Otherwise it takes one prompt from the bucket and returns a :class:`Ticket`: the user's
   one answer in flight, until :meth:`Ticket.finish` (idempotent) gives back its usage.
 - Buckets hold ``prompts`` and regain one every ``refill_seconds``, continuously.
-- Daily tokens are input + output + thinking (:attr:`Usage.counted`), per UTC day. The store's
-  ledger is the record and survives restarts: :meth:`Quota.load` reads a user's total
-  for today once (every connection calls it); from then on each finished answer adds its
-  usage in memory, as the recorder adds it to the ledger. A user never loaded is refused.
-  The answer that crosses the budget is finished; with one answer per user the overshoot
-  is at most that answer.
+- Every limit here belongs to a *holder* (:mod:`._holders`), not to the name typed: a
+  user with their own keys file, or one key of the shared ``authorized_keys`` whatever
+  names it logs in as. "User" below means holder.
+- Daily tokens are input + output + thinking (:attr:`Usage.counted`), per UTC day. The
+  store's ledger is the record, summed by holder, and survives restarts:
+  :meth:`Quota.load` reads a holder's total for today once (every connection calls it);
+  from then on each finished answer adds its usage in memory, as the recorder adds it to
+  the ledger. A user never loaded is refused. The answer that crosses the budget is
+  finished; with one answer per user the overshoot is at most that answer.
 - :meth:`Ticket.slot` holds one of ``max_upstream`` slots shared by every user around the
   upstream request. Waiters queue first come, first served; ``on_wait(ahead)`` tells each
   how many are ahead whenever that changes. A waiter gives up after ``queue_timeout``
@@ -182,7 +185,7 @@ class UsageStatus:
 
 
 class Quota:
-    """The limits of every user of one server, and the shared upstream slots."""
+    """The limits of every holder of one server, and the shared upstream slots."""
 
     def __init__(self, config: QuotaConfig, store: Store) -> None:
         self.config = config
@@ -191,29 +194,29 @@ class Quota:
         self.now: Callable[[], datetime] = utcnow
         self.slots = Slots(config.max_upstream, config.queue_timeout)
         self._buckets: dict[str, Bucket] = {}
-        self._used: dict[str, tuple[date, int]] = {}  # user -> (UTC day, tokens that day)
+        self._used: dict[str, tuple[date, int]] = {}  # holder -> (UTC day, tokens that day)
         self._in_flight: set[str] = set()
 
-    def of(self, user: str) -> UserQuota:
+    def of(self, holder: str) -> UserQuota:
         """``user``'s view of the limits, for one conversation."""
-        return UserQuota(self, user)
+        return UserQuota(self, holder)
 
-    async def load(self, user: str) -> None:
+    async def load(self, holder: str) -> None:
         """Read ``user``'s tokens of today from the store, unless known already."""
         today = self._today()
-        if self._used.get(user, (None, 0))[0] == today:
+        if self._used.get(holder, (None, 0))[0] == today:
             return
-        used = await self.store.tokens_used(user, day_start(self.now()))
+        used = await self.store.tokens_used(holder, day_start(self.now()))
         # Another connection's load may have landed while this one read: keep that one.
-        if self._used.get(user, (None, 0))[0] != today:
-            self._used[user] = (today, used)
+        if self._used.get(holder, (None, 0))[0] != today:
+            self._used[holder] = (today, used)
 
     def _today(self) -> date:
         return self.now().astimezone(UTC).date()
 
-    def tokens_today(self, user: str) -> int | None:
+    def tokens_today(self, holder: str) -> int | None:
         """``user``'s tokens of today, None if never loaded."""
-        entry = self._used.get(user)
+        entry = self._used.get(holder)
         if entry is None:
             return None
         day, used = entry
@@ -221,15 +224,15 @@ class Quota:
         # admitted, and so counted, after this entry was last touched.
         return used if day == self._today() else 0
 
-    def _bucket(self, user: str) -> Bucket:
-        bucket = self._buckets.get(user)
+    def _bucket(self, holder: str) -> Bucket:
+        bucket = self._buckets.get(holder)
         if bucket is None:
             now = self.clock()
             if len(self._buckets) >= MAX_IDLE_BUCKETS:
                 for name in [n for n, b in self._buckets.items() if b.full(now)]:
                     del self._buckets[name]
             bucket = Bucket(self.config.prompts, self.config.refill_seconds, now)
-            self._buckets[user] = bucket
+            self._buckets[holder] = bucket
         return bucket
 
     def _resets(self) -> tuple[datetime, float]:
@@ -237,15 +240,15 @@ class Quota:
         resets_at = day_start(now) + timedelta(days=1)
         return resets_at, (resets_at - now).total_seconds()
 
-    def admit(self, user: str) -> Ticket:
+    def admit(self, holder: str) -> Ticket:
         """See :meth:`UserQuota.admit`."""
-        if user in self._in_flight:
+        if holder in self._in_flight:
             raise InputRejected(
                 "An answer to another of your questions is still coming (one at a time per "
                 "person); wait for it, or stop it there with Ctrl-C."
             )
         budget = self.config.daily_tokens
-        used = self.tokens_today(user)
+        used = self.tokens_today(holder)
         if budget and used is None:
             raise InputRejected("Your usage of today is still being counted; ask again.")
         if budget and used is not None and used >= budget:
@@ -255,29 +258,29 @@ class Quota:
                 f"{resets_at:%H:%M} UTC, in {span(resets_in)}."
             )
         if self.config.prompts:
-            bucket = self._bucket(user)
+            bucket = self._bucket(holder)
             wait = bucket.wait(self.clock())
             if wait:
                 raise BudgetExceeded(f"Slow down: you can ask again in {span(wait)}.")
             bucket.take(self.clock())
-        self._in_flight.add(user)
-        return Ticket(self, user, self._today())
+        self._in_flight.add(holder)
+        return Ticket(self, holder, self._today())
 
     def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
-        self._in_flight.discard(ticket.user)
+        self._in_flight.discard(ticket.holder)
         if usage is None:
             return
         tokens = usage.counted  # as the store's ledger counts them
-        day, used = self._used.get(ticket.user, (ticket.day, 0))
+        day, used = self._used.get(ticket.holder, (ticket.day, 0))
         if day == ticket.day:
-            self._used[ticket.user] = (day, used + tokens)
+            self._used[ticket.holder] = (day, used + tokens)
         elif day < ticket.day:  # the first answer admitted on a new day
-            self._used[ticket.user] = (ticket.day, tokens)
+            self._used[ticket.holder] = (ticket.day, tokens)
 
-    def status(self, user: str) -> UsageStatus:
+    def status(self, holder: str) -> UsageStatus:
         """``user``'s limits now."""
         resets_at, resets_in = self._resets()
-        prompts = self._bucket(user).available(self.clock()) if self.config.prompts else None
+        prompts = self._bucket(holder).available(self.clock()) if self.config.prompts else None
         return UsageStatus(
             prompts_now=prompts,
             daily_tokens=self.config.daily_tokens,
@@ -291,27 +294,27 @@ class Quota:
 class UserQuota:
     """One user's limits, as one conversation sees them."""
 
-    def __init__(self, quota: Quota, user: str) -> None:
+    def __init__(self, quota: Quota, holder: str) -> None:
         self.quota = quota
-        self.user = user
+        self.holder = holder
 
     def admit(self) -> Ticket:
-        """Let one question of this user go ahead (see the module contract).
+        """Let one question of this holder go ahead (see the module contract).
 
         Raises:
-            InputRejected: an answer of the user is already coming, or the day's usage is
+            InputRejected: an answer of the holder is already coming, or the day's usage is
                 not known yet.
             BudgetExceeded: the daily budget is spent, or the prompt bucket is empty.
         """
-        return self.quota.admit(self.user)
+        return self.quota.admit(self.holder)
 
 
 class Ticket:
     """One admitted question: the user's answer in flight."""
 
-    def __init__(self, quota: Quota, user: str, day: date) -> None:
+    def __init__(self, quota: Quota, holder: str, day: date) -> None:
         self.quota = quota
-        self.user = user
+        self.holder = holder
         self.day = day
         self.finished = False
 
@@ -323,7 +326,7 @@ class Ticket:
         return self.quota.slots.hold(on_wait, upstream)
 
     def finish(self, usage: Usage | None) -> None:
-        """The answer ended: count ``usage`` and let the user ask again. Idempotent."""
+        """The answer ended: count ``usage`` and let the holder ask again. Idempotent."""
         if not self.finished:
             self.finished = True
             self.quota._finish(self, usage)

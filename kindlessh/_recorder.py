@@ -146,6 +146,7 @@ class Recorder:
                 note=turn.note,
                 finish_reason=turn.finish_reason or None,
                 usage=turn.usage,
+                holder=turn.holder,
                 duration_ms=round(turn.duration * 1000),
             )
             self._finished.add(turn)

@@ -49,6 +49,7 @@ from ._inputline import InputLine
 from ._keyreader import RefusedPaste
 from ._paint import Transcript
 from ._profile import Profile
+from ._quota import UserQuota
 from ._sanitize import sanitize_inline
 from ._scrollback import Scrollback
 from ._statusline import fit, status_texts
@@ -78,6 +79,8 @@ class ChatScreen:
         chat: the conversation to show first (where questions go).
         hub: where the person's other conversations are (/new, /history, /open...).
         username: the account name, shown in the welcome line.
+        quota: the limits of whoever holds this login (:mod:`._holders`); questions
+            asked here spend them, whichever conversation is shown.
         profile: the screen profile to start with.
         profiles: the profiles ``/eink`` and ``/smooth`` switch to.
         notices: lines to show first (e.g. a missing API key).
@@ -92,6 +95,7 @@ class ChatScreen:
         hub: Hub,
         username: str,
         profile: Profile,
+        quota: UserQuota | None = None,
         profiles: dict[str, Profile] | None = None,
         notices: list[Notice] | None = None,
         pace: Callable[[float], float] | None = None,
@@ -100,6 +104,7 @@ class ChatScreen:
         self.chat = chat
         self.hub = hub
         self.username = username
+        self.quota = quota
         self._unsubscribe: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: Callable[[str], bool] | None = None  # takes the next line typed
@@ -302,7 +307,7 @@ class ChatScreen:
             self.command(text.strip())
             return
         try:
-            self.conversation.ask(text)
+            self.conversation.ask(text, quota=self.quota)
         except (InputRejected, BudgetExceeded) as exc:
             self.say(str(exc), "error")
             return

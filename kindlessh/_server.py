@@ -27,6 +27,7 @@ from ._connection import Connection, ServerContext
 from ._conversation import Conversation, GenerationSettings
 from ._gemini import GeminiProvider, setup_notice
 from ._guard import Guard
+from ._guesses import GuessBudget
 from ._hub import Hub
 from ._invites import Invites
 from ._keychoice import KeyChoice
@@ -39,6 +40,7 @@ from ._keys import (
 from ._pace import Pace
 from ._password_login import PasswordLogin
 from ._passwords import Passwords
+from ._probes import NameProbes
 from ._provider import Provider
 from ._quota import Quota
 from ._session import SessionDeps
@@ -163,6 +165,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         temperature=gemini.temperature,
         max_output_tokens=gemini.max_output_tokens,
         max_prompt_chars=config.chat.max_prompt_chars,
+        max_answer_chars=config.chat.max_answer_chars,
     )
     retry = gemini.retry
     hub = Hub(
@@ -174,6 +177,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         export_dir=config.storage.export_dir,
     )
     srv = config.server
+    guesses = GuessBudget(srv.password_checks_per_second)
     ctx = ServerContext(
         config=config,
         provider=upstream,
@@ -181,7 +185,9 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         guard=Guard(srv),
         keys=KeyChoice(Users(srv.users_dir), AuthorizedKeys(srv.authorized_keys)),
         invites=Invites.beside(srv.users_dir),
-        passwords=PasswordLogin(Passwords(srv.users_dir), enabled=srv.password_auth),
+        passwords=PasswordLogin(
+            Passwords(srv.users_dir), enabled=srv.password_auth, budget=guesses
+        ),
         session=SessionDeps(
             hub=hub,
             pace=Pace(),
@@ -192,6 +198,8 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             max_resize_burst=srv.max_resize_burst,
             notices=tuple(n for n in [setup_notice(gemini)] if n is not None),
         ),
+        probes=NameProbes(srv.max_names_per_source),
+        guesses=guesses,
     )
     try:
         acceptor = await _listen(ctx, [k for k in (host_key, rsa_host_key) if k is not None])

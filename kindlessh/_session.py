@@ -96,9 +96,11 @@ class Session(asyncssh.SSHServerSession[str]):
         username: str,
         key_env: dict[str, str] | None = None,
         greeting: str | None = None,
+        holder: str | None = None,
     ) -> None:
         self.deps = deps
         self.username = username
+        self.holder = holder or username  # whose limits the chat spends (._holders)
         self.key_env = key_env or {}
         self.greeting = greeting  # a line about the login itself (a key just registered)
         self._chan: asyncssh.SSHServerChannel[str] | None = None
@@ -302,7 +304,7 @@ class Session(asyncssh.SSHServerSession[str]):
         notices = [Notice(self.greeting)] if self.greeting else []
         notices += [Notice(text, "error") for text in deps.notices]
         self._input = ChannelInput(pause=chan.pause_reading, resume=chan.resume_reading)
-        chat = await deps.hub.resume(self.username)
+        chat = await deps.hub.resume(self.username, holder=self.holder)
         # A bracketed paste longer than the input line holds is refused unread.
         self._input.max_paste = 2 * chat.conversation.settings.max_prompt_chars
         try:
@@ -311,6 +313,7 @@ class Session(asyncssh.SSHServerSession[str]):
                     chat,
                     hub=deps.hub,
                     username=self.username,
+                    quota=deps.hub.quota.of(self.holder),
                     profile=profile,
                     profiles={
                         n: make_profile(n, deps.ui, term, env, "a command")

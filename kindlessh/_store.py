@@ -18,7 +18,12 @@ Contract:
   ``input_tokens``, ``output_tokens`` and ``thoughts_tokens`` (no total: read back, the
   total is their sum). They go to a ledger (``token_usage``) when a turn finishes. The
   ledger outlives the turn, so deleting a conversation or retrying an answer does not
-  give a user their budget back (DESIGN D5).
+  give a user their budget back (DESIGN D5). Each ledger row names its *holder*
+  (:mod:`._holders`: the user, or the shared key that asked, whatever name it typed),
+  and daily sums (:meth:`Store.tokens_used`, :meth:`Store.token_counts`) are by holder.
+- :meth:`Store.open` also runs ``PRAGMA quick_check``: a damaged file stops the start
+  with :class:`StoreError`, as does a file or folder the server may not write; every
+  message names the file and says what to do, in one line.
 - SQLite failures are raised as :class:`~kindlessh._errors.StoreError` (a missing
   conversation as its subclass ``ConversationNotFound``), whose message is for the
   reader; both are re-exported from here.
@@ -172,9 +177,19 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX token_usage_user_started ON token_usage (user, started_at)")
 
 
+def m002_token_holder(conn: sqlite3.Connection) -> None:
+    # Limits follow whoever holds the login, not the name typed (issue 18): the ledger
+    # is summed by holder. Rows from before were counted by name; they keep it.
+    conn.execute("ALTER TABLE token_usage ADD COLUMN holder TEXT")
+    conn.execute("UPDATE token_usage SET holder = user")
+    conn.execute(
+        "CREATE INDEX token_usage_holder_started ON token_usage (holder, started_at)"
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (m001_initial,)
+MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_token_holder)
 
 
 @contextlib.contextmanager
@@ -242,14 +257,56 @@ def _make_dirs(directory: Path) -> None:
             path.mkdir(mode=0o700)
 
 
+_CANNOT_WRITE = (
+    "kindlessh must be able to write it and its folder (the -wal and -shm files go "
+    "beside it): check their owner and mode, or set [storage] path"
+)
+_DAMAGED = (
+    "the file is damaged; move it away (a new one is made at the next start) or put "
+    "back a backup"
+)
+
+
+def _explain(path: Path, exc: BaseException) -> str:
+    """One line for the owner: what went wrong with the store at ``path``, and the fix."""
+    text = str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
+    lowered = text.lower()
+    if isinstance(exc, OSError) or any(
+        word in lowered for word in ("readonly", "read-only", "unable to open", "permission")
+    ):
+        hint = _CANNOT_WRITE
+    elif any(word in lowered for word in ("not a database", "malformed", "corrupt")):
+        hint = _DAMAGED
+    else:
+        hint = "see the server's log"
+    return f"Cannot open the conversation store {path}: {text.rstrip('.')}; {hint}."
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check``: refuse a damaged file before anything is written to it.
+
+    Strategy: quick_check reads every page but skips the index-content checks of
+    integrity_check, so it is linear in the file and takes well under a second for a
+    chat history; it runs once, at start, on the store's own thread.
+    """
+    rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)").fetchall()]
+    if rows != ["ok"]:
+        raise StoreError(
+            f"Cannot open the conversation store {path}: quick_check found "
+            f"{' '.join(rows)[:120]!r}; {_DAMAGED}."
+        )
+
+
 def _connect(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
-    """Open (creating) the database, set the pragmas and migrate; runs on the store thread."""
+    """Open (creating) the database, check it, set the pragmas and migrate; runs on the
+    store thread."""
     _make_dirs(path.parent)
     # Create the file ourselves so it is private from the first byte; SQLite gives its
     # -wal and -shm files the same mode as the database.
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        _quick_check(conn, path)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(
@@ -346,8 +403,9 @@ class Store:
             clock: returns the current time, aware (injectable for tests).
 
         Raises:
-            StoreError: the file cannot be created or opened, is not a database, cannot
-                use WAL, or a migration failed.
+            StoreError: the file cannot be created, opened or written, is not a
+                database, is damaged (``PRAGMA quick_check``), cannot use WAL, or a
+                migration failed; the message is one line naming the file and the fix.
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kindlessh-store")
         try:
@@ -355,7 +413,7 @@ class Store:
             conn = await asyncio.shield(asyncio.wrap_future(future))
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
-            raise StoreError(f"Cannot open the conversation store {path}: {exc}") from exc
+            raise StoreError(_explain(path, exc)) from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -595,6 +653,7 @@ class Store:
         finish_reason: str | None = None,
         usage: Usage | None = None,
         duration_ms: int | None = None,
+        holder: str | None = None,
     ) -> bool:
         """Store a turn's final text and outcome, and record its tokens in the ledger.
 
@@ -605,6 +664,7 @@ class Store:
             finish_reason: the upstream's own word for the end, kept as received.
             usage: the answer's last token counts, if any were reported.
             duration_ms: how long the answer took.
+            holder: whose limits the question spent (default: the conversation's user).
 
         Returns:
             False when the turn no longer exists (its conversation was deleted meanwhile).
@@ -635,15 +695,16 @@ class Store:
                 if usage is not None and usage.counted:
                     # An upsert: finishing a turn twice replaces its ledger entry.
                     conn.execute(
-                        "INSERT INTO token_usage (user, turn_id, model, started_at, "
+                        "INSERT INTO token_usage (user, holder, turn_id, model, started_at, "
                         "input_tokens, output_tokens, thoughts_tokens) "
-                        "SELECT c.user, t.id, t.model, t.started_at, ?, ?, ? "
+                        "SELECT c.user, COALESCE(?, c.user), t.id, t.model, t.started_at, "
+                        "?, ?, ? "
                         "FROM turns t JOIN conversations c ON c.id = t.conversation_id "
                         "WHERE t.id = ? "
                         "ON CONFLICT (turn_id) DO UPDATE SET input_tokens = excluded.input_tokens, "
                         "output_tokens = excluded.output_tokens, "
                         "thoughts_tokens = excluded.thoughts_tokens",
-                        (*counts, turn_id),
+                        (holder, *counts, turn_id),
                     )
                 _touch_conversation_of_turn(conn, turn_id, now)
                 return True
@@ -692,16 +753,16 @@ class Store:
             log.warning("marked %d interrupted answer(s) as stopped", count)
         return count
 
-    async def tokens_used(self, user: str, since: datetime) -> int:
-        """Input, output and thinking tokens of ``user``'s turns started at or after
-        ``since``, including turns since deleted (for a daily budget).
+    async def tokens_used(self, holder: str, since: datetime) -> int:
+        """Input, output and thinking tokens of ``holder``'s turns started at or after
+        ``since``, under any name, including turns since deleted (for a daily budget).
 
         Raises:
             ValueError: ``since`` is naive.
         """
-        return (await self.token_counts(user, since)).counted
+        return (await self.token_counts(holder, since)).counted
 
-    async def token_counts(self, user: str, since: datetime) -> Usage:
+    async def token_counts(self, holder: str, since: datetime) -> Usage:
         """The tokens of :meth:`tokens_used`, by kind (input, output, thinking).
 
         Raises:
@@ -713,8 +774,8 @@ class Store:
             row = conn.execute(
                 "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
                 "COALESCE(SUM(thoughts_tokens), 0) FROM token_usage "
-                "WHERE user = ? AND started_at >= ?",
-                (user, since_text),
+                "WHERE holder = ? AND started_at >= ?",
+                (holder, since_text),
             ).fetchone()
             # No total column: the day's total is the sum of the three kinds.
             return Usage(int(row[0]), int(row[1]), int(row[2]))

@@ -292,16 +292,22 @@ async def test_a_new_server_with_only_an_invite_does_not_say_nobody_can_log_in(
     server.ctx.keys.authorized.path.write_text("")  # a fresh server: no keys at all
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
-    # Any other name gets the explanation of how the owner adds a key...
+    # While an invite is pending nobody is told that no key is authorized: the banner,
+    # like the methods offered, must not tell which name has the invite.
     typer, error = await _try(server, "stranger", [asyncssh.generate_private_key("ssh-ed25519")],
                               [])
     assert error is not None
-    assert typer.banners and "no keys are authorized" in typer.banners[0]
-    # ...but not the invited device, which is about to be let in.
+    assert typer.banners == []
     typer, error = await _try(server, "kindle", [asyncssh.generate_private_key("ssh-ed25519")],
                               [code])
     assert error is None
     assert typer.banners == []
+    # With no invite left (and no key at all) the explanation is back.
+    Path(tmp_path / "keys" / "users" / "kindle").unlink()
+    typer, error = await _try(server, "stranger", [asyncssh.generate_private_key("ssh-ed25519")],
+                              [])
+    assert error is not None
+    assert typer.banners and "no keys are authorized" in typer.banners[0]
 
 
 async def test_an_invite_revoked_during_the_login_is_refused_plainly(

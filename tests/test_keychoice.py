@@ -66,7 +66,7 @@ def test_a_user_file_others_may_write_lets_nobody_in_and_is_logged(
     choice.users.path("ann").chmod(0o666)
     with caplog.at_level(logging.WARNING, logger="kindlessh.server"):
         chosen = choice.choose("ann")
-    assert chosen == Choice(None)
+    assert chosen == Choice(None, personal=True)  # the name is ann's: no shared key either
     assert "chmod 600" in caplog.text
 
 

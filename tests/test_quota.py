@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from kindlessh import ConfigError, Server, ServerBusy, load_config
@@ -18,6 +19,14 @@ from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
 from .helpers import FakeClock, connected, open_chat
 from .sshterm import Terminal
+
+
+def shared_key(server: Server) -> asyncssh.SSHKey:
+    """A new key added to the server's shared authorized_keys: another holder."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = server.ctx.keys.authorized.path
+    path.write_text(path.read_text() + "\n" + key.export_public_key().decode())
+    return key
 
 
 async def _answered(term: Terminal, question: str, answer: str) -> None:
@@ -227,9 +236,10 @@ async def test_over_the_global_cap_a_question_waits_its_turn(
     server = await make_server(quota={"max_upstream": 1})
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate), Reply.text(["Bob's answer."]))
+    # Three keys: three holders, each with their own one-answer-at-a-time.
     alice = await open_chat(server, username="alice", cols=80)
-    bob = await open_chat(server, username="bob", cols=80)
-    carol = await open_chat(server, username="carol", cols=80)
+    bob = await open_chat(server, shared_key(server), username="bob", cols=80)
+    carol = await open_chat(server, shared_key(server), username="carol", cols=80)
     try:
         await alice.ask("first")
         await alice.wait_for("First words arrive.")
@@ -258,7 +268,7 @@ async def test_a_question_that_waits_too_long_fails_with_a_message(
     gate = asyncio.Event()
     fake_gemini.enqueue(_gated(gate))
     alice = await open_chat(server, username="alice", cols=100)
-    bob = await open_chat(server, username="bob", cols=100)
+    bob = await open_chat(server, shared_key(server), username="bob", cols=100)
     try:
         await alice.ask("first")
         await alice.wait_for("First words arrive.")
