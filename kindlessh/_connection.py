@@ -290,7 +290,7 @@ class Connection(asyncssh.SSHServer):
             self._holder = key_holder(self._signed_key)
         held = "" if self._holder == username else f" with {self._holder.removeprefix('key:')}"
         shown = sanitize_inline(username)
-        full = self.ctx.guard.open_connection(self._holder)
+        full = self.ctx.guard.open_connection(self._holder, username)
         if full is not None:
             log.info("%s from %s: %s", shown, self._addr, full)
             self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"kindlessh: {full}")

@@ -251,9 +251,10 @@ class Guard:
         """Connections logged in now (counted by :meth:`open_connection`)."""
         return self._connections_total
 
-    def open_connection(self, user: str) -> str | None:
-        """Count a connection that has just logged in as ``user`` (None), or the line
-        saying why it is closed instead."""
+    def open_connection(self, user: str, name: str | None = None) -> str | None:
+        """Count a connection that has just logged in for the holder ``user`` (None), or
+        the line saying why it is closed instead; ``name`` is the login name the line
+        speaks to (default ``user``)."""
         cfg = self.config
         if self._connections_total >= cfg.max_connections:
             return (
@@ -261,9 +262,11 @@ class Guard:
                 "this server takes. Try again later."
             )
         if self._connections.get(user, 0) >= cfg.max_connections_per_user:
+            shown = sanitize_inline(name if name is not None else user, 40)
             return (
-                f"server full for {user}: {cfg.max_connections_per_user} connections are "
-                "logged in under this name, the most allowed. Close one and try again."
+                f"server full for {shown}: {cfg.max_connections_per_user} connections are "
+                "logged in under this name or key, the most allowed. Close one and try "
+                "again."
             )
         self._connections[user] = self._connections.get(user, 0) + 1
         self._connections_total += 1

@@ -135,6 +135,14 @@ class ScriptedProvider:
                 yield step
 
 
+def shared_key(server: Server) -> asyncssh.SSHKey:
+    """A new key added to the server's shared authorized_keys: another holder."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = server.ctx.keys.authorized.path
+    path.write_text(path.read_text() + "\n" + key.export_public_key().decode())
+    return key
+
+
 async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
     """Wait until ``check()`` holds (the server handles closes a little later)."""
     for _ in range(int(timeout / 0.01)):

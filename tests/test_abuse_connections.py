@@ -28,7 +28,7 @@ from kindlessh._stall import StallWatch
 from .bystander import ECHO_LIMIT, MEMORY_SLACK_MIB, bystander, can_log_in, rss_mib
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .helpers import CLIENT_KEY, FakeClock, connected, until
+from .helpers import CLIENT_KEY, FakeClock, connected, shared_key, until
 
 KW: dict[str, Any] = {"known_hosts": None, "agent_path": None}
 
@@ -199,6 +199,7 @@ async def test_unused_connections_are_capped_and_closed(
     server = await make_server(server={"unused_timeout": 0.5})
     guard = server.ctx.guard
     per_user = server.ctx.config.server.max_connections_per_user
+    idler = shared_key(server)  # the attacker's own key: the bystander's is another holder
     conns: list[asyncssh.SSHClientConnection] = []
     most = 0
     slots = asyncio.Semaphore(2)
@@ -207,7 +208,7 @@ async def test_unused_connections_are_capped_and_closed(
         async with slots:
             with contextlib.suppress(asyncssh.Error, OSError):
                 conns.append(await asyncssh.connect(
-                    "127.0.0.1", server.port, username="idler", client_keys=[CLIENT_KEY], **KW,
+                    "127.0.0.1", server.port, username="idler", client_keys=[idler], **KW,
                 ))
 
     async def sample() -> None:

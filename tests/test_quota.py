@@ -8,7 +8,6 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from kindlessh import ConfigError, Server, ServerBusy, load_config
@@ -17,16 +16,8 @@ from kindlessh._quota import Bucket, Slots, day_start
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
-from .helpers import FakeClock, connected, open_chat
+from .helpers import FakeClock, connected, open_chat, shared_key
 from .sshterm import Terminal
-
-
-def shared_key(server: Server) -> asyncssh.SSHKey:
-    """A new key added to the server's shared authorized_keys: another holder."""
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path = server.ctx.keys.authorized.path
-    path.write_text(path.read_text() + "\n" + key.export_public_key().decode())
-    return key
 
 
 async def _answered(term: Terminal, question: str, answer: str) -> None:
