@@ -225,7 +225,7 @@ async def _save(screen: Screen) -> None:
 
 def _retry(screen: Screen, args: list[str]) -> None:
     try:
-        screen.conversation.retry()
+        screen.conversation.retry(thoughts=screen.show_thoughts)
     except (InputRejected, BudgetExceeded) as exc:
         screen.say(str(exc), "error")
         return

@@ -106,6 +106,7 @@ class Conversation:
         self._subscribers: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stop_note = ""
+        self._told_no_thoughts = False
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change; returns a function that unsubscribes."""
@@ -134,8 +135,9 @@ class Conversation:
         """The last turn, if any."""
         return self.turns[-1] if self.turns else None
 
-    def ask(self, question: str) -> Turn:
-        """Start answering ``question``.
+    def ask(self, question: str, *, thoughts: bool = False) -> Turn:
+        """Start answering ``question``; ``thoughts``: the screen shows thoughts, so the
+        upstream is asked for them.
 
         Raises:
             InputRejected: the question is empty or too long, or an answer is in flight.
@@ -167,6 +169,7 @@ class Conversation:
             system_instruction=self.settings.system_instruction,
             temperature=self.settings.temperature,
             max_output_tokens=self.settings.max_output_tokens,
+            include_thoughts=thoughts,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(turn, request, ticket))
         self._task.add_done_callback(lambda _: self._settle(turn, ticket))
@@ -176,9 +179,9 @@ class Conversation:
     def _waiting(self, turn: Turn) -> Callable[[float, UpstreamError], None]:
         def on_wait(seconds: float, error: UpstreamError) -> None:
             name = self.provider.name
-            busy = f"{name}'s per-minute quota is used up" if isinstance(
-                error, RateLimited
-            ) else f"{name} is busy"
+            busy = f"{name} is busy"
+            if isinstance(error, RateLimited):
+                busy = error.waiting or f"{name}'s quota is used up for now"
             turn.status = f"{busy}, retrying in {max(1, round(seconds))} s"
             self._changed()
 
@@ -224,6 +227,7 @@ class Conversation:
                         finish_message = event.message
                     self._changed()
             turn.state = "done"
+            self._check_thoughts(turn, request)
             if not turn.answer and turn.note is None:
                 why = f" ({finish_message.rstrip('.')})" if finish_message else ""
                 turn.note = f"{self.provider.name} sent no text{why}; try asking differently"
@@ -245,6 +249,20 @@ class Conversation:
                 ticket.finish(turn.usage)
             self._changed()
 
+    def _check_thoughts(self, turn: Turn, request: ChatRequest) -> None:
+        """Thoughts were asked for and the model thought, but sent none: say so, once
+        per conversation (some models never share them)."""
+        thought = turn.usage is not None and turn.usage.thoughts_tokens > 0
+        if not request.include_thoughts or turn.thoughts or not thought:
+            return
+        if self._told_no_thoughts or turn.note is not None:
+            return
+        self._told_no_thoughts = True
+        turn.note = (
+            f"{self.provider.model} thought but shared no thoughts; "
+            "/thoughts has nothing to show for this model"
+        )
+
     def _settle(self, turn: Turn, ticket: Ticket | None) -> None:
         """A task cancelled before it first ran never entered _run: end its turn here."""
         if ticket is not None:
@@ -259,8 +277,9 @@ class Conversation:
         turn.state = "failed"
         turn.note = f"interrupted: {message}" if turn.answer else message
 
-    def retry(self) -> Turn:
-        """Ask the last question again, replacing its answer.
+    def retry(self, *, thoughts: bool = False) -> Turn:
+        """Ask the last question again, replacing its answer (``thoughts`` as for
+        :meth:`ask`).
 
         Raises:
             InputRejected: an answer is in flight, or there is nothing to retry.
@@ -271,7 +290,7 @@ class Conversation:
             raise InputRejected("Nothing to retry yet: ask a question first.")
         last = self.turns.pop()
         try:
-            return self.ask(last.question)
+            return self.ask(last.question, thoughts=thoughts)
         except BaseException:
             # Refused (too soon, budget spent...): the old answer stays, unchanged.
             self.turns.append(last)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
@@ -50,18 +52,32 @@ NAME = "Gemini"
 MAX_ERROR_BODY = 64 * 1024
 _RETRYABLE_STATUS = {408, 500, 502, 503, 504}
 
-# What a finish reason means to a reader; STOP (a normal end) needs no note.
+# What a finish reason means to a reader: every value of the SDK's FinishReason list
+# (python-genai types.FinishReason). STOP is a normal end and needs no note; an unknown
+# value gets the generic line of finish_note(), never an error.
 _FINISH_NOTES = {
     "MAX_TOKENS": "answer cut at the length limit",
     "SAFETY": "answer stopped by Gemini's safety filter",
     "RECITATION": "answer stopped: it was reciting a source too closely",
-    "PROHIBITED_CONTENT": "answer stopped: prohibited content",
-    "BLOCKLIST": "answer stopped: a blocked term came up",
-    "SPII": "answer stopped: it contained sensitive personal information",
     "LANGUAGE": "answer stopped: unsupported language",
+    "OTHER": "answer stopped by Gemini without a reason given",
+    "BLOCKLIST": "answer stopped: a blocked term came up",
+    "PROHIBITED_CONTENT": "answer stopped: prohibited content",
+    "SPII": "answer stopped: it contained sensitive personal information",
     "MALFORMED_FUNCTION_CALL": "answer stopped: the model produced a broken tool call",
+    "IMAGE_SAFETY": "answer stopped: an image was blocked by the safety filter",
     "UNEXPECTED_TOOL_CALL": "answer stopped: the model tried to call a tool",
+    "IMAGE_PROHIBITED_CONTENT": "answer stopped: an image had prohibited content",
+    "NO_IMAGE": "answer stopped: the model made no image",
+    "IMAGE_RECITATION": "answer stopped: an image was too close to a source",
+    "IMAGE_OTHER": "answer stopped: making an image failed",
     "TOO_MANY_TOOL_CALLS": "answer stopped: too many tool calls",
+    "MISSING_THOUGHT_SIGNATURE": (
+        "answer stopped: Gemini missed its reasoning notes from earlier turns; "
+        "/new starts a fresh conversation"
+    ),
+    "MALFORMED_RESPONSE": "answer stopped: Gemini produced a broken response",
+    "FINISH_REASON_UNSPECIFIED": "answer ended without a reason given",
 }
 
 
@@ -74,7 +90,8 @@ def finish_note(reason: str, *, blocked: bool = False) -> str | None:
         return None
     note = _FINISH_NOTES.get(reason)
     if note is None:
-        note = f"answer ended early ({reason.replace('_', ' ').lower()})"
+        shown = sanitize_inline(reason.replace("_", " ").lower(), 40)
+        note = f"answer ended early, for a reason this server does not know ({shown})"
     return note
 
 
@@ -157,8 +174,11 @@ def error_from_body(status: int | None, body: Any, model: str) -> UpstreamError:
     details: list[Any] = found if isinstance(found, list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     if status == 400 and "API_KEY_INVALID" in reasons:
+        # Expired keys carry the same reason as invalid ones: the API's own words tell
+        # them apart.
+        said = upstream or "API key not valid."
         return ApiKeyInvalid(
-            "Gemini rejected the API key (not valid). Check GEMINI_API_KEY or [gemini] api_key.",
+            f"Gemini rejected the API key: {said} Check GEMINI_API_KEY or [gemini] api_key.",
             status=status,
         )
     if status in (401, 403):
@@ -167,29 +187,13 @@ def error_from_body(status: int | None, body: Any, model: str) -> UpstreamError:
     if status == 404:
         return ModelNotFound(
             f"Gemini does not know the model '{sanitize_inline(model, 64)}'. "
-            "Set [gemini] model to a current one, such as gemini-2.5-flash.",
+            "Set [gemini] model to a current one, such as gemini-2.5-flash "
+            "(kindlessh models lists them).",
             status=status,
         )
     if status == 429:
-        retry = None
-        per_day = False
-        for d in details:
-            if not isinstance(d, dict):
-                continue
-            if str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
-                retry = _parse_duration(d.get("retryDelay"))
-            for v in d.get("violations") or []:
-                if isinstance(v, dict) and "PerDay" in str(v.get("quotaId", "")):
-                    per_day = True
-        if per_day:
-            return QuotaExhausted(
-                "Gemini's daily quota for this API key is used up; it resets at "
-                "midnight Pacific time.",
-                resets_at="00:00 America/Los_Angeles",
-            )
-        wait = f" Try again in {max(1, round(retry))} s." if retry is not None else ""
-        return RateLimited(f"Gemini's per-minute quota is used up.{wait}", retry_after=retry)
-    if status is not None and (status in _RETRYABLE_STATUS or status >= 500):
+        return _quota_error(err, details, model)
+    if status is not None and status in _RETRYABLE_STATUS:
         label = {503: "is overloaded", 504: "took too long", 408: "took too long"}.get(
             status, "had an internal error"
         )
@@ -199,7 +203,58 @@ def error_from_body(status: int | None, body: Any, model: str) -> UpstreamError:
     why = f": {upstream}" if upstream else ""
     if status is None:
         return UpstreamUnavailable(f"Gemini reported an error{why}")
+    if status >= 500:
+        # 501, 505 and the like do not go away by themselves: not retried (the SDKs
+        # retry only 408, 429, 500, 502, 503 and 504).
+        return UpstreamError(f"Gemini failed ({status}){why}", status=status)
     return BadRequest(f"Gemini rejected the request ({status}){why}", status=status)
+
+
+def _quota_error(err: dict[str, Any], details: list[Any], model: str) -> UpstreamError:
+    """A 429, classified as gemini-cli does: ``limit: 0`` first (no quota at all), then a
+    daily quota (a quotaId with ``PerDay`` or ``Daily``), then a per-minute one; a 429
+    without details has no known cause."""
+    message = err.get("message") if isinstance(err.get("message"), str) else ""
+    retry: float | None = None
+    quota_ids: list[str] = []
+    values: list[str] = []
+    for d in details:
+        if not isinstance(d, dict):
+            continue
+        if str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            retry = _parse_duration(d.get("retryDelay"))
+        for v in d.get("violations") or []:
+            if isinstance(v, dict):
+                quota_ids.append(str(v.get("quotaId", "")))
+                values.append(str(v.get("quotaValue", "")))
+    name = sanitize_inline(model.removeprefix("models/"), 64)
+    if re.search(r"\blimit: 0\b", str(message)) or "0" in values:
+        return QuotaExhausted(
+            f"Gemini has no quota for {name} in this API key's Google Cloud project "
+            "(limit 0). Enable billing for the project, or set [gemini] model to another "
+            "model (kindlessh models lists them).",
+            resets_at="",
+        )
+    if any("PerDay" in q or "Daily" in q for q in quota_ids):
+        return QuotaExhausted(
+            f"Gemini's daily quota for {name} is used up for this Google Cloud project "
+            "(limits are per project, not per key); it resets at midnight Pacific time.",
+            resets_at="00:00 America/Los_Angeles",
+        )
+    wait = f" Try again in {max(1, round(retry))} s." if retry is not None else ""
+    if quota_ids:
+        return RateLimited(
+            f"Gemini's per-minute quota for {name} is used up for this Google Cloud "
+            f"project.{wait}",
+            retry_after=retry,
+            waiting="Gemini's per-minute quota is used up",
+        )
+    said = sanitize_inline(str(message), 120) or "no reason given"
+    return RateLimited(
+        f"Gemini refused for now (429: {said}); the cause is not known.{wait}",
+        retry_after=retry,
+        waiting="Gemini refused for now (429, cause unknown)",
+    )
 
 
 def _parse_error_bytes(status: int | None, data: bytes, model: str) -> UpstreamError:
@@ -262,6 +317,63 @@ def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
     return events
 
 
+def resource_name(model: str) -> str:
+    """``gemini-2.5-flash`` or ``models/gemini-2.5-flash`` -> ``models/gemini-2.5-flash``
+    (as the SDKs' ``t_model`` does; ``tunedModels/...`` stays as it is)."""
+    return model if "/" in model else f"models/{model}"
+
+
+def thinking_kind(model: str) -> str | None:
+    """How a model's thinking is bounded: ``"budget"`` (Gemini 2.5), ``"level"``
+    (Gemini 3 and later), or None (a model that does not think, or a name such as
+    ``gemini-flash-latest`` that does not say which it is)."""
+    found = re.match(r"gemini-(\d+)(?:\.(\d+))?-", model.rpartition("/")[2] + "-")
+    if found is None:
+        return None
+    version = (int(found.group(1)), int(found.group(2) or 0))
+    if version >= (3, 0):
+        return "level"
+    if version >= (2, 5):
+        return "budget"
+    return None
+
+
+def thinking_config(config: GeminiConfig, *, include_thoughts: bool) -> dict[str, Any]:
+    """``generationConfig.thinkingConfig`` for the configured model (empty: none)."""
+    kind = thinking_kind(config.model)
+    out: dict[str, Any] = {}
+    if kind == "budget":
+        out["thinkingBudget"] = config.thinking_budget
+    elif kind == "level" and config.thinking_level:
+        out["thinkingLevel"] = config.thinking_level
+    if kind is not None and include_thoughts and config.thinking_budget != 0:
+        out["includeThoughts"] = True
+    return out
+
+
+def max_tokens_note(config: GeminiConfig, usage: Usage | None, wrote: bool) -> str:
+    """The note for an answer that hit ``maxOutputTokens``, saying when thinking spent
+    the limit and which setting to change."""
+    limit = config.max_output_tokens
+    thought = usage.thoughts_tokens if usage is not None else 0
+    kind = thinking_kind(config.model)
+    lower = {
+        "budget": " or lower [gemini] thinking_budget",
+        "level": " or lower [gemini] thinking_level",
+    }.get(kind or "", "")
+    if not wrote and thought:
+        return (
+            f"no answer: the length limit was spent on thinking ({thought:,} tokens); "
+            f"raise [gemini] max_output_tokens (now {limit:,}){lower}"
+        )
+    if thought * 2 >= limit:
+        return (
+            f"answer cut at the length limit: thinking took {thought:,} of its "
+            f"{limit:,} tokens; raise [gemini] max_output_tokens{lower}"
+        )
+    return f"answer cut at the length limit; raise [gemini] max_output_tokens (now {limit:,})"
+
+
 def setup_notice(config: GeminiConfig) -> str | None:
     """What every chat should say at its start when Gemini cannot work as configured
     (no API key), or None when it can."""
@@ -306,8 +418,8 @@ class GeminiProvider:
 
     @property
     def model(self) -> str:
-        """The configured model name."""
-        return self.config.model
+        """The configured model name, without the ``models/`` of ListModels."""
+        return self.config.model.removeprefix("models/")
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -326,6 +438,9 @@ class GeminiProvider:
             gen["temperature"] = request.temperature
         if request.max_output_tokens is not None:
             gen["maxOutputTokens"] = request.max_output_tokens
+        thinking = thinking_config(self.config, include_thoughts=request.include_thoughts)
+        if thinking:
+            gen["thinkingConfig"] = thinking
         if gen:
             body["generationConfig"] = gen
         return body
@@ -343,7 +458,7 @@ class GeminiProvider:
                 "No Gemini API key is set. On the server, set GEMINI_API_KEY or "
                 "[gemini] api_key in the config file, then restart kindlessh."
             )
-        url = f"{cfg.base_url.rstrip('/')}/v1beta/models/{cfg.model}:streamGenerateContent"
+        url = f"{cfg.base_url.rstrip('/')}/v1beta/{resource_name(cfg.model)}:streamGenerateContent"
         headers = {"x-goog-api-key": cfg.api_key, "accept": "text/event-stream"}
         deadline = time.monotonic() + cfg.answer_timeout
         with map_httpx_errors(cfg.base_url):
@@ -366,6 +481,8 @@ class GeminiProvider:
         cfg = self.config
         decoder = SSEDecoder()
         finished = False
+        wrote = False
+        usage: Usage | None = None
         chunks = response.aiter_bytes().__aiter__()
         first = True
         while True:
@@ -394,8 +511,15 @@ class GeminiProvider:
                     log.warning("skipping a malformed JSON event (%d bytes)", len(sse.data))
                     continue
                 for event in _events_from_chunk(obj, cfg.model):
-                    if isinstance(event, Finish):
+                    if isinstance(event, TextDelta):
+                        wrote = True
+                    elif isinstance(event, Usage):
+                        usage = event
+                    elif isinstance(event, Finish):
                         finished = True
+                        if event.reason == "MAX_TOKENS":
+                            note = max_tokens_note(cfg, usage, wrote)
+                            event = dataclasses.replace(event, note=note)
                     yield event
             tail = decoder.pending_unparsed.strip()
             if tail.startswith(("{", "[")):

@@ -38,6 +38,7 @@ class ChatRequest:
     system_instruction: str = ""
     temperature: float | None = None
     max_output_tokens: int | None = None
+    include_thoughts: bool = False  # a screen shows thoughts: ask the upstream for them
 
 
 @dataclass(frozen=True, slots=True)

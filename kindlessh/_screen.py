@@ -295,7 +295,7 @@ class ChatScreen:
             self.command(text.strip())
             return
         try:
-            self.conversation.ask(text)
+            self.conversation.ask(text, thoughts=self.show_thoughts)
         except (InputRejected, BudgetExceeded) as exc:
             self.say(str(exc), "error")
             return

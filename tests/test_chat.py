@@ -143,7 +143,7 @@ async def test_thoughts_are_not_mixed_into_the_answer(
 async def test_finish_reason_is_shown(term: Terminal, fake_gemini: FakeGemini) -> None:
     fake_gemini.enqueue(Reply.fixture("04_max_tokens.sse"))
     await term.ask("list every sorting algorithm")
-    await term.wait_for("[answer cut at the length limit]")
+    await term.wait_for("[answer cut at the length limit")
 
 
 async def test_blocked_prompt_is_explained(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -200,7 +200,7 @@ async def test_wrong_api_key_is_one_clear_line(
     server = await make_server(gemini={"api_key": "not-the-key"})
     async with connected(server) as term:
         await term.ask("hello?")
-        await term.wait_for("Gemini rejected the API key (not valid)")
+        await term.wait_for("Gemini rejected the API key: API key not valid.")
         assert "not-the-key" not in term.raw_text()
         await term.send("/help\r")
         await term.wait_for("/new")
