@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -372,6 +373,74 @@ def max_tokens_note(config: GeminiConfig, usage: Usage | None, wrote: bool) -> s
             f"{limit:,} tokens; raise [gemini] max_output_tokens{lower}"
         )
     return f"answer cut at the length limit; raise [gemini] max_output_tokens (now {limit:,})"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model the key may use, as ListModels describes it."""
+
+    name: str  # without "models/"
+    display_name: str
+    input_tokens: int
+    output_tokens: int
+    thinking: bool
+
+
+async def list_models(
+    config: GeminiConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> list[ModelInfo]:
+    """The models the key can call ``generateContent`` on (``GET /v1beta/models``, every
+    page), sorted by name.
+
+    Raises:
+        ApiKeyMissing: no key is configured.
+        UpstreamError: the API refused or could not be reached.
+    """
+    if not config.api_key:
+        raise ApiKeyMissing("No Gemini API key is set: set GEMINI_API_KEY or [gemini] api_key.")
+    url = f"{config.base_url.rstrip('/')}/v1beta/models"
+    found: list[ModelInfo] = []
+    token = ""
+    timeout = httpx.Timeout(config.connect_timeout, read=config.first_byte_timeout)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+        with map_httpx_errors(config.base_url):
+            for _ in range(100):  # a bound on pages, against a server that loops
+                params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
+                response = await client.get(
+                    url, params=params, headers={"x-goog-api-key": config.api_key}
+                )
+                if response.status_code != 200:
+                    raise _parse_error_bytes(
+                        response.status_code, response.content[:MAX_ERROR_BODY], config.model
+                    )
+                try:
+                    page = response.json()
+                except ValueError:
+                    raise StreamProtocolError("Gemini sent a model list that is not JSON.") \
+                        from None
+                models = page.get("models") if isinstance(page, dict) else None
+                for m in models if isinstance(models, list) else []:
+                    if not isinstance(m, dict):
+                        continue
+                    methods = m.get("supportedGenerationMethods") or []
+                    if "generateContent" not in methods:
+                        continue
+
+                    def number(key: str, m: dict[str, Any] = m) -> int:
+                        value = m.get(key)
+                        return value if isinstance(value, int) else 0
+
+                    found.append(ModelInfo(
+                        name=sanitize_inline(str(m.get("name", "")), 80).removeprefix("models/"),
+                        display_name=sanitize_inline(str(m.get("displayName", "")), 60),
+                        input_tokens=number("inputTokenLimit"),
+                        output_tokens=number("outputTokenLimit"),
+                        thinking=m.get("thinking") is True,
+                    ))
+                token = page.get("nextPageToken", "") if isinstance(page, dict) else ""
+                if not isinstance(token, str) or not token:
+                    break
+    return sorted(found, key=lambda info: info.name)
 
 
 def setup_notice(config: GeminiConfig) -> str | None:

@@ -1,7 +1,8 @@
 """A fake Gemini API on 127.0.0.1 that speaks the real wire format, byte for byte.
 
 Route: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` with the key in the
-``x-goog-api-key`` header (or ``?key=``). Checks run in this order:
+``x-goog-api-key`` header (or ``?key=``); and ``GET /v1beta/models`` (ListModels, paged;
+see :meth:`FakeGemini.model_entries`). Checks of the streaming route run in this order:
 
 * other paths or methods: 404 ``text/plain``;
 * no ``alt=sse``: 400 INVALID_ARGUMENT (JSON body; without ``alt=sse`` the real API speaks
@@ -695,6 +696,7 @@ class FakeGemini:
         self.requests: list[RecordedRequest] = []
         self.responses: list[ResponseLog] = []
         self.default_reply: Reply = Reply.fixture("01_text_multichunk.sse")
+        self.list_page_size = 1000  # the most models one ListModels page holds
         self._queue: list[Reply] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -879,6 +881,8 @@ class FakeGemini:
         self.requests.append(request)
         await self._notify()
 
+        if method == "GET" and path == "/v1beta/models":
+            return await self._list_models(conn, headers, query, keep_alive)
         if method != "POST" or model is None:
             return await self._send_fixed(conn, 404, b"Not Found\n", "text/plain; charset=utf-8",
                                           close=not keep_alive)
@@ -916,6 +920,46 @@ class FakeGemini:
             elif reply.status == 200 and thinking_config(parsed).get("includeThoughts") is not True:
                 reply = without_thoughts(reply)
         return await self._send_reply(conn, reply, request, keep_alive)
+
+    def model_entries(self) -> list[dict[str, Any]]:
+        """What ListModels says about the served models (plus one that cannot chat), in
+        the real shape (GEMINI-WIRE.md section 4)."""
+        entries = [{
+            "name": f"models/{name}", "version": "001",
+            "displayName": name.replace("-", " ").title(),
+            "description": f"The fake {name}.", "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens",
+                                           "createCachedContent", "batchGenerateContent"],
+            "temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2,
+            "thinking": not name.startswith("gemini-2.0"),
+        } for name in sorted(self.models)]
+        entries.append({
+            "name": "models/gemini-embedding-001", "version": "001",
+            "displayName": "Gemini Embedding 001", "inputTokenLimit": 2048,
+            "outputTokenLimit": 1, "supportedGenerationMethods": ["embedContent"],
+        })
+        return entries
+
+    async def _list_models(self, conn: _Connection, headers: dict[str, str],
+                           query: dict[str, str], keep_alive: bool) -> bool:
+        """``GET /v1beta/models``: pages of ``list_page_size`` at most (``pageSize``
+        may ask for fewer), ``nextPageToken`` between them."""
+        key = headers.get("x-goog-api-key") or query.get("key")
+        if not key or key != self.api_key:
+            name = "err_403_unregistered_caller.json" if not key else "err_400_api_key_invalid.json"
+            status = MANIFEST[name]["http_status"]
+            return await self._send_fixed(conn, status, (FIXTURES / name).read_bytes(),
+                                          "application/json; charset=UTF-8",
+                                          close=not keep_alive)
+        entries = self.model_entries()
+        size = min(int(query.get("pageSize", "50") or 50), self.list_page_size)
+        start = int(query.get("pageToken", "0") or 0)
+        page: dict[str, Any] = {"models": entries[start:start + size]}
+        if start + size < len(entries):
+            page["nextPageToken"] = str(start + size)
+        return await self._send_fixed(conn, 200, pretty_json(page),
+                                      "application/json; charset=UTF-8", close=not keep_alive)
 
     async def _send_fixed(self, conn: _Connection, status: int, body: bytes,
                           content_type: str, *, close: bool) -> bool:

@@ -4,12 +4,14 @@ are retried, and a plain line for every finish reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
 from kindlessh import load_config
+from kindlessh._cli import main
 from kindlessh._errors import ConfigError, QuotaExhausted, RateLimited, UpstreamUnavailable
 from kindlessh._gemini import _FINISH_NOTES, error_from_body
 from kindlessh._retry import retryable
@@ -245,3 +247,72 @@ async def test_every_finish_reason_gets_a_plain_line(
         fake_gemini.enqueue(Reply.text(["Still fine."]))
         await term.ask("last")
         await term.wait_for("Still fine.")
+
+
+# ----- 6. model names as ListModels gives them; kindlessh models ----------------------------
+
+
+async def test_a_model_named_as_list_models_names_it_works(
+    make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    server = await make_server(gemini={"model": "models/gemini-2.5-flash"})
+    fake_gemini.enqueue(Reply.text(["Named ", "fine."]))
+    async with connected(server, cols=80, rows=30) as term:
+        await term.ask("hello?")
+        await term.wait_for("Named fine.")
+        await term.wait_for(lambda t: "gemini-2.5-flash - ready" in t.text())
+        assert "models/" not in term.text()
+    assert fake_gemini.requests[-1].path == (
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    )
+    assert fake_gemini.responses  # answered, not a 404
+
+
+def test_a_bad_model_name_is_refused_at_start(tmp_path: Any) -> None:
+    path = write_config(tmp_path / "k.toml", {"gemini": {"model": "other/gemini-2.5-flash"}})
+    with pytest.raises(ConfigError, match=r"\[gemini\] model"):
+        load_config(path)
+
+
+async def run_models(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], gemini: dict[str, Any]
+) -> tuple[int, str, str]:
+    path = write_config(tmp_path / "k.toml", {"gemini": gemini})
+    code = await asyncio.to_thread(main, ["models", "--config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_kindlessh_models_lists_the_chat_models(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.models |= {"gemini-3-flash-preview", "gemini-2.0-flash"}
+    fake_gemini.list_page_size = 2  # three pages
+    code, out, err = await run_models(tmp_path, capsys, {
+        "api_key": "test-key", "base_url": fake_gemini.base_url,
+        "model": "models/gemini-2.5-flash",
+    })
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "Models this key can use for chat (3); set one as [gemini] model:"
+    assert [line.split()[0] if line[0] != "*" else line.split()[1] for line in lines[1:]] == [
+        "gemini-2.0-flash", "gemini-2.5-flash", "gemini-3-flash-preview"
+    ]
+    assert lines[2].startswith("* gemini-2.5-flash")  # the configured one
+    assert "(in 1,048,576, out 65,536 tokens, thinks)" in lines[2]
+    assert "embedding" not in out
+    listed = [r for r in fake_gemini.requests if r.path == "/v1beta/models"]
+    assert len(listed) == 2  # pageSize 1000, capped at 2 by the fake: 4 entries, 2 pages
+    assert listed[0].headers["x-goog-api-key"] == "test-key"
+    assert "test-key" not in listed[0].target
+
+
+async def test_kindlessh_models_with_a_bad_key_says_so(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], fake_gemini: FakeGemini
+) -> None:
+    code, out, err = await run_models(tmp_path, capsys, {
+        "api_key": "wrong", "base_url": fake_gemini.base_url,
+    })
+    assert code == 1
+    assert err == ("kindlessh: Gemini rejected the API key: API key not valid. Please pass a "
+                   "valid API key. Check GEMINI_API_KEY or [gemini] api_key.\n")
