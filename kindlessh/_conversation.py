@@ -33,7 +33,16 @@ from typing import Literal
 
 from ._config import ChatConfig
 from ._errors import InputRejected, KindleSSHError, RateLimited, UpstreamError
-from ._provider import ChatRequest, Finish, Message, Provider, TextDelta, ThoughtDelta, Usage
+from ._provider import (
+    ChatRequest,
+    Finish,
+    Message,
+    Provider,
+    Replay,
+    TextDelta,
+    ThoughtDelta,
+    Usage,
+)
 from ._quota import Ticket, UserQuota
 from ._retry import RetryPolicy, stream_with_retries
 
@@ -62,6 +71,7 @@ class Turn:
     cut: bool = False
     upstream: str = "the model"
     usage: Usage | None = None
+    replay: str = ""  # the provider's record of the answer, sent back in later turns
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
@@ -160,7 +170,7 @@ class Conversation:
         for turn in self.turns:
             if turn.answer:
                 history.append(Message("user", turn.question))
-                history.append(Message("model", turn.answer))
+                history.append(Message("model", turn.answer, replay=turn.replay))
         history.append(Message("user", question))
         turn = Turn(question, upstream=self.provider.name)
         self.turns.append(turn)
@@ -219,6 +229,9 @@ class Conversation:
                         turn.thoughts += event.text
                     elif isinstance(event, Usage):
                         turn.usage = event
+                        continue
+                    elif isinstance(event, Replay):
+                        turn.replay = event.data
                         continue
                     elif isinstance(event, Finish):
                         turn.finish_reason = event.reason

@@ -11,7 +11,15 @@ Contract:
   malformed JSON event is skipped and logged, the rest still arrives.
 - httpx exceptions are translated in one place only: :func:`map_httpx_errors`.
 - Gemini's finish reasons are worded here (:func:`finish_event`): ``STOP`` is a normal
-  end; any other reason, or a blocked question, carries a note for the reader.
+  end; any other reason, or a blocked question, carries a note for the reader; a
+  ``MAX_TOKENS`` note says when thinking spent the limit and which setting to raise.
+- Thinking is bounded (:func:`thinking_config`: a budget on 2.5 models, a level on
+  Gemini 3) and thoughts are asked for only when a screen shows them.
+- An answer whose parts carry thought signatures ends with a :class:`Replay` of its
+  parts as received; a later request sends them back in place of the text. One SSE
+  event may be up to :data:`MAX_EVENT_BYTES`.
+- 429s are classed as gemini-cli does (:func:`_quota_error`); only 408, 429 that may
+  free up, 500, 502, 503, 504 and network failures are retryable errors.
 """
 
 from __future__ import annotations
@@ -43,7 +51,16 @@ from ._errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from ._provider import ChatRequest, Finish, StreamEvent, TextDelta, ThoughtDelta, Usage
+from ._provider import (
+    ChatRequest,
+    Finish,
+    Message,
+    Replay,
+    StreamEvent,
+    TextDelta,
+    ThoughtDelta,
+    Usage,
+)
 from ._sanitize import sanitize_inline
 from ._sse import SSEDecoder
 
@@ -51,6 +68,9 @@ log = logging.getLogger("kindlessh.gemini")
 
 NAME = "Gemini"
 MAX_ERROR_BODY = 64 * 1024
+# One SSE event may be this large: thought signatures make single events big, and
+# python-genai reads with a 4 MiB buffer (READ_BUFFER_SIZE = 2**22).
+MAX_EVENT_BYTES = 4 << 20
 _RETRYABLE_STATUS = {408, 500, 502, 503, 504}
 
 # What a finish reason means to a reader: every value of the SDK's FinishReason list
@@ -443,6 +463,46 @@ async def list_models(
     return sorted(found, key=lambda info: info.name)
 
 
+def _content(message: Message) -> dict[str, Any]:
+    """One turn of ``contents``: a model turn with a replay goes back as received."""
+    if message.role == "model" and message.replay:
+        try:
+            parts = json.loads(message.replay)
+        except ValueError:
+            parts = None
+        if isinstance(parts, list) and parts:
+            return {"role": "model", "parts": parts}
+    return {"role": message.role, "parts": [{"text": message.text}]}
+
+
+# The fields of a Part the API takes back (a stored part may come from an older API).
+_PART_FIELDS = ("text", "thought", "thoughtSignature", "functionCall", "inlineData",
+                "fileData", "executableCode", "codeExecutionResult")
+
+
+def _model_parts(obj: Any) -> list[dict[str, Any]]:
+    """The parts of one chunk's answer, kept as received to send back later.
+
+    Strategy: thought summaries are left out (they are for the reader, and cost input
+    tokens) unless they carry a signature; the signatures, wherever they sit, are kept
+    with the parts they came on, exactly as sent.
+    """
+    if isinstance(obj, list) and len(obj) == 1:
+        obj = obj[0]
+    try:
+        found = obj["candidates"][0]["content"]["parts"]
+    except (KeyError, IndexError, TypeError):
+        return []
+    kept: list[dict[str, Any]] = []
+    for part in found if isinstance(found, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("thought") is True and "thoughtSignature" not in part:
+            continue
+        kept.append({k: v for k, v in part.items() if k in _PART_FIELDS})
+    return kept
+
+
 def setup_notice(config: GeminiConfig) -> str | None:
     """What every chat should say at its start when Gemini cannot work as configured
     (no API key), or None when it can."""
@@ -495,11 +555,7 @@ class GeminiProvider:
         await self._client.aclose()
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "contents": [
-                {"role": m.role, "parts": [{"text": m.text}]} for m in request.messages
-            ]
-        }
+        body: dict[str, Any] = {"contents": [_content(m) for m in request.messages]}
         if request.system_instruction:
             body["systemInstruction"] = {"parts": [{"text": request.system_instruction}]}
         gen: dict[str, Any] = {}
@@ -548,7 +604,8 @@ class GeminiProvider:
         self, response: httpx.Response, deadline: float
     ) -> AsyncGenerator[StreamEvent, None]:
         cfg = self.config
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(max_event_size=MAX_EVENT_BYTES)
+        parts: list[dict[str, Any]] = []  # the answer's parts as received, for Replay
         finished = False
         wrote = False
         usage: Usage | None = None
@@ -579,6 +636,7 @@ class GeminiProvider:
                 except ValueError:
                     log.warning("skipping a malformed JSON event (%d bytes)", len(sse.data))
                     continue
+                parts += _model_parts(obj)
                 for event in _events_from_chunk(obj, cfg.model):
                     if isinstance(event, TextDelta):
                         wrote = True
@@ -586,6 +644,8 @@ class GeminiProvider:
                         usage = event
                     elif isinstance(event, Finish):
                         finished = True
+                        if any("thoughtSignature" in p for p in parts):
+                            yield Replay(json.dumps(parts, ensure_ascii=False))
                         if event.reason == "MAX_TOKENS":
                             note = max_tokens_note(cfg, usage, wrote)
                             event = dataclasses.replace(event, note=note)

@@ -71,6 +71,7 @@ def _turn_from_row(row: TurnRow) -> Turn:
         # Stored as the outcome: an answer that ended early stays marked so.
         cut=row.incomplete,
         usage=row.usage,
+        replay=row.replay,
     )
     turn.duration = (row.duration_ms or 0) / 1000
     return turn

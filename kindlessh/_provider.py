@@ -4,6 +4,7 @@ Contract:
 - ``Provider.stream(request)`` yields :data:`StreamEvent` values in order: any number of
   :class:`TextDelta` / :class:`ThoughtDelta` / :class:`Usage`, then exactly one
   :class:`Finish` when the stream ended without an error, whatever its reason
+  (a :class:`Replay` may come just before it)
   (:attr:`Finish.normal` says whether the answer is whole). The provider words the
   reader's note about an early end itself (:attr:`Finish.note`): nothing here knows
   any one upstream's finish reasons.
@@ -28,6 +29,9 @@ class Message:
 
     role: Role
     text: str
+    # For a model turn: the provider's own record of the answer (:class:`Replay`), sent
+    # back instead of ``text`` when there is one.
+    replay: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,16 @@ class Finish:
     message: str = ""
 
 
-StreamEvent = TextDelta | ThoughtDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What the provider needs sent back with this answer in later turns (opaque to
+    everything else: kept with the turn, stored, and handed back as
+    :attr:`Message.replay`)."""
+
+    data: str
+
+
+StreamEvent = TextDelta | ThoughtDelta | Usage | Replay | Finish
 
 
 class Provider(Protocol):

@@ -147,6 +147,7 @@ class Recorder:
                 finish_reason=turn.finish_reason or None,
                 usage=turn.usage,
                 duration_ms=round(turn.duration * 1000),
+                replay=turn.replay,
             )
             self._finished.add(turn)
 

@@ -84,6 +84,7 @@ class TurnRow:
     started_at: datetime
     duration_ms: int | None
     incomplete: bool
+    replay: str = ""  # the provider's record of the answer (see _provider.Replay)
 
 
 def utcnow() -> datetime:
@@ -174,7 +175,13 @@ def m001_initial(conn: sqlite3.Connection) -> None:
 
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (m001_initial,)
+def m002_turn_replay(conn: sqlite3.Connection) -> None:
+    """Each answer's parts as the provider sent them (thought signatures included), to
+    send back in later turns; NULL when there is nothing beyond the answer's text."""
+    conn.execute("ALTER TABLE turns ADD COLUMN replay TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_turn_replay)
 
 
 @contextlib.contextmanager
@@ -275,14 +282,14 @@ def _connect(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
 _TURN_COLUMNS = (
     "id, conversation_id, position, question, answer, thoughts, model, state, note, "
     "finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms, "
-    "incomplete"
+    "incomplete, replay"
 )
 
 
 def _turn_row(row: tuple[object, ...]) -> TurnRow:
     (id_, conversation_id, position, question, answer, thoughts, model, state, note,
      finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms,
-     incomplete) = row  # fmt: skip
+     incomplete, replay) = row  # fmt: skip
     return TurnRow(
         id=cast(int, id_),
         conversation_id=cast(int, conversation_id),
@@ -302,6 +309,7 @@ def _turn_row(row: tuple[object, ...]) -> TurnRow:
         started_at=_parse(cast(str, started_at)),
         duration_ms=cast("int | None", duration_ms),
         incomplete=bool(incomplete),
+        replay=cast("str | None", replay) or "",
     )
 
 
@@ -595,6 +603,7 @@ class Store:
         finish_reason: str | None = None,
         usage: Usage | None = None,
         duration_ms: int | None = None,
+        replay: str = "",
     ) -> bool:
         """Store a turn's final text and outcome, and record its tokens in the ledger.
 
@@ -605,6 +614,7 @@ class Store:
             finish_reason: the upstream's own word for the end, kept as received.
             usage: the answer's last token counts, if any were reported.
             duration_ms: how long the answer took.
+            replay: the provider's record of the answer, to send back later (or "").
 
         Returns:
             False when the turn no longer exists (its conversation was deleted meanwhile).
@@ -626,9 +636,10 @@ class Store:
                 cursor = conn.execute(
                     "UPDATE turns SET answer = ?, thoughts = ?, state = ?, note = ?, "
                     "finish_reason = ?, input_tokens = ?, output_tokens = ?, "
-                    "thoughts_tokens = ?, duration_ms = ?, incomplete = ? WHERE id = ?",
+                    "thoughts_tokens = ?, duration_ms = ?, incomplete = ?, replay = ? "
+                    "WHERE id = ?",
                     (answer, thoughts, state, note, finish_reason, *counts, duration_ms,
-                     int(incomplete), turn_id),
+                     int(incomplete), replay or None, turn_id),
                 )  # fmt: skip
                 if cursor.rowcount == 0:
                     return False

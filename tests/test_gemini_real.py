@@ -316,3 +316,60 @@ async def test_kindlessh_models_with_a_bad_key_says_so(
     assert code == 1
     assert err == ("kindlessh: Gemini rejected the API key: API key not valid. Please pass a "
                    "valid API key. Check GEMINI_API_KEY or [gemini] api_key.\n")
+
+
+# ----- 7. thought signatures go back as received; large events -------------------------------
+
+
+def model_turns(fake: FakeGemini, n: int = -1) -> list[Any]:
+    body = fake.requests[n].json
+    assert isinstance(body, dict)
+    return [c["parts"] for c in body["contents"] if c["role"] == "model"]
+
+
+async def test_thought_signatures_are_sent_back_even_after_a_restart(
+    make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    signature = "Q2lYQVk4OWExOHNpZ25hdHVyZQ==" * 3
+    server = await make_server()
+    fake_gemini.enqueue(
+        Reply.thinking(["First ", "answer."], signature=signature),
+        Reply.text(["Second answer."]),
+    )
+    async with connected(server, cols=80, rows=30) as term:
+        await term.ask("one")
+        await term.wait_for("First answer.")
+        await term.wait_for(lambda t: "ready" in t.text())
+        await term.ask("two")
+        await term.wait_for("Second answer.")
+        await term.wait_for(lambda t: "ready" in t.text())
+    # The parts exactly as they came, the signature on the part it came on; a turn
+    # without signatures goes back as its text.
+    assert model_turns(fake_gemini) == [
+        [{"text": "First ", "thoughtSignature": signature}, {"text": "answer."}]
+    ]
+    await server.close()
+    again = await make_server()
+    fake_gemini.enqueue(Reply.text(["Third answer."]))
+    async with connected(again, cols=80, rows=30) as term:
+        await term.wait_for("Second answer.")  # the stored conversation, reopened
+        await term.ask("three")
+        await term.wait_for("Third answer.")
+    assert model_turns(fake_gemini) == [
+        [{"text": "First ", "thoughtSignature": signature}, {"text": "answer."}],
+        [{"text": "Second answer."}],
+    ]
+
+
+async def test_an_event_of_nearly_4_mib_is_accepted(
+    make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    signature = "A" * ((4 << 20) - 4096)
+    server = await make_server()
+    fake_gemini.enqueue(Reply.thinking(["Big signature, fine."], signature=signature,
+                                       split="whole"))
+    async with connected(server, cols=80, rows=30) as term:
+        await term.ask("one")
+        await term.wait_for("Big signature, fine.")
+        await term.wait_for(lambda t: "ready" in t.text())
+        assert "interrupted" not in term.joined() and "too large" not in term.joined()

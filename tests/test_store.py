@@ -17,6 +17,7 @@ from kindlessh._errors import ConversationNotFound, KindleSSHError, StoreError
 from kindlessh._provider import Usage
 from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
 
+SHIPPED = [m.__name__ for m in _store.MIGRATIONS]
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
     "conversations": ["id", "user", "title", "created_at", "updated_at"],
@@ -37,6 +38,7 @@ EXPECTED = {
         "started_at",
         "duration_ms",
         "incomplete",
+        "replay",
     ],
     "token_usage": [
         "id",
@@ -127,7 +129,7 @@ async def test_migrate_blank(db_path: Path) -> None:
     await store.close()
     with sqlite3.connect(db_path) as conn:
         assert columns(conn) == EXPECTED
-    assert [name for name, _ in migration_rows(db_path)] == ["m001_initial"]
+    assert [name for name, _ in migration_rows(db_path)] == SHIPPED
 
 
 async def test_rerunning_migrations_is_a_no_op(db_path: Path) -> None:
@@ -150,7 +152,7 @@ def test_new_migration_applies_once_in_order(tmp_path: Path) -> None:
 
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     try:
-        assert migrate(conn) == ["m001_initial"]
+        assert migrate(conn) == SHIPPED
         conn.execute(
             "INSERT INTO conversations (user, title, created_at, updated_at) "
             "VALUES ('a', 't', 'x', 'x')"
@@ -160,7 +162,7 @@ def test_new_migration_applies_once_in_order(tmp_path: Path) -> None:
         assert migrate(conn, both) == []
         assert conn.execute("SELECT title, pinned FROM conversations").fetchall() == [("t", 0)]
         names = [name for (name,) in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-        assert names == ["m001_initial", "m002_extra"]
+        assert names == [*SHIPPED, "m002_extra"]
     finally:
         conn.close()
 
