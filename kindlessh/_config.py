@@ -81,7 +81,7 @@ class GeminiConfig:
     max_output_tokens: int = 8192
     thinking_budget: int = 2048
     thinking_level: str = "low"
-    system_instruction: str = DEFAULT_SYSTEM_INSTRUCTION
+    google_search: bool = False
     connect_timeout: float = 10.0
     first_byte_timeout: float = 60.0
     chunk_timeout: float = 30.0
@@ -108,6 +108,7 @@ class ChatConfig:
 
     max_prompt_chars: int = 4000
     finish_on_disconnect: bool = True
+    system_prompt: str = DEFAULT_SYSTEM_INSTRUCTION
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,15 @@ from ._provider import (
     Message,
     Provider,
     Replay,
+    Source,
+    Sources,
     TextDelta,
     ThoughtDelta,
     Usage,
 )
 from ._quota import Ticket, UserQuota
 from ._retry import RetryPolicy, stream_with_retries
+from ._sanitize import sanitize_inline
 
 log = logging.getLogger("kindlessh.conversation")
 
@@ -72,6 +75,7 @@ class Turn:
     upstream: str = "the model"
     usage: Usage | None = None
     replay: str = ""  # the provider's record of the answer, sent back in later turns
+    sources: tuple[Source, ...] = ()  # what a grounded answer was based on
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
@@ -87,11 +91,23 @@ class Turn:
         return self.state in ("stopped", "failed") or self.cut
 
 
+def source_line(source: Source, *, links: bool = False) -> str:
+    """One source on one line, compact for e-ink: its title and, when it says more, its
+    site in brackets; ``links`` adds the address (for an export, never a screen)."""
+    title = sanitize_inline(source.title, 100)
+    site = sanitize_inline(source.site, 60)
+    line = title if not site or site.lower() in title.lower() else f"{title} ({site})"
+    if links and source.url:
+        line += f" <{sanitize_inline(source.url, 300)}>"
+    return line
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What every request of a conversation carries besides the history."""
 
     system_instruction: str = ""
+    search: bool = False  # ground answers in a web search unless a conversation says not
     temperature: float | None = None
     max_output_tokens: int | None = None
     max_prompt_chars: int = ChatConfig.max_prompt_chars
@@ -117,6 +133,33 @@ class Conversation:
         self._task: asyncio.Task[None] | None = None
         self._stop_note = ""
         self._told_no_thoughts = False
+        # This conversation's own choices (stored with it); None: the server's default.
+        self.system_prompt: str | None = None
+        self.web: bool | None = None
+
+    @property
+    def instructions(self) -> str:
+        """The system prompt its questions carry ("" for none)."""
+        if self.system_prompt is None:
+            return self.settings.system_instruction
+        return self.system_prompt
+
+    @property
+    def searching(self) -> bool:
+        """True when its answers are grounded in a web search."""
+        return self.settings.search if self.web is None else self.web
+
+    def configure(self, *, system_prompt: str | None = None, web: bool | None = None,
+                  default_prompt: bool = False) -> None:
+        """Change this conversation's system prompt (``default_prompt``: back to the
+        server's) or web search; from its next question on."""
+        if default_prompt:
+            self.system_prompt = None
+        elif system_prompt is not None:
+            self.system_prompt = system_prompt
+        if web is not None:
+            self.web = web
+        self._changed()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change; returns a function that unsubscribes."""
@@ -176,7 +219,8 @@ class Conversation:
         self.turns.append(turn)
         request = ChatRequest(
             messages=tuple(history),
-            system_instruction=self.settings.system_instruction,
+            system_instruction=self.instructions,
+            search=self.searching,
             temperature=self.settings.temperature,
             max_output_tokens=self.settings.max_output_tokens,
             include_thoughts=thoughts,
@@ -233,6 +277,8 @@ class Conversation:
                     elif isinstance(event, Replay):
                         turn.replay = event.data
                         continue
+                    elif isinstance(event, Sources):
+                        turn.sources = event.items
                     elif isinstance(event, Finish):
                         turn.finish_reason = event.reason
                         turn.cut = not event.normal

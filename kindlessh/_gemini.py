@@ -56,6 +56,8 @@ from ._provider import (
     Finish,
     Message,
     Replay,
+    Source,
+    Sources,
     StreamEvent,
     TextDelta,
     ThoughtDelta,
@@ -310,6 +312,9 @@ def _events_from_chunk(obj: Any, model: str) -> list[StreamEvent]:
                 events.append(ThoughtDelta(text) if thought else TextDelta(text))
             elif "functionCall" in part:
                 log.info("ignoring a function call part (no tools are declared)")
+        sources = grounding_sources(cand.get("groundingMetadata"))
+        if sources:
+            events.append(Sources(sources))
         reason = cand.get("finishReason")
         if isinstance(reason, str) and reason:
             message = cand.get("finishMessage")
@@ -463,6 +468,29 @@ async def list_models(
     return sorted(found, key=lambda info: info.name)
 
 
+def grounding_sources(metadata: Any) -> tuple[Source, ...]:
+    """The web sources of a ``groundingMetadata``, numbered as ``groundingChunks`` are
+    (the answer's supports point at them by index); the rendered search entry point is
+    HTML for browsers and is left out."""
+    if not isinstance(metadata, dict):
+        return ()
+    chunks = metadata.get("groundingChunks")
+    found: list[Source] = []
+    for chunk in chunks if isinstance(chunks, list) else []:
+        web = chunk.get("web") if isinstance(chunk, dict) else None
+        if not isinstance(web, dict):
+            continue
+        url = web.get("uri") if isinstance(web.get("uri"), str) else ""
+        title = web.get("title") if isinstance(web.get("title"), str) else ""
+        site = web.get("domain") if isinstance(web.get("domain"), str) else ""
+        host = urlsplit(str(url)).hostname or ""
+        if not site and host and not host.endswith("vertexaisearch.cloud.google.com"):
+            site = host.removeprefix("www.")
+        if title or site:
+            found.append(Source(title=str(title or site), site=str(site), url=str(url)))
+    return tuple(found)
+
+
 def _content(message: Message) -> dict[str, Any]:
     """One turn of ``contents``: a model turn with a replay goes back as received."""
     if message.role == "model" and message.replay:
@@ -563,6 +591,8 @@ class GeminiProvider:
             gen["temperature"] = request.temperature
         if request.max_output_tokens is not None:
             gen["maxOutputTokens"] = request.max_output_tokens
+        if request.search:
+            body["tools"] = [{"google_search": {}}]
         thinking = thinking_config(self.config, include_thoughts=request.include_thoughts)
         if thinking:
             gen["thinkingConfig"] = thinking

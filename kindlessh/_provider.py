@@ -4,7 +4,7 @@ Contract:
 - ``Provider.stream(request)`` yields :data:`StreamEvent` values in order: any number of
   :class:`TextDelta` / :class:`ThoughtDelta` / :class:`Usage`, then exactly one
   :class:`Finish` when the stream ended without an error, whatever its reason
-  (a :class:`Replay` may come just before it)
+  (a :class:`Replay` and :class:`Sources` may come just before it)
   (:attr:`Finish.normal` says whether the answer is whole). The provider words the
   reader's note about an early end itself (:attr:`Finish.note`): nothing here knows
   any one upstream's finish reasons.
@@ -43,6 +43,7 @@ class ChatRequest:
     temperature: float | None = None
     max_output_tokens: int | None = None
     include_thoughts: bool = False  # a screen shows thoughts: ask the upstream for them
+    search: bool = False  # ground the answer in a web search, and list its sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,24 @@ class Replay:
     data: str
 
 
-StreamEvent = TextDelta | ThoughtDelta | Usage | Replay | Finish
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One web source an answer was grounded in: its title, its site, and its address
+    (which may be the upstream's redirect; never shown on a screen)."""
+
+    title: str
+    site: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """The sources of a grounded answer, numbered in this order."""
+
+    items: tuple[Source, ...]
+
+
+StreamEvent = TextDelta | ThoughtDelta | Usage | Replay | Sources | Finish
 
 
 class Provider(Protocol):

@@ -20,7 +20,7 @@ from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
 SHIPPED = [m.__name__ for m in _store.MIGRATIONS]
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
-    "conversations": ["id", "user", "title", "created_at", "updated_at"],
+    "conversations": ["id", "user", "title", "created_at", "updated_at", "system_prompt", "web"],
     "turns": [
         "id",
         "conversation_id",
@@ -39,6 +39,7 @@ EXPECTED = {
         "duration_ms",
         "incomplete",
         "replay",
+        "sources",
     ],
     "token_usage": [
         "id",
