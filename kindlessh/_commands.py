@@ -350,11 +350,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/usage",), "your tokens today and what is left", _usage),
     Command(("/eink",), "e-ink screen: few repaints, pages", _profile("eink")),
     Command(("/thoughts",), "show or hide the model's thinking", _thoughts),
-    Command(("/web",), "answers from a web search, with sources (on/off)", _web),
-    Command(
-        ("/system",), "this conversation's instructions: TEXT, off, default", _system,
-        "/system [TEXT]",
-    ),
+    Command(("/web",), "answers with web sources (on/off)", _web),
+    Command(("/system",), "this chat's instructions (TEXT, off)", _system),
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),

@@ -13,7 +13,11 @@ Contract:
 - Nothing is ever lost: a stopped or failed answer keeps the text that arrived and says
   why in ``Turn.note``; a failure never raises out of the conversation.
 - Each request carries the history of earlier turns that produced text (roles
-  ``user``/``model``), then the new question.
+  ``user``/``model``, with the provider's :class:`Replay` of each answer when it sent
+  one), then the new question; the conversation's own system prompt and web search
+  choice (:meth:`Conversation.configure`, stored with it) or the server's defaults;
+  and whether thoughts are wanted (the screen that asks shows them). When they were
+  wanted and the model thought but sent none, one note says so, once per conversation.
 - :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
 - With a :class:`UserQuota`, a question must also be admitted by it (a refusal raises as
   it does), waits for a shared upstream slot (the turn's ``status`` says how many are
