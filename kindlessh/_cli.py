@@ -9,6 +9,7 @@ kindlessh user set NAME --profile eink|smooth [--config FILE]
 kindlessh user passwd NAME [--remove] [--config FILE]   (asks twice; or one line on stdin)
 kindlessh invite NAME [--profile eink|smooth] [--ttl 15m] [--quiet] [--config FILE]
 kindlessh invite --list | --revoke NAME [--config FILE]
+kindlessh models [--config FILE]                         (the models the key can use)
 ```
 
 Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config, unusable
@@ -38,7 +39,8 @@ from pathlib import Path
 from . import __version__
 from ._acceptlog import install_accept_log
 from ._config import Config, load_config
-from ._errors import ConfigError, StoreError, UserError
+from ._errors import ConfigError, StoreError, UpstreamError, UserError
+from ._gemini import list_models
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
 from ._passwords import Passwords
@@ -275,12 +277,39 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--list", action="store_true", help="the pending invites")
     invite.add_argument("--revoke", metavar="NAME", help="cancel NAME's invite")
     invite.add_argument("--config", type=Path, help="TOML config file (default: none)")
+
+    models = sub.add_parser("models", help="the Gemini models the API key can use")
+    models.add_argument("--config", type=Path, help="TOML config file (default: none)")
     return parser
+
+
+def _models_command(config: Config) -> int:
+    """Print the models the key can use, one a line; the configured one is marked."""
+    try:
+        found = asyncio.run(list_models(config.gemini))
+    except UpstreamError as exc:
+        sys.stderr.write(f"kindlessh: {exc}\n")
+        return 1
+    current = config.gemini.model.removeprefix("models/")
+    _out(f"Models this key can use for chat ({len(found)}); set one as [gemini] model:")
+    width = max((len(m.name) for m in found), default=0)
+    for m in found:
+        mark = "*" if m.name == current else " "
+        extra = ", thinks" if m.thinking else ""
+        _out(f"{mark} {m.name:<{width}}  {m.display_name} "
+             f"(in {m.input_tokens:,}, out {m.output_tokens:,} tokens{extra})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "models":
+        try:
+            return _models_command(load_config(args.config))
+        except ConfigError as exc:
+            sys.stderr.write(f"kindlessh: {exc}\n")
+            return 2
     if args.command in ("user", "invite"):
         command = _user_command if args.command == "user" else _invite_command
         try:

@@ -227,7 +227,7 @@ async def _save(screen: Screen) -> None:
 
 def _retry(screen: Screen, args: list[str]) -> None:
     try:
-        screen.conversation.retry(quota=screen.quota)
+        screen.conversation.retry(quota=screen.quota, thoughts=screen.show_thoughts)
     except (InputRejected, BudgetExceeded) as exc:
         screen.say(str(exc), "error")
         return
@@ -279,6 +279,50 @@ def _thoughts(screen: Screen, args: list[str]) -> None:
     )
 
 
+def _system(screen: Screen, args: list[str]) -> None:
+    conversation = screen.conversation
+    if not args:
+        text = conversation.instructions
+        whose = "the server's" if conversation.system_prompt is None else "this conversation's"
+        screen.say(
+            f"System prompt ({whose}): {sanitize_inline(text, 2000)}"
+            if text
+            else "No system prompt in this conversation; /system TEXT sets one."
+        )
+        return
+    word = args[0].lower() if len(args) == 1 else ""
+    if word == "off":
+        conversation.configure(system_prompt="")
+        screen.say("System prompt off for this conversation.")
+    elif word == "default":
+        conversation.configure(default_prompt=True)
+        screen.say("This conversation uses the server's system prompt again.")
+    else:
+        text = " ".join(args)
+        limit = conversation.settings.max_prompt_chars
+        if len(text) > limit:
+            screen.say(
+                f"That system prompt has {len(text):,} characters; the limit is {limit:,}. "
+                "Nothing was changed.",
+                "error",
+            )
+            return
+        conversation.configure(system_prompt=text)
+        screen.say(f"System prompt for this conversation: {sanitize_inline(text, 2000)}")
+
+
+def _web(screen: Screen, args: list[str]) -> None:
+    conversation = screen.conversation
+    on = not conversation.searching
+    conversation.configure(web=on)
+    screen.say(
+        "Web search is on for this conversation: answers are grounded in Google Search "
+        "and list their sources."
+        if on
+        else "Web search is off for this conversation."
+    )
+
+
 def _up(screen: Screen, args: list[str]) -> None:
     screen.scroll(1)
 
@@ -309,6 +353,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/usage",), "your tokens today and what is left", _usage),
     Command(("/eink",), "e-ink screen: few repaints, pages", _profile("eink")),
     Command(("/thoughts",), "show or hide the model's thinking", _thoughts),
+    Command(("/web",), "answers with web sources (on/off)", _web),
+    Command(("/system",), "this chat's instructions (TEXT, off)", _system),
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),

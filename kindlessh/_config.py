@@ -84,8 +84,12 @@ class GeminiConfig:
     base_url: str = DEFAULT_BASE_URL
     model: str = DEFAULT_MODEL
     temperature: float = 1.0
-    max_output_tokens: int = 2048
-    system_instruction: str = DEFAULT_SYSTEM_INSTRUCTION
+    # Thinking is paid out of max_output_tokens: 8192 leaves at least 6144 tokens for
+    # the answer after the default thinking budget (an ordinary answer is under 1500).
+    max_output_tokens: int = 8192
+    thinking_budget: int = 2048
+    thinking_level: str = "low"
+    google_search: bool = False
     connect_timeout: float = 10.0
     first_byte_timeout: float = 60.0
     chunk_timeout: float = 30.0
@@ -113,6 +117,7 @@ class ChatConfig:
     max_prompt_chars: int = 4000
     max_answer_chars: int = 32768
     finish_on_disconnect: bool = True
+    system_prompt: str = DEFAULT_SYSTEM_INSTRUCTION
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,17 @@ def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
     return [ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()]
 
 
+def _model_ok(name: str) -> bool:
+    """``gemini-2.5-flash``, or as ListModels names it: ``models/gemini-2.5-flash``
+    (``tunedModels/...`` too)."""
+    prefix, _, rest = name.rpartition("/")
+    return (
+        prefix in ("", "models", "tunedModels")
+        and bool(rest)
+        and all(c.isalnum() or c in "-._" for c in rest)
+    )
+
+
 def _networks_ok(text: str) -> bool:
     try:
         parse_networks(text)
@@ -215,8 +231,15 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
         "a URL starting with http:// or https://",
     ),
     ("gemini", "model"): (
-        lambda v: bool(v) and all(c.isalnum() or c in "-._" for c in v),
-        "a model name such as gemini-2.5-flash",
+        lambda v: _model_ok(v),
+        "a model name such as gemini-2.5-flash or models/gemini-2.5-flash",
+    ),
+    ("gemini", "thinking_budget"): (
+        lambda v: -1 <= v <= 32768, "a token count from 0 to 32768, or -1 (dynamic)"
+    ),
+    ("gemini", "thinking_level"): (
+        lambda v: v in ("", "minimal", "low", "medium", "high"),
+        '"minimal", "low", "medium", "high", or "" (the model\'s default)',
     ),
     ("gemini", "connect_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
     ("gemini", "first_byte_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
@@ -361,6 +384,12 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
                 f"{origin}: [server] {low} ({getattr(srv, low)}) is above {high} "
                 f"({getattr(srv, high)}); expected at most {high}"
             )
+    gem = built["gemini"]
+    if gem.thinking_budget >= gem.max_output_tokens:
+        raise ConfigError(
+            f"{origin}: [gemini] thinking_budget ({gem.thinking_budget}) leaves no room for "
+            f"the answer within max_output_tokens ({gem.max_output_tokens}); expected less"
+        )
     key = env.get("GEMINI_API_KEY", "").strip()
     if key:
         built["gemini"] = dataclasses.replace(built["gemini"], api_key=key)

@@ -13,7 +13,11 @@ Contract:
 - Nothing is ever lost: a stopped or failed answer keeps the text that arrived and says
   why in ``Turn.note``; a failure never raises out of the conversation.
 - Each request carries the history of earlier turns that produced text (roles
-  ``user``/``model``), then the new question.
+  ``user``/``model``, with the provider's :class:`Replay` of each answer when it sent
+  one), then the new question; the conversation's own system prompt and web search
+  choice (:meth:`Conversation.configure`, stored with it) or the server's defaults;
+  and whether thoughts are wanted (the screen that asks shows them). When they were
+  wanted and the model thought but sent none, one note says so, once per conversation.
 - :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
 - An answer, and its thoughts, are kept to ``max_answer_chars`` characters each
   (``[chat] max_answer_chars``): past it the text is cut there, the turn ends marked
@@ -40,9 +44,21 @@ from typing import Literal
 
 from ._config import ChatConfig
 from ._errors import InputRejected, KindleSSHError, RateLimited, UpstreamError
-from ._provider import ChatRequest, Finish, Message, Provider, TextDelta, ThoughtDelta, Usage
+from ._provider import (
+    ChatRequest,
+    Finish,
+    Message,
+    Provider,
+    Replay,
+    Source,
+    Sources,
+    TextDelta,
+    ThoughtDelta,
+    Usage,
+)
 from ._quota import Ticket, UserQuota
 from ._retry import RetryPolicy, stream_with_retries
+from ._sanitize import sanitize_inline
 
 log = logging.getLogger("kindlessh.conversation")
 
@@ -70,6 +86,8 @@ class Turn:
     upstream: str = "the model"
     usage: Usage | None = None
     holder: str | None = None  # whose limits the question spent (._holders)
+    replay: str = ""  # the provider's record of the answer, sent back in later turns
+    sources: tuple[Source, ...] = ()  # what a grounded answer was based on
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
@@ -85,11 +103,23 @@ class Turn:
         return self.state in ("stopped", "failed") or self.cut
 
 
+def source_line(source: Source, *, links: bool = False) -> str:
+    """One source on one line, compact for e-ink: its title and, when it says more, its
+    site in brackets; ``links`` adds the address (for an export, never a screen)."""
+    title = sanitize_inline(source.title, 100)
+    site = sanitize_inline(source.site, 60)
+    line = title if not site or site.lower() in title.lower() else f"{title} ({site})"
+    if links and source.url:
+        line += f" <{sanitize_inline(source.url, 300)}>"
+    return line
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What every request of a conversation carries besides the history."""
 
     system_instruction: str = ""
+    search: bool = False  # ground answers in a web search unless a conversation says not
     temperature: float | None = None
     max_output_tokens: int | None = None
     max_prompt_chars: int = ChatConfig.max_prompt_chars
@@ -122,6 +152,34 @@ class Conversation:
         self._subscribers: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stop_note = ""
+        self._told_no_thoughts = False
+        # This conversation's own choices (stored with it); None: the server's default.
+        self.system_prompt: str | None = None
+        self.web: bool | None = None
+
+    @property
+    def instructions(self) -> str:
+        """The system prompt its questions carry ("" for none)."""
+        if self.system_prompt is None:
+            return self.settings.system_instruction
+        return self.system_prompt
+
+    @property
+    def searching(self) -> bool:
+        """True when its answers are grounded in a web search."""
+        return self.settings.search if self.web is None else self.web
+
+    def configure(self, *, system_prompt: str | None = None, web: bool | None = None,
+                  default_prompt: bool = False) -> None:
+        """Change this conversation's system prompt (``default_prompt``: back to the
+        server's) or web search; from its next question on."""
+        if default_prompt:
+            self.system_prompt = None
+        elif system_prompt is not None:
+            self.system_prompt = system_prompt
+        if web is not None:
+            self.web = web
+        self._changed()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change; returns a function that unsubscribes."""
@@ -150,9 +208,12 @@ class Conversation:
         """The last turn, if any."""
         return self.turns[-1] if self.turns else None
 
-    def ask(self, question: str, *, quota: UserQuota | None = None) -> Turn:
+    def ask(
+        self, question: str, *, quota: UserQuota | None = None, thoughts: bool = False
+    ) -> Turn:
         """Start answering ``question``, within ``quota`` (the limits of whoever asks;
-        default: the conversation's own).
+        default: the conversation's own); ``thoughts``: the screen shows thoughts, so the
+        upstream is asked for them.
 
         Raises:
             InputRejected: the question is empty or too long, or an answer is in flight.
@@ -176,7 +237,7 @@ class Conversation:
         for turn in self.turns:
             if turn.answer:
                 history.append(Message("user", turn.question))
-                history.append(Message("model", turn.answer))
+                history.append(Message("model", turn.answer, replay=turn.replay))
         history.append(Message("user", question))
         turn = Turn(
             question, upstream=self.provider.name,
@@ -185,9 +246,11 @@ class Conversation:
         self.turns.append(turn)
         request = ChatRequest(
             messages=tuple(history),
-            system_instruction=self.settings.system_instruction,
+            system_instruction=self.instructions,
+            search=self.searching,
             temperature=self.settings.temperature,
             max_output_tokens=self.settings.max_output_tokens,
+            include_thoughts=thoughts,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(turn, request, ticket))
         self._task.add_done_callback(lambda _: self._settle(turn, ticket))
@@ -197,9 +260,9 @@ class Conversation:
     def _waiting(self, turn: Turn) -> Callable[[float, UpstreamError], None]:
         def on_wait(seconds: float, error: UpstreamError) -> None:
             name = self.provider.name
-            busy = f"{name}'s per-minute quota is used up" if isinstance(
-                error, RateLimited
-            ) else f"{name} is busy"
+            busy = f"{name} is busy"
+            if isinstance(error, RateLimited):
+                busy = error.waiting or f"{name}'s quota is used up for now"
             turn.status = f"{busy}, retrying in {max(1, round(seconds))} s"
             self._changed()
 
@@ -246,6 +309,11 @@ class Conversation:
                     elif isinstance(event, Usage):
                         turn.usage = event
                         continue
+                    elif isinstance(event, Replay):
+                        turn.replay = event.data
+                        continue
+                    elif isinstance(event, Sources):
+                        turn.sources = event.items
                     elif isinstance(event, Finish):
                         turn.finish_reason = event.reason
                         turn.cut = not event.normal
@@ -259,6 +327,7 @@ class Conversation:
                     f"truncated: the {truncated} reached {cap:,} characters, the most "
                     "kept; the rest was not fetched"
                 )
+            self._check_thoughts(turn, request)
             if not turn.answer and turn.note is None:
                 why = f" ({finish_message.rstrip('.')})" if finish_message else ""
                 turn.note = f"{self.provider.name} sent no text{why}; try asking differently"
@@ -280,6 +349,20 @@ class Conversation:
                 ticket.finish(turn.usage)
             self._changed()
 
+    def _check_thoughts(self, turn: Turn, request: ChatRequest) -> None:
+        """Thoughts were asked for and the model thought, but sent none: say so, once
+        per conversation (some models never share them)."""
+        thought = turn.usage is not None and turn.usage.thoughts_tokens > 0
+        if not request.include_thoughts or turn.thoughts or not thought:
+            return
+        if self._told_no_thoughts or turn.note is not None:
+            return
+        self._told_no_thoughts = True
+        turn.note = (
+            f"{self.provider.model} thought but shared no thoughts; "
+            "/thoughts has nothing to show for this model"
+        )
+
     def _settle(self, turn: Turn, ticket: Ticket | None) -> None:
         """A task cancelled before it first ran never entered _run: end its turn here."""
         if ticket is not None:
@@ -294,8 +377,9 @@ class Conversation:
         turn.state = "failed"
         turn.note = f"interrupted: {message}" if turn.answer else message
 
-    def retry(self, *, quota: UserQuota | None = None) -> Turn:
-        """Ask the last question again, replacing its answer (``quota`` as for
+    def retry(self, *, quota: UserQuota | None = None, thoughts: bool = False) -> Turn:
+        """Ask the last question again, replacing its answer (``quota`` and ``thoughts`` as
+        for
         :meth:`ask`).
 
         Raises:
@@ -307,7 +391,7 @@ class Conversation:
             raise InputRejected("Nothing to retry yet: ask a question first.")
         last = self.turns.pop()
         try:
-            return self.ask(last.question, quota=quota)
+            return self.ask(last.question, quota=quota, thoughts=thoughts)
         except BaseException:
             # Refused (too soon, budget spent...): the old answer stays, unchanged.
             self.turns.append(last)

@@ -13,7 +13,7 @@ KindleSSHError
     ModelNotFound             the configured model does not exist (404)
     BadRequest                the API rejected the request (other 4xx)
     UpstreamUnavailable       5xx, network and timeout failures
-    RateLimited               429 per-minute quota; ``retry_after`` seconds
+    RateLimited               429 that may free up soon; ``retry_after`` seconds
     QuotaExhausted            429 daily quota; ``resets_at`` text
     TruncatedStream           the stream ended before the answer was complete
       SSETruncated            the SSE body ended inside an event (``partial`` kept)
@@ -82,13 +82,21 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class RateLimited(UpstreamError):
-    """A per-minute quota was hit; ``retry_after`` is the advised wait in seconds, if known."""
+    """A quota that may free up soon was hit; ``retry_after`` is the advised wait in
+    seconds, if known; ``waiting`` is what to say while waiting to retry (worded by the
+    provider), empty for the generic words."""
 
     def __init__(
-        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = 429,
+        retry_after: float | None = None,
+        waiting: str = "",
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.waiting = waiting
 
 
 class QuotaExhausted(UpstreamError):

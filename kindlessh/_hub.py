@@ -32,7 +32,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from ._conversation import Conversation, Turn
+from ._conversation import Conversation, Turn, source_line
 from ._errors import ConversationNotFound, StoreError
 from ._provider import Usage
 from ._quota import Quota, day_start
@@ -73,6 +73,8 @@ def _turn_from_row(row: TurnRow) -> Turn:
         # Stored as the outcome: an answer that ended early stays marked so.
         cut=row.incomplete,
         usage=row.usage,
+        replay=row.replay,
+        sources=row.sources,
     )
     turn.duration = (row.duration_ms or 0) / 1000
     return turn
@@ -120,9 +122,14 @@ class Hub:
         return chat
 
     def _new_chat(
-        self, user: str, conversation_id: int | None = None, rows: list[TurnRow] | None = None
+        self,
+        user: str,
+        conversation_id: int | None = None,
+        rows: list[TurnRow] | None = None,
+        options: tuple[str | None, bool | None] = (None, None),
     ) -> LiveConversation:
         conversation = self.make_conversation(user)
+        conversation.system_prompt, conversation.web = options
         saved: dict[Turn, int] = {}
         for row in rows or []:
             turn = _turn_from_row(row)
@@ -177,11 +184,12 @@ class Hub:
             if chat.user == user and chat.id == conversation_id and not chat.closed:
                 return self._attach(chat)
         rows = await self.store.load_turns(user, conversation_id)
+        options = await self.store.conversation_options(user, conversation_id)
         # Loading awaited: another connection may have opened it meanwhile.
         for chat in self.chats:
             if chat.user == user and chat.id == conversation_id and not chat.closed:
                 return self._attach(chat)
-        return self._attach(self._new_chat(user, conversation_id, rows))
+        return self._attach(self._new_chat(user, conversation_id, rows, options))
 
     def release(self, chat: LiveConversation) -> None:
         """A screen stops showing ``chat``."""
@@ -331,15 +339,19 @@ def to_markdown(chat: LiveConversation, now: datetime) -> str:
     terminal too, where a stored escape sequence would act. Notes are kept in brackets.
     """
     turns = [
-        (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None)
+        (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None,
+         t.sources)
         for t in chat.conversation.turns
     ]
     title = " ".join(turns[0][0].split())[:TITLE_CHARS] if turns else "Empty conversation"
     head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
     blocks = [head]
-    for question, answer, note in turns:
+    for question, answer, note, sources in turns:
         lines = ["> " + line for line in question.splitlines() or [""]]
         lines += ["", answer.rstrip()]
+        if sources:
+            lines += ["", "Sources:"]
+            lines += [f"{i}. {source_line(s, links=True)}" for i, s in enumerate(sources, 1)]
         if note:
             lines += ["", f"*[{note}]*"]
         blocks.append("\n".join(lines) + "\n")

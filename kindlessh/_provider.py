@@ -4,6 +4,7 @@ Contract:
 - ``Provider.stream(request)`` yields :data:`StreamEvent` values in order: any number of
   :class:`TextDelta` / :class:`ThoughtDelta` / :class:`Usage`, then exactly one
   :class:`Finish` when the stream ended without an error, whatever its reason
+  (a :class:`Replay` and :class:`Sources` may come just before it)
   (:attr:`Finish.normal` says whether the answer is whole). The provider words the
   reader's note about an early end itself (:attr:`Finish.note`): nothing here knows
   any one upstream's finish reasons.
@@ -28,6 +29,9 @@ class Message:
 
     role: Role
     text: str
+    # For a model turn: the provider's own record of the answer (:class:`Replay`), sent
+    # back instead of ``text`` when there is one.
+    replay: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,8 @@ class ChatRequest:
     system_instruction: str = ""
     temperature: float | None = None
     max_output_tokens: int | None = None
+    include_thoughts: bool = False  # a screen shows thoughts: ask the upstream for them
+    search: bool = False  # ground the answer in a web search, and list its sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,33 @@ class Finish:
     message: str = ""
 
 
-StreamEvent = TextDelta | ThoughtDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What the provider needs sent back with this answer in later turns (opaque to
+    everything else: kept with the turn, stored, and handed back as
+    :attr:`Message.replay`)."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One web source an answer was grounded in: its title, its site, and its address
+    (which may be the upstream's redirect; never shown on a screen)."""
+
+    title: str
+    site: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """The sources of a grounded answer, numbered in this order."""
+
+    items: tuple[Source, ...]
+
+
+StreamEvent = TextDelta | ThoughtDelta | Usage | Replay | Sources | Finish
 
 
 class Provider(Protocol):

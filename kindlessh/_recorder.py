@@ -59,6 +59,12 @@ class Recorder:
         self._ids: dict[Turn, int] = dict(saved or {})
         self._finished: set[Turn] = set(self._ids)
         self._progress: dict[Turn, tuple[int, int]] = {}
+        # The conversation's own options as stored (loaded ones are stored already).
+        self._options = (
+            (conversation.system_prompt, conversation.web)
+            if conversation_id is not None
+            else (None, None)
+        )
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._unsubscribe = conversation.subscribe(self._wake.set)
@@ -108,6 +114,7 @@ class Recorder:
             self._ids.clear()
             self._finished.clear()
             self._progress.clear()
+            self._options = (None, None)
 
     async def _sync(self) -> None:
         turns = list(self.conversation.turns)
@@ -148,8 +155,20 @@ class Recorder:
                 usage=turn.usage,
                 holder=turn.holder,
                 duration_ms=round(turn.duration * 1000),
+                replay=turn.replay,
+                sources=turn.sources,
             )
             self._finished.add(turn)
+        await self._sync_options()
+
+    async def _sync_options(self) -> None:
+        """Store the conversation's own system prompt and web choice when they changed
+        (once it is stored: a new conversation is stored with its first question)."""
+        options = (self.conversation.system_prompt, self.conversation.web)
+        if self.conversation_id is None or options == self._options:
+            return
+        await self.store.set_conversation_options(self.conversation_id, *options)
+        self._options = options
 
     async def aclose(self) -> None:
         """Write what is left and stop watching."""

@@ -1,13 +1,14 @@
 """Retries before the first token: backoff with jitter, RetryInfo honoured, a time budget.
 
-Contract: :func:`stream_with_retries` yields the events of one answer. A retryable
-failure (:class:`UpstreamUnavailable`: 408/5xx, transport errors and timeouts; and
-:class:`RateLimited`: a per-minute 429) that happens *before* any text or thought arrived
-is retried up to ``max_retries`` times, waiting ``base_delay * 2**n`` seconds (plus
-jitter, capped at ``max_delay``) or the server's ``retryDelay`` when it gave one, as long
-as the waits fit in ``budget`` seconds. ``on_wait(seconds, error)`` is called before each
-wait so the screen can say what is happening. Every other error, and any error after the
-first token, is raised as it is.
+Contract: :func:`stream_with_retries` yields the events of one answer. A retryable failure
+(:class:`UpstreamUnavailable`: 408, 500, 502, 503, 504, transport errors and timeouts, as
+the official SDKs retry; and :class:`RateLimited`: a 429 the provider classed as one that
+may free up soon, never a daily or a zero quota) that happens *before* any text or thought
+arrived is retried up to ``max_retries`` times, waiting ``base_delay * 2**n`` seconds
+(plus jitter, capped at ``max_delay``) or the server's ``retryDelay`` when it gave one, as
+long as the waits fit in ``budget`` seconds. ``on_wait(seconds, error)`` is called before
+each wait so the screen can say what is happening. Every other error, and any error after
+the first token, is raised as it is.
 
 Strategy: never retry after the first token. The reader already saw that text; a second
 attempt would produce a different answer and splice two answers into one.

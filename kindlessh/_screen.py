@@ -307,7 +307,7 @@ class ChatScreen:
             self.command(text.strip())
             return
         try:
-            self.conversation.ask(text, quota=self.quota)
+            self.conversation.ask(text, quota=self.quota, thoughts=self.show_thoughts)
         except (InputRejected, BudgetExceeded) as exc:
             self.say(str(exc), "error")
             return

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -45,7 +46,7 @@ from typing import Literal, TypeVar, cast
 
 from ._errors import ConversationNotFound as ConversationNotFound
 from ._errors import StoreError as StoreError
-from ._provider import Usage
+from ._provider import Source, Usage
 
 log = logging.getLogger("kindlessh.store")
 
@@ -89,6 +90,8 @@ class TurnRow:
     started_at: datetime
     duration_ms: int | None
     incomplete: bool
+    replay: str = ""  # the provider's record of the answer (see _provider.Replay)
+    sources: tuple[Source, ...] = ()  # a grounded answer's web sources
 
 
 def utcnow() -> datetime:
@@ -187,9 +190,23 @@ def m002_token_holder(conn: sqlite3.Connection) -> None:
     )
 
 
+def m003_turn_parts_and_options(conn: sqlite3.Connection) -> None:
+    """Per turn: the answer's parts as the provider sent them (thought signatures
+    included), to send back in later turns (NULL when there is nothing beyond the text),
+    and the web sources of a grounded answer (a JSON list of [title, site, url], NULL
+    for none). Per conversation: its own system prompt and web search choice (NULL: the
+    server's default)."""
+    conn.execute("ALTER TABLE turns ADD COLUMN replay TEXT")
+    conn.execute("ALTER TABLE turns ADD COLUMN sources TEXT")
+    conn.execute("ALTER TABLE conversations ADD COLUMN system_prompt TEXT")
+    conn.execute("ALTER TABLE conversations ADD COLUMN web INTEGER")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_token_holder)
+MIGRATIONS: tuple[Migration, ...] = (
+    m001_initial, m002_token_holder, m003_turn_parts_and_options
+)
 
 
 @contextlib.contextmanager
@@ -332,14 +349,14 @@ def _connect(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
 _TURN_COLUMNS = (
     "id, conversation_id, position, question, answer, thoughts, model, state, note, "
     "finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms, "
-    "incomplete"
+    "incomplete, replay, sources"
 )
 
 
 def _turn_row(row: tuple[object, ...]) -> TurnRow:
     (id_, conversation_id, position, question, answer, thoughts, model, state, note,
      finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms,
-     incomplete) = row  # fmt: skip
+     incomplete, replay, sources) = row  # fmt: skip
     return TurnRow(
         id=cast(int, id_),
         conversation_id=cast(int, conversation_id),
@@ -359,7 +376,23 @@ def _turn_row(row: tuple[object, ...]) -> TurnRow:
         started_at=_parse(cast(str, started_at)),
         duration_ms=cast("int | None", duration_ms),
         incomplete=bool(incomplete),
+        replay=cast("str | None", replay) or "",
+        sources=_sources(cast("str | None", sources)),
     )
+
+
+def _sources(text: str | None) -> tuple[Source, ...]:
+    """Stored sources back as :class:`Source` values (a damaged value reads as none)."""
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(
+        Source(*(str(v) for v in item[:3]))
+        for item in items if isinstance(item, list) and item
+    ) if isinstance(items, list) else ()
 
 
 def _usage(inputs: int | None, outputs: int | None, thoughts: int | None) -> Usage | None:
@@ -533,6 +566,38 @@ class Store:
             raise ConversationNotFound(f"No conversation {conversation_id}.")
         return found
 
+    async def conversation_options(
+        self, user: str, conversation_id: int
+    ) -> tuple[str | None, bool | None]:
+        """One of ``user``'s conversations' own system prompt and web search choice
+        (None: the server's default)."""
+
+        def job(conn: sqlite3.Connection) -> tuple[str | None, bool | None]:
+            row = conn.execute(
+                "SELECT system_prompt, web FROM conversations WHERE id = ? AND user = ?",
+                (conversation_id, user),
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFound(f"No conversation {conversation_id}.")
+            web = None if row[1] is None else bool(row[1])
+            return cast("str | None", row[0]), web
+
+        return await self._call(job)
+
+    async def set_conversation_options(
+        self, conversation_id: int, system_prompt: str | None, web: bool | None
+    ) -> None:
+        """Store a conversation's own system prompt and web search choice."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE conversations SET system_prompt = ?, web = ? WHERE id = ?",
+                    (system_prompt, None if web is None else int(web), conversation_id),
+                )
+
+        await self._call(job)
+
     async def latest_conversation(self, user: str) -> int | None:
         """The id of ``user``'s most recently updated conversation, or ``None``."""
 
@@ -654,6 +719,8 @@ class Store:
         usage: Usage | None = None,
         duration_ms: int | None = None,
         holder: str | None = None,
+        replay: str = "",
+        sources: tuple[Source, ...] = (),
     ) -> bool:
         """Store a turn's final text and outcome, and record its tokens in the ledger.
 
@@ -665,6 +732,8 @@ class Store:
             usage: the answer's last token counts, if any were reported.
             duration_ms: how long the answer took.
             holder: whose limits the question spent (default: the conversation's user).
+            replay: the provider's record of the answer, to send back later (or "").
+            sources: the web sources of a grounded answer.
 
         Returns:
             False when the turn no longer exists (its conversation was deleted meanwhile).
@@ -674,6 +743,10 @@ class Store:
         """
         if state not in ("done", "stopped", "failed"):
             raise ValueError(f"not a final state: {state!r}")
+        stored_sources = (
+            json.dumps([[s.title, s.site, s.url] for s in sources], ensure_ascii=False)
+            if sources else None
+        )
         now = self._now()
         counts = (
             (None, None, None)
@@ -686,9 +759,10 @@ class Store:
                 cursor = conn.execute(
                     "UPDATE turns SET answer = ?, thoughts = ?, state = ?, note = ?, "
                     "finish_reason = ?, input_tokens = ?, output_tokens = ?, "
-                    "thoughts_tokens = ?, duration_ms = ?, incomplete = ? WHERE id = ?",
+                    "thoughts_tokens = ?, duration_ms = ?, incomplete = ?, replay = ?, "
+                    "sources = ? WHERE id = ?",
                     (answer, thoughts, state, note, finish_reason, *counts, duration_ms,
-                     int(incomplete), turn_id),
+                     int(incomplete), replay or None, stored_sources, turn_id),
                 )  # fmt: skip
                 if cursor.rowcount == 0:
                     return False

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.utils import get_cwidth
 
-from ._conversation import Turn
+from ._conversation import Turn, source_line
 from ._markdown import render_markdown
 from ._sanitize import sanitize
 
@@ -136,7 +136,8 @@ class Item:
             assert self.turn is not None
             t = self.turn
             part = shown(t)
-            key = (look, len(part.answer), len(part.thoughts), t.state, t.note, len(t.question))
+            key = (look, len(part.answer), len(part.thoughts), t.state, t.note, len(t.question),
+                   len(t.sources))
             if key != self._cache_key:
                 self._cache = self._turn(look, part)
         self._cache_key = key
@@ -171,6 +172,11 @@ class Item:
             who = sanitize(turn.upstream)
             waiting = "(thinking)" if part.thoughts else f"(waiting for {who})"
             lines.append([("class:notice", waiting)])
+        if turn.sources and not turn.active:
+            lines.append([("class:note", "Sources:")])
+            for i, source in enumerate(turn.sources, 1):
+                for ln in wrap(f"{i}. {source_line(source)}", width):
+                    lines.append([("class:note", ln)])
         if turn.note:
             for ln in wrap(sanitize(f"[{turn.note}]"), width):
                 lines.append([("class:note", ln)])

@@ -1,7 +1,8 @@
 """A fake Gemini API on 127.0.0.1 that speaks the real wire format, byte for byte.
 
 Route: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` with the key in the
-``x-goog-api-key`` header (or ``?key=``). Checks run in this order:
+``x-goog-api-key`` header (or ``?key=``); and ``GET /v1beta/models`` (ListModels, paged;
+see :meth:`FakeGemini.model_entries`). Checks of the streaming route run in this order:
 
 * other paths or methods: 404 ``text/plain``;
 * no ``alt=sse``: 400 INVALID_ARGUMENT (JSON body; without ``alt=sse`` the real API speaks
@@ -10,7 +11,14 @@ Route: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` with the ke
   ``err_400_api_key_invalid.json``;
 * unknown model: 404 ``err_404_model_not_found.json`` naming the model;
 * body that is not a JSON object: 400 INVALID_ARGUMENT;
-* otherwise the next scripted :class:`Reply` (``enqueue()``), or ``default_reply``.
+* a body the real API would refuse (:mod:`tests.gemini_schema`: an unknown field, worded
+  as the API words it; a thinking level and a budget together; a level on a 2.5 model):
+  400 INVALID_ARGUMENT;
+* otherwise the next scripted :class:`Reply` (``enqueue()``), or ``default_reply``. A
+  reply built by :meth:`Reply.thinking` is made from the request (thoughts only when
+  asked, thinking paid out of ``maxOutputTokens``); from any other 200 reply the events
+  holding only thought parts are left out unless ``includeThoughts`` was asked, as the
+  real API sends them only then.
 
 Error responses carry ``Content-Type: text/event-stream`` and a ``Content-Length``, as the
 real API sends them on the ``alt=sse`` route. A 200 response is chunked (no
@@ -35,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .gemini_schema import check_request, max_output_tokens, thinking_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "MANIFEST.json").read_text())
@@ -171,6 +181,88 @@ def text_events(
     return out
 
 
+# What a thinkingLevel lets the fake think at most, in tokens (not published by Google).
+LEVEL_TOKENS = {"minimal": 128, "low": 1024, "medium": 4096, "high": 1 << 30}
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def thinking_events(
+    body: Any,
+    answer: Sequence[str],
+    *,
+    thoughts: Sequence[str],
+    thinking_tokens: int,
+    signature: str | None,
+    model_version: str,
+    prompt_tokens: int,
+    grounding: dict[str, Any] | None = None,
+) -> list[bytes]:
+    """The events of :meth:`Reply.thinking` for one request body."""
+    config = thinking_config(body)
+    limit = max_output_tokens(body)
+    want = thinking_tokens
+    budget = config.get("thinkingBudget")
+    if isinstance(budget, int) and budget >= 0:
+        want = min(want, budget)
+    level = config.get("thinkingLevel")
+    if isinstance(level, str):
+        want = min(want, LEVEL_TOKENS.get(level.lower(), want))
+    spent = min(want, limit)
+    include = config.get("includeThoughts") is True
+    rid = new_response_id()
+    searched = any(
+        isinstance(tool, dict) and ("google_search" in tool or "googleSearch" in tool)
+        for tool in (body.get("tools") or [] if isinstance(body, dict) else [])
+    )
+
+    def chunk(parts: list[dict[str, Any]] | None, out: int | None,
+              finish: str | None) -> bytes:
+        content: dict[str, Any] = {"role": "model"}
+        if parts is not None:
+            content = {"parts": parts, "role": "model"}
+        cand: dict[str, Any] = {"content": content}
+        if finish:
+            cand["finishReason"] = finish
+        cand["index"] = 0
+        if finish and grounding is not None and searched:
+            cand["groundingMetadata"] = grounding
+        meta: dict[str, Any] = {"promptTokenCount": prompt_tokens}
+        if out is not None:
+            meta["candidatesTokenCount"] = out
+        meta["totalTokenCount"] = prompt_tokens + (out or 0) + spent
+        meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt_tokens}]
+        if spent:
+            meta["thoughtsTokenCount"] = spent
+        return sse_event({"candidates": [cand], "usageMetadata": meta,
+                          "modelVersion": model_version, "responseId": rid})
+
+    events: list[bytes] = []
+    if include and spent:
+        events += [chunk([{"text": t, "thought": True}], None, None) for t in thoughts]
+    if spent >= limit:
+        events.append(chunk(None, None, "MAX_TOKENS"))
+        return events
+    room = limit - spent
+    used = 0
+    pieces = list(answer) or [""]
+    for i, piece in enumerate(pieces):
+        finish: str | None = "STOP" if i == len(pieces) - 1 else None
+        if used + _tokens(piece) > room:
+            piece = piece[: (room - used) * 4]
+            finish = "MAX_TOKENS"
+        used += _tokens(piece)
+        part: dict[str, Any] = {"text": piece}
+        if i == 0 and signature is not None and spent:
+            part["thoughtSignature"] = signature
+        events.append(chunk([part], used, finish))
+        if finish:
+            break
+    return events
+
+
 # ----- splitting a body into HTTP chunks ----------------------------------------------------
 
 
@@ -279,6 +371,8 @@ class Reply:
     ending: Ending = "complete"
     gate: asyncio.Event | None = None  # see gated()
     gate_after: int = 0
+    split: Split = "events"  # how the body was cut (kept when the fake drops thoughts)
+    respond: Callable[[Any], Reply] | None = None  # see thinking(): built from the request
 
     def gated(self, after: int, gate: asyncio.Event) -> Reply:
         """This reply, pausing after ``after`` body pieces until ``gate`` is set (an
@@ -304,7 +398,7 @@ class Reply:
             raise ValueError(f"{name} is an error body (HTTP {status}); use Reply.error()")
         data = (FIXTURES / name).read_bytes()
         return cls(body=split_body(data, split), first_byte_delay=first_byte_delay,
-                   chunk_delay=chunk_delay)
+                   chunk_delay=chunk_delay, split=split)
 
     @classmethod
     def error(cls, name_or_status: str | int, *, first_byte_delay: float = 0.0) -> Reply:
@@ -350,7 +444,46 @@ class Reply:
             candidate_tokens=candidate_tokens, thoughts_tokens=thoughts_tokens,
         )
         return cls(body=split_body(b"".join(events), split), first_byte_delay=first_byte_delay,
-                   chunk_delay=chunk_delay)
+                   chunk_delay=chunk_delay, split=split)
+
+    @classmethod
+    def thinking(
+        cls,
+        answer: Sequence[str],
+        *,
+        thoughts: Sequence[str] = ("**Thinking it over**\n\nWorking out the answer.\n\n",),
+        thinking_tokens: int = 600,
+        signature: str | None = None,
+        model_version: str = "gemini-2.5-flash",
+        prompt_tokens: int = 12,
+        split: Split = "events",
+        grounding: dict[str, Any] | None = None,
+    ) -> Reply:
+        """A thinking model's answer, built from the request as the real API builds it.
+
+        * Thought parts (``"thought": true``) are sent only when the request's
+          ``thinkingConfig.includeThoughts`` is true.
+        * The model wants ``thinking_tokens`` of thinking; ``thinkingBudget`` (0 or more)
+          caps it, ``thinkingLevel`` caps it at :data:`LEVEL_TOKENS` (the fake's own
+          figures: the real service does not publish them).
+        * Thinking is paid out of ``maxOutputTokens`` first: when it spends the whole
+          limit the answer ends ``MAX_TOKENS`` with ``content: {"role": "model"}`` and no
+          parts at all (fixture 05); when the rest is too short for the answer, the text
+          is cut there and ends ``MAX_TOKENS``. About 4 characters are one token.
+        * ``signature``: a ``thoughtSignature`` on the first answer part (Gemini 3 style).
+        * ``grounding``: a ``groundingMetadata`` on the final candidate, sent only when
+          the request carries the ``google_search`` tool.
+        """
+
+        def respond(body: Any) -> Reply:
+            events = thinking_events(
+                body, answer, thoughts=thoughts, thinking_tokens=thinking_tokens,
+                signature=signature, model_version=model_version,
+                prompt_tokens=prompt_tokens, grounding=grounding,
+            )
+            return cls(body=split_body(b"".join(events), split), split=split)
+
+        return cls(respond=respond)
 
     @classmethod
     def hang(cls, after: Reply | Sequence[str] | None = None) -> Reply:
@@ -394,6 +527,29 @@ class Reply:
         return cls(status=status, body=tuple(body_chunks), headers=tuple(headers.items()),
                    framing=framing, first_byte_delay=first_byte_delay, chunk_delay=chunk_delay,
                    ending="drop" if close_early or framing == "eof" else "complete")
+
+
+def _only_thoughts(event: bytes) -> bool:
+    """True for an SSE event whose parts are all thought summaries."""
+    if not event.startswith(b"data: "):
+        return False
+    try:
+        obj = json.loads(event[6:])
+        parts = obj["candidates"][0]["content"]["parts"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+    return bool(parts) and all(isinstance(p, dict) and p.get("thought") is True for p in parts)
+
+
+def without_thoughts(reply: Reply) -> Reply:
+    """``reply`` as the API sends it to a request that did not ask for thoughts: the
+    thought-only events left out (the usage still counts the thinking)."""
+    data = reply.data
+    events = split_events(data)
+    kept = [e for e in events if not _only_thoughts(e)]
+    if len(kept) == len(events):
+        return reply
+    return dataclasses.replace(reply, body=split_body(b"".join(kept), reply.split))
 
 
 def _as_reply(value: Reply | Sequence[str] | None) -> Reply:
@@ -540,6 +696,7 @@ class FakeGemini:
         self.requests: list[RecordedRequest] = []
         self.responses: list[ResponseLog] = []
         self.default_reply: Reply = Reply.fixture("01_text_multichunk.sse")
+        self.list_page_size = 1000  # the most models one ListModels page holds
         self._queue: list[Reply] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -724,6 +881,8 @@ class FakeGemini:
         self.requests.append(request)
         await self._notify()
 
+        if method == "GET" and path == "/v1beta/models":
+            return await self._list_models(conn, headers, query, keep_alive)
         if method != "POST" or model is None:
             return await self._send_fixed(conn, 404, b"Not Found\n", "text/plain; charset=utf-8",
                                           close=not keep_alive)
@@ -748,9 +907,59 @@ class FakeGemini:
             reply = Reply(status=400, body=(error_body(
                 400, "Invalid JSON payload received. Expected an object as the request body."
             ),), framing="length")
+        elif (invalid := check_request(parsed, model)) is not None:
+            reply = Reply(status=400, body=(pretty_json({"error": {
+                "code": 400, "message": invalid, "status": "INVALID_ARGUMENT",
+                "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                             "fieldViolations": [{"description": invalid}]}],
+            }}),), framing="length")
         else:
             reply = self._queue.pop(0) if self._queue else self.default_reply
+            if reply.respond is not None:
+                reply = reply.respond(parsed)
+            elif reply.status == 200 and thinking_config(parsed).get("includeThoughts") is not True:
+                reply = without_thoughts(reply)
         return await self._send_reply(conn, reply, request, keep_alive)
+
+    def model_entries(self) -> list[dict[str, Any]]:
+        """What ListModels says about the served models (plus one that cannot chat), in
+        the real shape (GEMINI-WIRE.md section 4)."""
+        entries = [{
+            "name": f"models/{name}", "version": "001",
+            "displayName": name.replace("-", " ").title(),
+            "description": f"The fake {name}.", "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens",
+                                           "createCachedContent", "batchGenerateContent"],
+            "temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2,
+            "thinking": not name.startswith("gemini-2.0"),
+        } for name in sorted(self.models)]
+        entries.append({
+            "name": "models/gemini-embedding-001", "version": "001",
+            "displayName": "Gemini Embedding 001", "inputTokenLimit": 2048,
+            "outputTokenLimit": 1, "supportedGenerationMethods": ["embedContent"],
+        })
+        return entries
+
+    async def _list_models(self, conn: _Connection, headers: dict[str, str],
+                           query: dict[str, str], keep_alive: bool) -> bool:
+        """``GET /v1beta/models``: pages of ``list_page_size`` at most (``pageSize``
+        may ask for fewer), ``nextPageToken`` between them."""
+        key = headers.get("x-goog-api-key") or query.get("key")
+        if not key or key != self.api_key:
+            name = "err_403_unregistered_caller.json" if not key else "err_400_api_key_invalid.json"
+            status = MANIFEST[name]["http_status"]
+            return await self._send_fixed(conn, status, (FIXTURES / name).read_bytes(),
+                                          "application/json; charset=UTF-8",
+                                          close=not keep_alive)
+        entries = self.model_entries()
+        size = min(int(query.get("pageSize", "50") or 50), self.list_page_size)
+        start = int(query.get("pageToken", "0") or 0)
+        page: dict[str, Any] = {"models": entries[start:start + size]}
+        if start + size < len(entries):
+            page["nextPageToken"] = str(start + size)
+        return await self._send_fixed(conn, 200, pretty_json(page),
+                                      "application/json; charset=UTF-8", close=not keep_alive)
 
     async def _send_fixed(self, conn: _Connection, status: int, body: bytes,
                           content_type: str, *, close: bool) -> bool:

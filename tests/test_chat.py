@@ -104,7 +104,7 @@ async def test_ctrl_c_stops_the_answer_and_keeps_what_arrived(
 
 async def test_help_lists_commands(term: Terminal) -> None:
     await term.send("/help\r")
-    await term.wait_for("/new")
+    await term.wait_for("this list")
     text = term.joined()
     assert "/quit" in text and "Ctrl-C" in text and "gemini-2.5-flash" in text
 
@@ -143,7 +143,7 @@ async def test_thoughts_are_not_mixed_into_the_answer(
 async def test_finish_reason_is_shown(term: Terminal, fake_gemini: FakeGemini) -> None:
     fake_gemini.enqueue(Reply.fixture("04_max_tokens.sse"))
     await term.ask("list every sorting algorithm")
-    await term.wait_for("[answer cut at the length limit]")
+    await term.wait_for("[answer cut at the length limit")
 
 
 async def test_blocked_prompt_is_explained(term: Terminal, fake_gemini: FakeGemini) -> None:
@@ -191,7 +191,7 @@ async def test_no_api_key_says_how_to_set_it(
         await term.wait_for(lambda t: t.joined().count("GEMINI_API_KEY") >= 2)
         assert fake_gemini.requests == []
         await term.send("/help\r")
-        await term.wait_for("/new")
+        await term.wait_for("this list")
 
 
 async def test_wrong_api_key_is_one_clear_line(
@@ -200,10 +200,10 @@ async def test_wrong_api_key_is_one_clear_line(
     server = await make_server(gemini={"api_key": "not-the-key"})
     async with connected(server) as term:
         await term.ask("hello?")
-        await term.wait_for("Gemini rejected the API key (not valid)")
+        await term.wait_for("Gemini rejected the API key: API key not valid.")
         assert "not-the-key" not in term.raw_text()
         await term.send("/help\r")
-        await term.wait_for("/new")
+        await term.wait_for("this list")
 
 
 async def test_unknown_model_is_one_clear_line(
@@ -226,7 +226,7 @@ async def test_unreachable_upstream_is_one_clear_line(make_server: ServerFactory
         await term.ask("hello?")
         await term.wait_for("Gemini could not be reached")
         await term.send("/help\r")
-        await term.wait_for("/new")
+        await term.wait_for("this list")
 
 
 async def test_disconnect_mid_answer_leaves_nothing_running(

@@ -79,7 +79,7 @@ async def test_messages_name_the_provider() -> None:
     turn = chat.ask("hi?")
     assert turn.upstream == "Elsewhere"  # the screen's "(waiting for Elsewhere)"
     await chat.wait()
-    assert "Elsewhere's per-minute quota is used up, retrying in 1 s" in statuses
+    assert "Elsewhere's quota is used up for now, retrying in 1 s" in statuses
     assert turn.note == "Elsewhere sent no text (Nothing to say); try asking differently"
     assert "Gemini" not in " ".join(statuses) + (turn.note or "")
 

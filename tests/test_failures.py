@@ -45,10 +45,11 @@ CASES: dict[str, Case] = {
     ),
     "max-tokens": Case(
         [Reply.fixture("04_max_tokens.sse")],
-        [last_line(fixture_text("04_max_tokens.sse")), "[answer cut at the length limit]"],
+        [last_line(fixture_text("04_max_tokens.sse")), "[answer cut at the length limit;"],
     ),
     "max-tokens-thinking": Case(
-        [Reply.fixture("05_max_tokens_while_thinking.sse")], ["[answer cut at the length limit]"]
+        [Reply.fixture("05_max_tokens_while_thinking.sse")],
+        ["[no answer: the length limit was spent on thinking (254 tokens)"],
     ),
     "safety-mid-answer": Case(
         [Reply.fixture("06_safety_block_mid_answer.sse")],
@@ -110,17 +111,18 @@ CASES: dict[str, Case] = {
         config={"gemini": {"answer_timeout": 0.5}},
     ),
     "bad-key": Case(
-        [], ["Gemini rejected the API key (not valid)"], config={"gemini": {"api_key": "nope"}}
+        [], ["Gemini rejected the API key: API key not valid."],
+        config={"gemini": {"api_key": "nope"}},
     ),
     "leaked-key": Case(
         [Reply.error("err_403_leaked_key.json")], ["Gemini refused the API key: Your API key"]
     ),
     "per-minute-quota": Case(
-        [Reply.error("err_429_minimal.json")] * 5, ["Gemini's per-minute quota is used up."]
+        [Reply.error("err_429_minimal.json")] * 5, ["Gemini refused for now (429: Resource has"]
     ),
     "quota-wait-beyond-budget": Case(
         [Reply.error("err_429_resource_exhausted.json")],
-        ["Gemini's per-minute quota is used up. Try again in"],
+        ["Gemini's per-minute quota for gemini-2.5-flash is used up"],
     ),
     "internal-error": Case([Reply.error(500)] * 5, ["Gemini had an internal error (500)"]),
     "bad-request": Case(

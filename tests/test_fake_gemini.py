@@ -23,7 +23,11 @@ from .fake_gemini import (
 )
 
 MODEL = "gemini-2.5-flash"
-BODY = {"contents": [{"role": "user", "parts": [{"text": "Hi <there> & café"}]}]}
+# Asks for thoughts, so that fixtures with thought parts come back byte for byte.
+BODY = {
+    "contents": [{"role": "user", "parts": [{"text": "Hi <there> & café"}]}],
+    "generationConfig": {"thinkingConfig": {"includeThoughts": True}},
+}
 SSE_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.sse"))
 ERR_FIXTURES = sorted(p.name for p in FIXTURES.glob("err_*.json"))
 

@@ -147,7 +147,9 @@ async def test_request_shape_and_key_header() -> None:
     assert request.headers["x-goog-api-key"] == "secret-key"
     body = json.loads(request.content)
     assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
-    assert body["generationConfig"] == {"temperature": 0.5, "maxOutputTokens": 99}
+    assert body["generationConfig"] == {
+        "temperature": 0.5, "maxOutputTokens": 99, "thinkingConfig": {"thinkingBudget": 2048}
+    }
 
 
 @pytest.mark.parametrize(
@@ -158,7 +160,7 @@ async def test_request_shape_and_key_header() -> None:
         ("err_403_leaked_key.json", ApiKeyInvalid, "leaked"),
         ("err_404_model_not_found.json", ModelNotFound, "does not know the model"),
         ("err_429_resource_exhausted.json", RateLimited, "per-minute quota"),
-        ("err_429_minimal.json", RateLimited, "per-minute quota"),
+        ("err_429_minimal.json", RateLimited, "the cause is not known"),
         ("err_500_internal.json", UpstreamUnavailable, "internal error"),
         ("err_503_unavailable.json", UpstreamUnavailable, "overloaded"),
         ("err_400_unknown_field.json", BadRequest, "rejected the request (400)"),
@@ -297,7 +299,8 @@ async def test_an_upstream_that_never_sends_headers_times_out() -> None:
         ("STOP", False, True, None),
         ("MAX_TOKENS", False, False, "answer cut at the length limit"),
         ("SAFETY", False, False, "answer stopped by Gemini's safety filter"),
-        ("NEW_REASON", False, False, "answer ended early (new reason)"),
+        ("NEW_REASON", False, False,
+         "answer ended early, for a reason this server does not know (new reason)"),
         ("PROHIBITED_CONTENT", True, False,
          "question blocked by Gemini (prohibited content); rephrase it and try again"),
     ],

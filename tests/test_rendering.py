@@ -97,7 +97,8 @@ async def _thinking(term: Terminal, fake_gemini: FakeGemini) -> None:
     await term.wait_for("Thinking is shown")
     fake_gemini.enqueue(Reply.fixture("02_thinking_include_thoughts.sse"))
     await term.ask("again?")
-    await term.wait_for("one third of the pressure at sea level.")
+    # The first answer is still on the screen: wait for the second one.
+    await term.wait_for(lambda t: t.joined().count("one third of the pressure") == 2)
     await term.wait_for(lambda t: "ready" in t.text())
     text = term.text()
     thinking = text.index("Thinking:")

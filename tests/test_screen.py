@@ -155,7 +155,7 @@ async def test_megabyte_paste_is_refused_and_the_session_lives(
     await term.wait_for("1,048,576 characters", timeout=30)
     assert "BBBB" not in term.text()
     await term.send("/help\r")
-    await term.wait_for("/new")
+    await term.wait_for("this list")
     fake_gemini.enqueue(Reply.text(["Fine."]))
     await term.ask("ok?")
     await term.wait_for("Fine.")
@@ -250,7 +250,7 @@ async def test_a_flood_of_typed_text_does_not_freeze_the_server(
         await term.send("y" * 299 + "\x07")
     await term.wait_for("Nothing was pasted; the input line was cleared.", timeout=20)
     await term.send("\x03/help\r")  # Ctrl-C clears what is left in the input line
-    await term.wait_for("/new")
+    await term.wait_for("this list")
 
 
 async def test_a_paste_in_bursts_over_the_limit_is_not_cut(

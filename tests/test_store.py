@@ -17,9 +17,10 @@ from kindlessh._errors import ConversationNotFound, KindleSSHError, StoreError
 from kindlessh._provider import Usage
 from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
 
+SHIPPED = [m.__name__ for m in _store.MIGRATIONS]
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
-    "conversations": ["id", "user", "title", "created_at", "updated_at"],
+    "conversations": ["id", "user", "title", "created_at", "updated_at", "system_prompt", "web"],
     "turns": [
         "id",
         "conversation_id",
@@ -37,6 +38,8 @@ EXPECTED = {
         "started_at",
         "duration_ms",
         "incomplete",
+        "replay",
+        "sources",
     ],
     "token_usage": [
         "id",
@@ -128,7 +131,7 @@ async def test_migrate_blank(db_path: Path) -> None:
     await store.close()
     with sqlite3.connect(db_path) as conn:
         assert columns(conn) == EXPECTED
-    assert [name for name, _ in migration_rows(db_path)] == ["m001_initial", "m002_token_holder"]
+    assert [name for name, _ in migration_rows(db_path)] == SHIPPED
 
 
 async def test_rerunning_migrations_is_a_no_op(db_path: Path) -> None:
@@ -151,7 +154,7 @@ def test_new_migration_applies_once_in_order(tmp_path: Path) -> None:
 
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     try:
-        assert migrate(conn) == ["m001_initial", "m002_token_holder"]
+        assert migrate(conn) == SHIPPED
         conn.execute(
             "INSERT INTO conversations (user, title, created_at, updated_at) "
             "VALUES ('a', 't', 'x', 'x')"
@@ -161,7 +164,7 @@ def test_new_migration_applies_once_in_order(tmp_path: Path) -> None:
         assert migrate(conn, both) == []
         assert conn.execute("SELECT title, pinned FROM conversations").fetchall() == [("t", 0)]
         names = [name for (name,) in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-        assert names == ["m001_initial", "m002_token_holder", "m002_extra"]
+        assert names == [*SHIPPED, "m002_extra"]
     finally:
         conn.close()
 

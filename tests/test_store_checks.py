@@ -69,7 +69,7 @@ async def test_an_old_ledger_is_migrated_by_name(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-        assert names == ["m001_initial", "m002_token_holder"]
+        assert names[:2] == ["m001_initial", "m002_token_holder"]
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "token_usage_holder_started" in indexes
 
