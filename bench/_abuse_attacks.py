@@ -69,14 +69,19 @@ class Attack:
     def n(self, size: float) -> int:
         return max(1, round(size * self.scale))
 
-    async def digested(self, quiet: float = 0.3, window: float = 0.5) -> None:
+    async def digested(self, quiet: float = 0.3, window: float = 0.5, times: int = 3) -> None:
         """Wait until the server used less than ``quiet`` of a core over ``window``
-        seconds: it has worked through what the attack sent (or the runner gives up)."""
-        while True:
+        seconds ``times`` times in a row: it has worked through what the attack sent (or
+        the runner gives up).
+
+        Strategy: three windows, 1.5 s, outlast the input parser's wait for the rest of
+        an escape sequence, so that the work it does once it gives up waiting comes while
+        the attacker is still connected."""
+        calm = 0
+        while calm < times:
             before = self.cpu()
             await asyncio.sleep(window)
-            if self.cpu() - before < quiet * window:
-                return
+            calm = calm + 1 if self.cpu() - before < quiet * window else 0
 
     async def connect(self, i: int = 0, *, username: str = "attacker", **kwargs: Any
                       ) -> asyncssh.SSHClientConnection:
@@ -266,8 +271,9 @@ async def rekey(ctx: Attack) -> None:
             return
         conn = client.conn
         assert conn is not None
-        # Strategy: asyncssh has no public re-key call; _send_kexinit is what its own
-        # rekey_bytes/rekey_seconds limits call. One exchange at a time, back to back.
+        # Strategy: asyncssh has no public re-key call; _send_kexinit (with
+        # _kexinit_sent) is what its own rekey_bytes/rekey_seconds limits do in
+        # send_packet. One exchange at a time, back to back.
         exchanges = 0
         end = time.monotonic() + seconds
         refused = ""
@@ -276,6 +282,7 @@ async def rekey(ctx: Attack) -> None:
                 refused = f"; the server closed it after {exchanges} ({task.exception()})"
                 break
             conn._send_kexinit()  # noqa: SLF001
+            conn._kexinit_sent = True  # noqa: SLF001
             while not conn._kex_complete and not task.done():  # noqa: SLF001
                 await asyncio.sleep(0.001)
             if conn._kex_complete:  # noqa: SLF001
