@@ -165,6 +165,7 @@ def typed(arrows: bool) -> Callable[[Attack], Awaitable[None]]:
             count = await write_packets(chan, data, 100)
             ctx.notes.append(f"wrote {len(data):,} bytes as {count} packets of 100 in "
                              f"{time.monotonic() - started:.2f} s (no bracketed paste)")
+            ctx.result = f"{len(data) // 1000} KB typed"
             await ctx.digested()
             ctx.result = (f"{len(data) // 1000} KB typed; the attacker got "
                           f"{sink.bytes / 1000:.0f} KB back")
@@ -183,6 +184,7 @@ def long_csi(digits: int) -> Callable[[Attack], Awaitable[None]]:
         conn, chan, _ = await ctx.chat()
         try:
             chan.write(b"\x1b[" + b"1" * n)  # one write, one packet (under 32 KiB)
+            ctx.result = f"ESC [ + {n:,} digits in one write"
             started = time.monotonic()
             await ctx.digested()
             ctx.result = f"ESC [ + {n:,} digits in one write; digested in " \
