@@ -45,6 +45,24 @@ def prose(words: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(words)) + "."
 
 
+def markdown(words: int) -> str:
+    """About ``words`` words of Markdown as an answer has it: paragraphs of 60 words,
+    a short list after every third, a heading every sixth."""
+    parts: list[str] = []
+    left, k = words, 0
+    while left > 0:
+        k += 1
+        if k % 6 == 0:
+            parts.append(f"## Part {k // 6}")
+        parts.append(prose(min(60, left)))
+        left -= 60
+        if k % 3 == 0:
+            parts.append("\n".join(f"- item {j}: **{WORDS[j]}** and `{WORDS[j + 1]}`"
+                                   for j in range(4)))
+            left -= 16
+    return "\n\n".join(parts)
+
+
 # ----- what every attack gets ------------------------------------------------------------
 
 
@@ -201,7 +219,7 @@ def long_csi(digits: int) -> Callable[[Attack], Awaitable[None]]:
 async def resizes(ctx: Attack) -> None:
     words = ctx.n(3000)
     question = "Tell me everything, at length."
-    text = prose(words)
+    text = markdown(words)
     pieces = [text[i:i + 400] for i in range(0, len(text), 400)]
     ctx.fake.routes[question] = Reply.text(pieces)
     conn, chan, sink = await ctx.chat()
