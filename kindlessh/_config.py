@@ -18,6 +18,7 @@ with its own defaults (the retry policy), in that mechanism, which the keys here
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -28,6 +29,8 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._retry import RetryPolicy
+
+log = logging.getLogger("kindlessh.config")
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_MODEL = "gemini-2.5-flash"
@@ -332,6 +335,34 @@ def _section(name: str, raw: Any, cls: type[Any], origin: str, base: Path) -> An
     return cls(**values)
 
 
+def _rename_system_instruction(sections: dict[str, Any], origin: str) -> None:
+    """Read a config written before ``[gemini] system_instruction`` became ``[chat]
+    system_prompt``: the old key still works, with a warning; both at once are refused.
+
+    Strategy: a file that started the server yesterday must start it today; a silent
+    rename would drop the owner's prompt without a word.
+    """
+    gemini = sections.get("gemini")
+    if not isinstance(gemini, dict) or "system_instruction" not in gemini:
+        return
+    chat = sections.setdefault("chat", {})
+    if not isinstance(chat, dict):
+        return  # _section reports a [chat] that is not a table
+    if "system_prompt" in chat:
+        raise ConfigError(
+            f"{origin}: [gemini] system_instruction: renamed [chat] system_prompt, which "
+            "is set too; keep only [chat] system_prompt"
+        )
+    gemini = dict(gemini)
+    chat = dict(chat)
+    chat["system_prompt"] = gemini.pop("system_instruction")
+    sections["gemini"], sections["chat"] = gemini, chat
+    log.warning(
+        "%s: [gemini] system_instruction is now [chat] system_prompt; it was read as that",
+        origin,
+    )
+
+
 def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration.
 
@@ -370,6 +401,7 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
             known = ", ".join(f"[{s}]" for s in _SECTIONS)
             raise ConfigError(f"{origin}: [{name}]: unknown section (known sections: {known})")
         sections[name] = value
+    _rename_system_instruction(sections, origin)
     built = {
         name: _section(name, sections.get(name, {}), cls, origin, base)
         for name, cls in _SECTIONS.items()

@@ -140,3 +140,22 @@ def test_the_retry_keys_build_the_policy_with_its_own_defaults(tmp_path: Path) -
     path.write_text("[gemini]\nmax_retries = 2\nretry_budget = 5\nretry_jitter = 0\n")
     retry = load_config(path, env={}).gemini.retry
     assert retry == RetryPolicy(max_retries=2, budget=5.0, jitter=0.0)
+
+
+def test_the_old_system_instruction_key_still_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text('[gemini]\nsystem_instruction = "Answer in one line."\n')
+    config = load_config(path, env={})
+    assert config.chat.system_prompt == "Answer in one line."
+    assert "[chat] system_prompt" in caplog.text
+
+
+def test_the_old_and_new_system_prompt_keys_together_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "both.toml"
+    path.write_text(
+        '[gemini]\nsystem_instruction = "a"\n[chat]\nsystem_prompt = "b"\n'
+    )
+    with pytest.raises(ConfigError, match=r"renamed \[chat\] system_prompt"):
+        load_config(path, env={})
