@@ -352,14 +352,22 @@ async def idle_connections(ctx: Attack) -> None:
 # ----- 6. one key, many names ----------------------------------------------------------------
 
 
+REFUSALS = ("Slow down", "still coming", "used today's")
+
+
+def _refusal(screen: str) -> bool:
+    """The screen shows a question refused by the holder's limits."""
+    return any(words in screen for words in REFUSALS)
+
+
 async def many_names(ctx: Attack) -> None:
     names, per_name = 12, 3
-    granted = refused = unclear = 0
+    granted = refused = unclear = full = 0
     failed: list[str] = []
     gate = asyncio.Semaphore(6)
 
     async def one(i: int) -> None:
-        nonlocal granted, refused, unclear
+        nonlocal granted, refused, unclear, full
         from bench._probe import ProbeTerminal  # a pyte screen: the answers are read
 
         user = f"alias{i:02d}"
@@ -373,10 +381,19 @@ async def many_names(ctx: Attack) -> None:
         try:
             from tests.sshterm import _Client
 
-            term.chan, _ = await term.conn.create_session(
-                lambda: _Client(term), term_type="xterm", term_size=(COLS, ROWS),
-                encoding="utf-8")
-            await term.wait_for("/help", 30)
+            try:
+                term.chan, _ = await term.conn.create_session(
+                    lambda: _Client(term), term_type="xterm", term_size=(COLS, ROWS),
+                    encoding="utf-8")
+            except asyncssh.ChannelOpenError:
+                full += 1  # closed at login: the key's connections are at their cap
+                return
+            await term.wait_until(
+                lambda: "/help" in term.text() or "server full" in term.joined(),
+                "the chat or a refusal", 30)
+            if "server full" in term.joined():
+                full += 1
+                return
             for q in range(per_name):
                 question = f"{user} question {q}"
                 marker = f"answer-{user}-{q}"
@@ -384,7 +401,7 @@ async def many_names(ctx: Attack) -> None:
                 await term.ask(question)
                 try:
                     await term.wait_until(
-                        lambda m=marker: m in term.joined() or "Slow down" in term.joined(),
+                        lambda m=marker: m in term.joined() or _refusal(term.joined()),
                         "an answer or a refusal", 15)
                 except AssertionError:
                     unclear += 1
@@ -403,7 +420,8 @@ async def many_names(ctx: Attack) -> None:
                    for i in range(names) for q in range(per_name))
     ctx.notes.extend(failed)
     ctx.result = (f"one key as {names} names x {per_name} questions: {granted} answered, "
-                  f"{refused} refused, {unclear} unclear; {upstream} reached Gemini"
+                  f"{refused} refused, {unclear} unclear; {full} chats refused as server full; "
+                  f"{upstream} reached Gemini"
                   f"{f'; {len(failed)} names could not log in' if failed else ''}")
 
 

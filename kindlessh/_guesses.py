@@ -8,12 +8,17 @@ Contract:
   hashing anything: the caller refuses the guess as a failed login.
 - :attr:`GuessBudget.checks` and :attr:`GuessBudget.refused` count both outcomes.
 - ``clock`` (monotonic seconds) is a plain attribute so tests can replace it.
+- The checks run on the budget's own ``at_once`` threads; :meth:`GuessBudget.close`
+  lets them go (the server's stop).
 
 Strategy: scrypt costs about 50 ms of CPU and 16 MiB, by design. Taken off the event
 loop it no longer stalls echo, but forty addresses guessing at once still kept both
 cores busy; a fixed budget bounds the CPU whatever the number of addresses. The price is
 that password logins may fail while someone floods the server with guesses; keys never
-depend on it.
+depend on it. The checks get threads of their own rather than the loop's shared pool:
+each thread that ran scrypt keeps its 16 MiB in the C allocator's arena for that
+thread, so six pool threads held about 200 MiB after a guessing flood (bench/abuse.py);
+two threads hold at most two such arenas.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -41,6 +47,7 @@ class GuessBudget:
         self.running = 0
         self.checks = 0
         self.refused = 0
+        self._threads = ThreadPoolExecutor(at_once, thread_name_prefix="kindlessh-check")
 
     def _take(self) -> bool:
         now = self.clock()
@@ -59,6 +66,10 @@ class GuessBudget:
             return None
         self.running += 1
         try:
-            return await asyncio.to_thread(check)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, check)
         finally:
             self.running -= 1
+
+    def close(self) -> None:
+        """Let the check threads go once the checks running now end."""
+        self._threads.shutdown(wait=False)

@@ -132,6 +132,7 @@ class Server:
         # Answers still coming are stopped and saved as they stand, marked interrupted.
         await self.ctx.session.hub.aclose()
         await self.ctx.session.pace.aclose()
+        self.ctx.guesses.close()
         closer = getattr(self.ctx.provider, "aclose", None)
         if closer is not None:
             await closer()
