@@ -82,6 +82,8 @@ from tests.conftest import write_config
 from tests.helpers import CLIENT_KEY, open_chat
 from tests.sshterm import Terminal
 
+ATTACKER_KEY = asyncssh.generate_private_key("ssh-ed25519", comment="attacker")
+
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "bench" / "_load_server.py"
 API_KEY = "test-key"
@@ -213,7 +215,11 @@ def prepare(tmp: Path, spec: Spec, fake: RoutedGemini) -> Path:
     keys = tmp / "keys"
     users = keys / "users"
     users.mkdir(parents=True)
-    (keys / "authorized_keys").write_bytes(CLIENT_KEY.export_public_key())
+    # Two keys in the shared file: the people's and the attacker's own (an attacker does
+    # not hold the victim's key, and limits follow the key).
+    (keys / "authorized_keys").write_bytes(
+        CLIENT_KEY.export_public_key() + ATTACKER_KEY.export_public_key()
+    )
     if spec.password_auth:
         Passwords(users).set(PASSWORD_USER, PASSWORD)
         Invites.beside(users).create(INVITED_USER, profile=None, ttl=timedelta(hours=1),
@@ -264,7 +270,7 @@ async def run_one(spec: Spec, tmp: Path, fake: RoutedGemini, scale: float) -> Ro
         await person.typed_once()
         await asyncio.sleep(1.0)
         row.rss_before = mib(proc_status(pid).get("VmRSS"))
-        ctx = Attack(port=port, pid=pid, key=CLIENT_KEY, fake=fake, scale=scale,
+        ctx = Attack(port=port, pid=pid, key=ATTACKER_KEY, fake=fake, scale=scale,
                      cpu=lambda: proc_cpu(pid))
         driver_lags: list[float] = []
         stop_lag = asyncio.Event()
