@@ -7,9 +7,11 @@ The words used throughout, from the outside in:
 
 - **connection**: one SSH client connected, from TCP accept to close
   (``_connection.Connection``): admission (``_guard``), login (``_keychoice``,
-  ``_enrol``, ``_password_login``, ``_failcount``). It opens at most one
+  ``_enrol``, ``_password_login``, ``_failcount``), whose limits it spends
+  (``_holders``), and its bounds (``_rekeys``, ``_unused``). It opens at most one
 - **session**: the SSH session channel with its PTY (``_session.Session``), which reads
-  keystrokes (``_input``) and is the only writer to the channel (``_channel``). It shows one
+  keystrokes (``_input``, ``_keyreader``) and is the only writer to the channel
+  (``_channel``). It shows one
 - **screen**: the prompt-toolkit chat screen of a session (``_screen.ChatScreen``):
   layout and keys; slash commands (``_commands``); the transcript, paging and scrolling
   (``_scrollback``, drawn by ``_view``/``_markdown``/``_paint``); the status line
@@ -22,10 +24,10 @@ The words used throughout, from the outside in:
 - **turns**: one question and its answer (``_conversation.Turn``), streamed from a
 - **provider**: one upstream model API (``_provider`` protocol; ``_gemini``, through the
   sans-I/O ``_sse`` decoder, with ``_retry`` before the first token), held to the
-  account's limits (``_quota``).
+  limits of whoever holds the login's key (``_quota``).
 
-Where things go: a keystroke goes ``_session`` -> ``_input`` -> ``_screen`` (a key
-binding or ``_commands``) -> ``Conversation.ask``; an SSE byte goes ``_gemini`` ->
+Where things go: a keystroke goes ``_session`` -> ``_input`` -> ``_keyreader`` ->
+``_screen`` (a key binding or ``_commands``) -> ``Conversation.ask``; an SSE byte goes ``_gemini`` ->
 ``_sse`` -> a ``_provider`` event -> ``Conversation`` (turn text) -> ``_recorder`` (the
 store) and each screen's ``_throttle`` -> ``_scrollback``/``_view`` -> ``_paint`` ->
 ``_channel`` -> the terminal; a stored turn goes ``_store`` -> ``_hub`` (a
