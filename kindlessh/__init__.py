@@ -27,11 +27,11 @@ The words used throughout, from the outside in:
   limits of whoever holds the login's key (``_quota``).
 
 Where things go: a keystroke goes ``_session`` -> ``_input`` -> ``_keyreader`` ->
-``_screen`` (a key binding or ``_commands``) -> ``Conversation.ask``; an SSE byte goes ``_gemini`` ->
-``_sse`` -> a ``_provider`` event -> ``Conversation`` (turn text) -> ``_recorder`` (the
-store) and each screen's ``_throttle`` -> ``_scrollback``/``_view`` -> ``_paint`` ->
-``_channel`` -> the terminal; a stored turn goes ``_store`` -> ``_hub`` (a
-``LiveConversation`` on open or resume) -> ``_scrollback``.
+``_screen`` (a key binding or ``_commands``) -> ``Conversation.ask``; an SSE byte goes
+``_gemini`` -> ``_sse`` -> a ``_provider`` event -> ``Conversation`` (turn text) ->
+``_recorder`` (the store) and each screen's ``_throttle`` -> ``_scrollback``/``_view``
+-> ``_paint`` -> ``_channel`` -> the terminal; a stored turn goes ``_store`` -> ``_hub``
+(a ``LiveConversation`` on open or resume) -> ``_scrollback``.
 """
 
 __version__ = "0.1.0"
