@@ -313,7 +313,11 @@ def _system(screen: Screen, args: list[str]) -> None:
 
 def _web(screen: Screen, args: list[str]) -> None:
     conversation = screen.conversation
-    on = not conversation.searching
+    word = args[0].lower() if len(args) == 1 else ""
+    if args and word not in ("on", "off"):
+        screen.say("Say /web on or /web off (or /web alone to switch).", "error")
+        return
+    on = word == "on" if word else not conversation.searching
     conversation.configure(web=on)
     screen.say(
         "Web search is on for this conversation: answers are grounded in Google Search "

@@ -47,7 +47,7 @@ from ._enrol import Challenge, Enrolment
 from ._failcount import FailedLogins, count_failures
 from ._guard import Guard
 from ._guesses import GuessBudget
-from ._holders import key_holder, note_signed_keys
+from ._holders import key_holder, note_signed_keys, shown_holder
 from ._invites import Invites
 from ._keychoice import KeyChoice
 from ._password_login import PasswordLogin
@@ -82,11 +82,6 @@ def username_problem(name: str) -> str | None:
     return None
 
 
-def acceptable_username(name: str) -> bool:
-    """A user name we accept (see :func:`username_problem`)."""
-    return username_problem(name) is None
-
-
 @dataclass
 class ServerContext:
     """What the connections of one server share (the server's own; a chat session is
@@ -100,10 +95,10 @@ class ServerContext:
     invites: Invites
     passwords: PasswordLogin
     session: SessionDeps
+    probes: NameProbes
+    guesses: GuessBudget
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     stall: StallWatch = field(default_factory=StallWatch)
-    probes: NameProbes = field(default_factory=lambda: NameProbes(8))
-    guesses: GuessBudget = field(default_factory=lambda: GuessBudget(10.0))
 
 
 class Connection(asyncssh.SSHServer):
@@ -288,7 +283,7 @@ class Connection(asyncssh.SSHServer):
             self._holder = username
         else:
             self._holder = key_holder(self._signed_key)
-        held = "" if self._holder == username else f" with {self._holder.removeprefix('key:')}"
+        held = "" if self._holder == username else f" as {shown_holder(self._holder)}"
         shown = sanitize_inline(username)
         full = self.ctx.guard.open_connection(self._holder, username)
         if full is not None:

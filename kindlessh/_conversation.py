@@ -127,8 +127,8 @@ class GenerationSettings:
 
 
 def _capped(text: str, more: str, cap: int) -> tuple[str, bool]:
-    """``text + more`` kept to ``cap`` characters; True when the cap was reached."""
-    if len(text) + len(more) < cap:
+    """``text + more`` kept to ``cap`` characters; True when it went past the cap."""
+    if len(text) + len(more) <= cap:
         return text + more, False
     return (text + more)[:cap], True
 

@@ -9,7 +9,7 @@ KindleSSHError
   UserError                   a ``kindlessh user`` command cannot be done (bad name, key)
   UpstreamError               anything that went wrong talking to the model API
     ApiKeyMissing             no API key configured
-    ApiKeyInvalid             the API rejected the key (400 API_KEY_INVALID, 403)
+    ApiKeyInvalid             the API rejected the key (400 API_KEY_INVALID, 401, 403)
     ModelNotFound             the configured model does not exist (404)
     BadRequest                the API rejected the request (other 4xx)
     UpstreamUnavailable       5xx, network and timeout failures

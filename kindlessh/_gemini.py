@@ -372,7 +372,10 @@ def thinking_config(config: GeminiConfig, *, include_thoughts: bool) -> dict[str
         out["thinkingBudget"] = config.thinking_budget
     elif kind == "level" and config.thinking_level:
         out["thinkingLevel"] = config.thinking_level
-    if kind is not None and include_thoughts and config.thinking_budget != 0:
+    # A budget of 0 turns thinking off on 2.5 models (no thoughts to ask for); Gemini 3
+    # always thinks at its level, whatever the budget says.
+    thinking = kind == "level" or (kind == "budget" and config.thinking_budget != 0)
+    if thinking and include_thoughts:
         out["includeThoughts"] = True
     return out
 

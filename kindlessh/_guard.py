@@ -29,7 +29,7 @@ Contract:
   a user, or one shared key whatever names it logs in as). Over a cap,
   ``open_session`` returns the one "server full" line to show instead of the chat.
 - :meth:`Guard.open_connection` and :meth:`Guard.close_connection` count logged-in
-  connections: ``max_connections`` in all and ``max_connections_per_user`` per user.
+  connections: ``max_connections`` in all and ``max_connections_per_user`` per holder.
   Over a cap, ``open_connection`` returns the one-line reason the connection is closed.
 - ``clock`` (monotonic seconds) and ``rng`` are plain attributes so tests can replace them.
 """
@@ -82,10 +82,8 @@ class Guard:
         self._next_purge = 0.0
         self._logging_in: dict[str, int] = {}
         self._logging_in_total = 0
-        self._sessions: dict[str, int] = {}
-        self._sessions_total = 0
-        self._connections: dict[str, int] = {}
-        self._connections_total = 0
+        self._sessions = _Caps("chats are open", "chat")
+        self._connections = _Caps("connections are logged in", "connection")
         self._warned_at = -_WARN_EVERY
 
     # ----- before login ---------------------------------------------------------------
@@ -220,62 +218,67 @@ class Guard:
     @property
     def sessions(self) -> int:
         """Chat sessions open now."""
-        return self._sessions_total
+        return self._sessions.total
 
     def open_session(self, user: str, name: str | None = None) -> str | None:
         """Count a new chat session for the holder ``user`` (None), or the "server full"
         line; ``name`` is the login name the line speaks to (default ``user``)."""
         cfg = self.config
-        if self._sessions_total >= cfg.max_sessions:
-            return (
-                f"server full: {cfg.max_sessions} chats are open, the most this server "
-                "takes. Try again later."
-            )
-        if self._sessions.get(user, 0) >= cfg.max_sessions_per_user:
-            shown = sanitize_inline(name if name is not None else user, 40)
-            return (
-                f"server full for {shown}: {cfg.max_sessions_per_user} chats are open under "
-                "this name or key, the most allowed. Close one and try again."
-            )
-        self._sessions[user] = self._sessions.get(user, 0) + 1
-        self._sessions_total += 1
-        return None
+        return self._sessions.open(user, name, cfg.max_sessions, cfg.max_sessions_per_user)
 
     def close_session(self, user: str) -> None:
         """A chat session counted by :meth:`open_session` has ended."""
-        _count_down(self._sessions, user)
-        self._sessions_total = max(0, self._sessions_total - 1)
+        self._sessions.close(user)
 
     @property
     def logged_in_connections(self) -> int:
         """Connections logged in now (counted by :meth:`open_connection`)."""
-        return self._connections_total
+        return self._connections.total
 
     def open_connection(self, user: str, name: str | None = None) -> str | None:
         """Count a connection that has just logged in for the holder ``user`` (None), or
         the line saying why it is closed instead; ``name`` is the login name the line
         speaks to (default ``user``)."""
         cfg = self.config
-        if self._connections_total >= cfg.max_connections:
-            return (
-                f"server full: {cfg.max_connections} connections are logged in, the most "
-                "this server takes. Try again later."
-            )
-        if self._connections.get(user, 0) >= cfg.max_connections_per_user:
-            shown = sanitize_inline(name if name is not None else user, 40)
-            return (
-                f"server full for {shown}: {cfg.max_connections_per_user} connections are "
-                "logged in under this name or key, the most allowed. Close one and try "
-                "again."
-            )
-        self._connections[user] = self._connections.get(user, 0) + 1
-        self._connections_total += 1
-        return None
+        return self._connections.open(
+            user, name, cfg.max_connections, cfg.max_connections_per_user
+        )
 
     def close_connection(self, user: str) -> None:
         """A connection counted by :meth:`open_connection` has closed."""
-        _count_down(self._connections, user)
-        self._connections_total = max(0, self._connections_total - 1)
+        self._connections.close(user)
+
+
+class _Caps:
+    """Things open now, in all and per holder, against a total and a per-holder cap."""
+
+    def __init__(self, what: str, noun: str) -> None:
+        self.what = what  # "chats are open": how the refusal says what is full
+        self.noun = noun  # "chat": what the holder should close
+        self.per: dict[str, int] = {}
+        self.total = 0
+
+    def open(self, holder: str, name: str | None, most: int, most_each: int) -> str | None:
+        """Count one more for ``holder`` (None), or the "server full" line."""
+        if self.total >= most:
+            return (
+                f"server full: {most} {self.what}, the most this server takes. "
+                "Try again later."
+            )
+        if self.per.get(holder, 0) >= most_each:
+            shown = sanitize_inline(name if name is not None else holder, 40)
+            return (
+                f"server full for {shown}: {most_each} {self.what} under this name or "
+                f"key, the most allowed. Close a {self.noun} and try again."
+            )
+        self.per[holder] = self.per.get(holder, 0) + 1
+        self.total += 1
+        return None
+
+    def close(self, holder: str) -> None:
+        """One fewer for ``holder``."""
+        _count_down(self.per, holder)
+        self.total = max(0, self.total - 1)
 
 
 def _count_down(counts: dict[str, int], key: str) -> None:

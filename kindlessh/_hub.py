@@ -13,9 +13,9 @@ Contract:
   to the end and is saved (``finish_on_disconnect``), or is stopped and saved as it
   stands. A chat with no screen and no answer leaves memory; the store keeps it.
 - Users only ever reach their own conversations.
-- Every connection's first chat (:meth:`Hub.resume`, :meth:`Hub.open`) first has the
-  tokens of today of the login's holder (:mod:`._holders`; the user name when none is
-  given) loaded into the quota, so the budget holds across restarts. Conversations
+- Every connection's first chat (:meth:`Hub.resume`) first has the tokens of today of
+  the login's holder (:mod:`._holders`; the user name when none is given) loaded into
+  the quota, so the budget holds across restarts. Conversations
   belong to the name; limits and token counts to the holder.
 - :meth:`Hub.aclose` (server shutdown) stops every answer, marking it interrupted, saves
   everything and closes the store.
@@ -178,7 +178,6 @@ class Hub:
         Raises:
             ConversationNotFound: no such conversation of this user.
         """
-        await self.quota.load(user)
         await self._dropping(user)
         for chat in self.chats:
             if chat.user == user and chat.id == conversation_id and not chat.closed:

@@ -142,7 +142,7 @@ class Recorder:
                     await self.store.save_progress(turn_id, turn.answer, turn.thoughts)
                     self._progress[turn] = size
                 continue
-            state = "done" if turn.state == "done" else turn.state
+            state = turn.state
             assert state in ("done", "stopped", "failed")
             await self.store.finish_turn(
                 turn_id,

@@ -206,7 +206,11 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     try:
         acceptor = await _listen(ctx, [k for k in (host_key, rsa_host_key) if k is not None])
     except BaseException:
+        # Nothing of a server that could not start stays open.
         await store.close()
+        guesses.close()
+        if isinstance(upstream, GeminiProvider) and provider is None:
+            await upstream.aclose()
         raise
     ctx.session.pace.start()
     ctx.stall.start()

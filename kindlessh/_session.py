@@ -305,8 +305,6 @@ class Session(asyncssh.SSHServerSession[str]):
         notices += [Notice(text, "error") for text in deps.notices]
         self._input = ChannelInput(pause=chan.pause_reading, resume=chan.resume_reading)
         chat = await deps.hub.resume(self.username, holder=self.holder)
-        # A bracketed paste longer than the input line holds is refused unread.
-        self._input.max_paste = 2 * chat.conversation.settings.max_prompt_chars
         try:
             with create_app_session(input=self._input, output=output):
                 self.screen = ChatScreen(
@@ -323,6 +321,8 @@ class Session(asyncssh.SSHServerSession[str]):
                     pace=deps.pace.stretch,
                     spread=deps.pace.spread,
                 )
+                # A bracketed paste longer than the input line holds is refused unread.
+                self._input.max_paste = self.screen.max_line()
                 if deps.idle_timeout:
                     self._last_input = time.monotonic()
                     self._idle = asyncio.get_running_loop().call_later(

@@ -8,6 +8,7 @@ Contract:
   counts as the whole ``give_up`` wait. ``person.echoes`` holds every sample.
 - :func:`can_log_in` opens a fresh chat (a new connection, a new login) and closes it;
   it raises ``AssertionError`` when the chat does not come up within ``timeout``.
+- :func:`elsewhere` runs an attack on a thread with an event loop of its own.
 - :func:`rss_mib` is this process's resident memory (the server runs in the test's
   process), after a full collection, so that freed objects are not counted.
 
@@ -22,14 +23,17 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from kindlessh import Server
 
 from .helpers import connected
 from .sshterm import Terminal
+
+T = TypeVar("T")
 
 ECHO_LIMIT = 0.25  # seconds: the worst echo a bystander may see during an attack
 MEMORY_SLACK_MIB = 50.0  # how far memory may stay above its level before the attack
@@ -105,6 +109,17 @@ async def can_log_in(server: Server, *, username: str = "latecomer", timeout: fl
     async with asyncio.timeout(timeout):
         async with connected(server, username=username):
             pass
+
+
+async def elsewhere(attack: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attack()`` to its end on a thread with its own event loop.
+
+    Strategy: the attacker's own client work (forty key exchanges, say) would otherwise
+    run on the test's loop, beside the server and the bystander, and show as the
+    server's delay; on a thread of its own it shares only the CPU, as a remote attacker
+    shares the machine's network.
+    """
+    return await asyncio.to_thread(lambda: asyncio.run(attack()))
 
 
 def rss_mib() -> float:
