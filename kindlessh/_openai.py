@@ -459,8 +459,10 @@ class OpenAIProvider:
 
     @property
     def name(self) -> str:
-        """The entry's name, as messages say it."""
-        return self.config.name
+        """The model and the entry, as the "(waiting for ...)" line and retry notes say
+        them: a local model may load for a minute before its first word."""
+        cfg = self.config
+        return cfg.name if cfg.model == cfg.name else f"{cfg.model} on {cfg.name}"
 
     @property
     def model(self) -> str:
