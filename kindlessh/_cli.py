@@ -38,11 +38,12 @@ from pathlib import Path
 
 from . import __version__
 from ._acceptlog import install_accept_log
-from ._config import Config, load_config
-from ._errors import ConfigError, StoreError, UpstreamError, UserError
+from ._config import Config, ModelConfig, gemini_for, load_config
+from ._errors import ConfigError, ModelNotFound, StoreError, UpstreamError, UserError
 from ._gemini import list_models
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
 from ._keys import AuthorizedKeys
+from ._openai import check_entry
 from ._passwords import Passwords
 from ._process import tune_process
 from ._server import Server, start_server
@@ -138,13 +139,27 @@ def describe(server: Server) -> list[str]:
     if auth.error:
         lines.append(f"Warning: cannot parse {auth.error}")
     gemini = config.gemini
-    if gemini.api_key:
-        lines.append(f"Gemini: model {gemini.model}, API key set")
-    else:
-        lines.append(
-            f"Gemini: model {gemini.model}, NO API KEY: chats will say so. "
-            "Set GEMINI_API_KEY=... (or [gemini] api_key) and restart."
-        )
+    for entry in config.models:
+        default = " (default)" if entry.name == config.default_model and \
+            len(config.models) > 1 else ""
+        if entry.provider == "gemini" and entry.name == "gemini" and len(config.models) == 1:
+            if gemini.api_key:
+                lines.append(f"Gemini: model {gemini.model}, API key set")
+            else:
+                lines.append(
+                    f"Gemini: model {gemini.model}, NO API KEY: chats will say so. "
+                    "Set GEMINI_API_KEY=... (or [gemini] api_key) and restart."
+                )
+        elif entry.provider == "gemini":
+            keyword = "API key set" if entry.api_key else "NO API KEY"
+            lines.append(f"Model {entry.name}{default}: Gemini {entry.model}, {keyword}")
+        else:
+            keyword = f", key from {entry.api_key_env}" if entry.api_key_env else ""
+            if entry.api_key_env and not entry.api_key:
+                keyword = f", {entry.api_key_env} IS NOT SET"
+            lines.append(
+                f"Model {entry.name}{default}: {entry.model} at {entry.base_url}{keyword}"
+            )
     return lines
 
 
@@ -278,13 +293,49 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--revoke", metavar="NAME", help="cancel NAME's invite")
     invite.add_argument("--config", type=Path, help="TOML config file (default: none)")
 
-    models = sub.add_parser("models", help="the Gemini models the API key can use")
+    models = sub.add_parser(
+        "models",
+        help="the Gemini models the API key can use; with [models.NAME] entries, "
+        "check each one",
+    )
     models.add_argument("--config", type=Path, help="TOML config file (default: none)")
     return parser
 
 
+async def _check(entry: ModelConfig, config: Config) -> str:
+    """One entry checked: reachable, key accepted, model present."""
+    if entry.provider == "openai":
+        return await check_entry(entry)
+    found = await list_models(gemini_for(entry, config.gemini))
+    if any(m.name == entry.model for m in found):
+        return f"model {entry.model} present"
+    raise ModelNotFound(f"Gemini does not offer {entry.model} to this key")
+
+
+def _check_entries(config: Config) -> int:
+    """Check every model entry; one line each; 1 when any fails."""
+
+    async def run() -> list[tuple[ModelConfig, str, bool]]:
+        results = []
+        for entry in config.models:
+            try:
+                results.append((entry, await _check(entry, config), True))
+            except UpstreamError as exc:
+                results.append((entry, str(exc), False))
+        return results
+
+    results = asyncio.run(run())
+    width = max(len(e.name) for e, _, _ in results)
+    for entry, said, ok in results:
+        _out(f"{'ok  ' if ok else 'FAIL'} {entry.name:<{width}}  {entry.provider}: {said}")
+    return 0 if all(ok for _, _, ok in results) else 1
+
+
 def _models_command(config: Config) -> int:
-    """Print the models the key can use, one a line; the configured one is marked."""
+    """Print the models the key can use, one a line; the configured one is marked.
+    With model entries besides Gemini, check every entry instead."""
+    if any(m.provider != "gemini" or m.name != "gemini" for m in config.models):
+        return _check_entries(config)
     try:
         found = asyncio.run(list_models(config.gemini))
     except UpstreamError as exc:

@@ -327,6 +327,40 @@ def _web(screen: Screen, args: list[str]) -> None:
     )
 
 
+def _model(screen: Screen, args: list[str]) -> None:
+    models = screen.hub.models
+    conversation = screen.conversation
+    if models is None or not models.names:
+        screen.say(f"Model: {sanitize_inline(conversation.provider.model, 80)} (the only one).")
+        return
+    current = conversation.entry or models.name_of(conversation.provider)
+    if not args:
+        lines = ["Models (/model NAME switches this conversation):"]
+        for name in models.names:
+            entry = models.entry(name)
+            provider = models.get(name)
+            kind = entry.provider if entry is not None else "?"
+            model = provider.model if provider is not None else "?"
+            mark = "  <- current" if name == current else ""
+            lines.append(f"  {name}: {kind}, {sanitize_inline(model, 60)}{mark}")
+        screen.say("\n".join(lines))
+        return
+    name = args[0].lower()
+    provider = models.get(name)
+    if provider is None:
+        known = ", ".join(models.names)
+        screen.say(
+            f"No model entry named {sanitize_inline(args[0], 40)!r}; configured: {known}.",
+            "error",
+        )
+        return
+    conversation.use(name, provider)
+    screen.say(
+        f"This conversation now uses {name} ({sanitize_inline(provider.model, 60)}) "
+        "from the next question on."
+    )
+
+
 def _up(screen: Screen, args: list[str]) -> None:
     screen.scroll(1)
 
@@ -359,6 +393,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/thoughts",), "show or hide the model's thinking", _thoughts),
     Command(("/web",), "answers with web sources (on/off)", _web),
     Command(("/system",), "this chat's instructions (TEXT, off)", _system),
+    Command(("/model",), "list the models; /model NAME switches", _model, "/model NAME"),
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),

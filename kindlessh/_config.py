@@ -121,6 +121,32 @@ class ChatConfig:
     max_answer_chars: int = 32768
     finish_on_disconnect: bool = True
     system_prompt: str = DEFAULT_SYSTEM_INSTRUCTION
+    default_model: str = ""  # a [models.NAME] entry; "": gemini if configured, else the first
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[models.NAME]``: one model a conversation may use.
+
+    ``provider = "openai"`` is any OpenAI-compatible ``/chat/completions`` server;
+    ``provider = "gemini"`` is Gemini with the ``[gemini]`` settings, this entry's
+    ``model`` (and its key, URL and first-byte timeout when set) in their place.
+    The key is read from the environment variable ``api_key_env`` names, never from the
+    file.
+    """
+
+    name: str = ""  # the table's name, not a key
+    provider: str = "openai"
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    api_key: str = field(default="", repr=False)  # read from api_key_env, not a key
+    max_output_tokens: int = 0  # 0: the chat's ([gemini] max_output_tokens)
+    connect_timeout: float = 10.0
+    # A local model may load for a minute or more before its first byte.
+    first_byte_timeout: float = 300.0
+    chunk_timeout: float = 60.0
+    answer_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,17 @@ class Config:
     ui: UIConfig = UIConfig()
     storage: StorageConfig = StorageConfig()
     source: Path | None = None
+    # Every model entry, the ``gemini`` one from [gemini] included when it applies.
+    models: tuple[ModelConfig, ...] = ()
+
+    @property
+    def default_model(self) -> str:
+        """The entry new conversations use."""
+        return self.chat.default_model or (self.models[0].name if self.models else "gemini")
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The entry called ``name``, if there is one."""
+        return next((m for m in self.models if m.name == name), None)
 
 
 def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
@@ -252,6 +289,20 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("gemini", "retry_base_delay"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_jitter"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("gemini", "retry_budget"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("models", "provider"): (lambda v: v in ("openai", "gemini"), '"openai" or "gemini"'),
+    ("models", "base_url"): (
+        lambda v: v == "" or v.startswith(("http://", "https://")),
+        "a URL starting with http:// or https://",
+    ),
+    ("models", "api_key_env"): (
+        lambda v: v == "" or (v.replace("_", "a").isalnum() and not v[0].isdigit()),
+        "the name of an environment variable, such as OPENROUTER_API_KEY",
+    ),
+    ("models", "max_output_tokens"): (lambda v: v >= 0, "a count, 0 or more"),
+    ("models", "connect_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("models", "first_byte_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("models", "chunk_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
+    ("models", "answer_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
     ("chat", "max_prompt_chars"): (lambda v: v >= 1, "a count of 1 or more"),
     ("chat", "max_answer_chars"): (lambda v: v >= 1000, "a count of 1000 or more"),
     ("quota", "prompts"): (lambda v: v >= 0, "a count, 0 or more"),
@@ -322,7 +373,7 @@ def _section(name: str, raw: Any, cls: type[Any], origin: str, base: Path) -> An
             str(fields[key].type)
         ]
         converted = _convert(where, kind, value, base)
-        check = _RANGES.get((name, key))
+        check = _RANGES.get((name.partition(".")[0], key))
         if check is not None and not check[0](converted):
             raise ConfigError(f"{where}: {value!r} is out of range; expected {check[1]}")
         values[key] = converted
@@ -363,6 +414,81 @@ def _rename_system_instruction(sections: dict[str, Any], origin: str) -> None:
     )
 
 
+_ENTRY_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _model_entries(
+    raw: Any, origin: str, base: Path, env: dict[str, str], file_has_gemini: bool,
+    gemini: GeminiConfig,
+) -> tuple[ModelConfig, ...]:
+    """The ``[models.NAME]`` tables, and the ``gemini`` entry that ``[gemini]`` makes.
+
+    Strategy: ``[gemini]`` stays the entry ``gemini`` whenever it may be meant: when
+    there are no other entries (today's configs), when a Gemini key is set, or when the
+    file has a ``[gemini]`` table. A server with only local models then never says it
+    lacks a Gemini key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: [models] must hold tables such as [models.local]")
+    entries: list[ModelConfig] = []
+    for name, table in raw.items():
+        if not name or not set(name) <= _ENTRY_NAME_CHARS:
+            raise ConfigError(
+                f"{origin}: [models.{name}]: a model entry's name is lower-case letters, "
+                "digits, '-', '_' or '.'"
+            )
+        if isinstance(table, dict) and ("name" in table or "api_key" in table):
+            key = "name" if "name" in table else "api_key"
+            why = ("the table's name is the entry's name" if key == "name"
+                   else "keys are read from the environment: set api_key_env")
+            raise ConfigError(f"{origin}: [models.{name}] {key}: not a key here ({why})")
+        entry = _section(f"models.{name}", table, ModelConfig, origin, base)
+        entry = dataclasses.replace(entry, name=name)
+        if entry.provider == "openai" and not entry.base_url:
+            raise ConfigError(
+                f"{origin}: [models.{name}] base_url: missing; an OpenAI-compatible server "
+                'needs one, such as "http://127.0.0.1:11434/v1" (Ollama)'
+            )
+        if not entry.model:
+            raise ConfigError(f"{origin}: [models.{name}] model: missing; name the model")
+        key = ""
+        if entry.api_key_env:
+            key = env.get(entry.api_key_env, "").strip()
+        elif entry.provider == "gemini":
+            key = gemini.api_key
+        entries.append(dataclasses.replace(entry, api_key=key))
+    if "gemini" not in raw and (not entries or gemini.api_key or file_has_gemini):
+        entries.insert(0, ModelConfig(
+            name="gemini",
+            provider="gemini",
+            base_url=gemini.base_url,
+            model=gemini.model.removeprefix("models/"),
+            api_key_env="GEMINI_API_KEY",
+            api_key=gemini.api_key,
+            max_output_tokens=gemini.max_output_tokens,
+            connect_timeout=gemini.connect_timeout,
+            first_byte_timeout=gemini.first_byte_timeout,
+            chunk_timeout=gemini.chunk_timeout,
+            answer_timeout=gemini.answer_timeout,
+        ))
+    return tuple(entries)
+
+
+def gemini_for(entry: ModelConfig, gemini: GeminiConfig) -> GeminiConfig:
+    """The ``[gemini]`` settings with a ``provider = "gemini"`` entry's own values."""
+    return dataclasses.replace(
+        gemini,
+        model=entry.model,
+        base_url=entry.base_url or gemini.base_url,
+        api_key=entry.api_key,
+        first_byte_timeout=entry.first_byte_timeout,
+        connect_timeout=entry.connect_timeout,
+        chunk_timeout=entry.chunk_timeout,
+        answer_timeout=entry.answer_timeout,
+        max_output_tokens=entry.max_output_tokens or gemini.max_output_tokens,
+    )
+
+
 def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration.
 
@@ -396,9 +522,10 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
         except UnicodeDecodeError:
             raise ConfigError(f"{origin}: not valid UTF-8 text") from None
     sections: dict[str, Any] = {}
+    models_raw = raw.pop("models", {})
     for name, value in raw.items():
         if name not in _SECTIONS:
-            known = ", ".join(f"[{s}]" for s in _SECTIONS)
+            known = ", ".join(f"[{s}]" for s in [*_SECTIONS, "models.NAME"])
             raise ConfigError(f"{origin}: [{name}]: unknown section (known sections: {known})")
         sections[name] = value
     _rename_system_instruction(sections, origin)
@@ -425,4 +552,12 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> Config:
     key = env.get("GEMINI_API_KEY", "").strip()
     if key:
         built["gemini"] = dataclasses.replace(built["gemini"], api_key=key)
-    return Config(**built, source=path)
+    models = _model_entries(models_raw, origin, base, env, "gemini" in raw, built["gemini"])
+    config = Config(**built, source=path, models=models)
+    if config.chat.default_model and config.model(config.chat.default_model) is None:
+        names = ", ".join(m.name for m in models) or "none"
+        raise ConfigError(
+            f"{origin}: [chat] default_model: {config.chat.default_model!r} is not a "
+            f"configured model (configured: {names})"
+        )
+    return config

@@ -84,6 +84,8 @@ class Turn:
     finish_reason: str = ""
     cut: bool = False
     upstream: str = "the model"
+    model: str = ""  # the model that wrote the answer (stored with the turn)
+    model_changed: bool = False  # its model differs from the turn before's: say which
     usage: Usage | None = None
     holder: str | None = None  # whose limits the question spent (._holders)
     replay: str = ""  # the provider's record of the answer, sent back in later turns
@@ -143,8 +145,10 @@ class Conversation:
         settings: GenerationSettings,
         retry: RetryPolicy | None = None,
         quota: UserQuota | None = None,
+        entry: str = "",
     ) -> None:
         self.provider = provider
+        self.entry = entry  # the model entry's name (/model), "" when not configured
         self.settings = settings
         self.retry_policy = retry or RetryPolicy()
         self.quota = quota
@@ -156,6 +160,14 @@ class Conversation:
         # This conversation's own choices (stored with it); None: the server's default.
         self.system_prompt: str | None = None
         self.web: bool | None = None
+
+    def use(self, entry: str, provider: Provider) -> None:
+        """Answer with ``provider`` (model entry ``entry``) from the next question on;
+        the turns so far go with it as history, whoever wrote them."""
+        self.entry = entry
+        self.provider = provider
+        self._told_no_thoughts = False
+        self._changed()
 
     @property
     def instructions(self) -> str:
@@ -239,9 +251,12 @@ class Conversation:
                 history.append(Message("user", turn.question))
                 history.append(Message("model", turn.answer, replay=turn.replay))
         history.append(Message("user", question))
+        model = self.provider.model
+        previous = self.turns[-1].model if self.turns else model
         turn = Turn(
             question, upstream=self.provider.name,
             holder=quota.holder if quota is not None else None,
+            model=model, model_changed=bool(previous) and previous != model,
         )
         self.turns.append(turn)
         request = ChatRequest(

@@ -34,10 +34,11 @@ from pathlib import Path
 
 from ._conversation import Conversation, Turn, source_line
 from ._errors import ConversationNotFound, StoreError
+from ._models import Models
 from ._provider import Usage
 from ._quota import Quota, day_start
 from ._recorder import TITLE_CHARS, Recorder
-from ._sanitize import sanitize
+from ._sanitize import sanitize, sanitize_inline
 from ._store import INTERRUPTED_NOTE, ConversationRow, Store, TurnRow
 
 log = logging.getLogger("kindlessh.hub")
@@ -75,6 +76,7 @@ def _turn_from_row(row: TurnRow) -> Turn:
         usage=row.usage,
         replay=row.replay,
         sources=row.sources,
+        model=row.model,
     )
     turn.duration = (row.duration_ms or 0) / 1000
     return turn
@@ -91,6 +93,7 @@ class Hub:
         commit_interval: seconds between saves of a streaming answer.
         finish_on_disconnect: whether an answer goes on when its last screen leaves.
         export_dir: the folder under which each user's exports are written.
+        models: the configured model entries a conversation may switch between.
     """
 
     def __init__(
@@ -102,8 +105,10 @@ class Hub:
         commit_interval: float,
         finish_on_disconnect: bool,
         export_dir: Path,
+        models: Models | None = None,
     ) -> None:
         self.store = store
+        self.models = models  # the configured model entries (/model), if known
         self.make_conversation = make_conversation
         self.quota = quota
         self.commit_interval = commit_interval
@@ -133,8 +138,12 @@ class Hub:
         saved: dict[Turn, int] = {}
         for row in rows or []:
             turn = _turn_from_row(row)
+            previous = conversation.turns[-1].model if conversation.turns else turn.model
+            turn.model_changed = turn.model != previous
             conversation.turns.append(turn)
             saved[turn] = row.id
+        if conversation.turns and self.models is not None:
+            self._reopen_model(conversation)
         recorder = Recorder(
             self.store,
             conversation,
@@ -146,6 +155,19 @@ class Hub:
         chat = LiveConversation(user, conversation, recorder)
         self.chats.append(chat)
         return chat
+
+    def _reopen_model(self, conversation: Conversation) -> None:
+        """A reopened conversation goes on with the model of its last answer, when an
+        entry still serves that model."""
+        assert self.models is not None
+        last = conversation.turns[-1].model
+        if conversation.provider.model == last:
+            return
+        for name in self.models.names:
+            provider = self.models.get(name)
+            if provider is not None and provider.model == last:
+                conversation.use(name, provider)
+                return
 
     async def _dropping(self, user: str) -> None:
         """Wait until ``user``'s chats that are leaving memory have saved their last
@@ -339,15 +361,17 @@ def to_markdown(chat: LiveConversation, now: datetime) -> str:
     """
     turns = [
         (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None,
-         t.sources)
+         t.sources, sanitize_inline(t.model, 80))
         for t in chat.conversation.turns
     ]
     title = " ".join(turns[0][0].split())[:TITLE_CHARS] if turns else "Empty conversation"
     head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
     blocks = [head]
-    for question, answer, note, sources in turns:
+    for question, answer, note, sources, model in turns:
         lines = ["> " + line for line in question.splitlines() or [""]]
         lines += ["", answer.rstrip()]
+        if model:
+            lines += ["", f"*Answered by {model}.*"]
         if sources:
             lines += ["", "Sources:"]
             lines += [f"{i}. {source_line(s, links=True)}" for i, s in enumerate(sources, 1)]

@@ -131,7 +131,9 @@ class Recorder:
                         self.user, title_for(turn.question)
                     )
                 self._ids[turn] = await self.store.add_turn(
-                    self.conversation_id, turn.question, self.conversation.provider.model
+                    self.conversation_id,
+                    turn.question,
+                    turn.model or self.conversation.provider.model,
                 )
             turn_id = self._ids[turn]
             if turn in self._finished:

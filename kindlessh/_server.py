@@ -25,7 +25,7 @@ from asyncssh.public_key import get_default_public_key_algs
 from ._config import Config
 from ._connection import Connection, ServerContext
 from ._conversation import Conversation, GenerationSettings
-from ._gemini import GeminiProvider, setup_notice
+from ._errors import ConfigError
 from ._guard import Guard
 from ._guesses import GuessBudget
 from ._hub import Hub
@@ -37,6 +37,7 @@ from ._keys import (
     load_or_create_host_key,
     load_or_create_rsa_host_key,
 )
+from ._models import Models
 from ._pace import Pace
 from ._password_login import PasswordLogin
 from ._passwords import Passwords
@@ -133,9 +134,8 @@ class Server:
         await self.ctx.session.hub.aclose()
         await self.ctx.session.pace.aclose()
         self.ctx.guesses.close()
-        closer = getattr(self.ctx.provider, "aclose", None)
-        if closer is not None:
-            await closer()
+        if self.ctx.session.hub.models is not None:
+            await self.ctx.session.hub.models.aclose()
 
 
 async def start_server(config: Config, *, provider: Provider | None = None) -> Server:
@@ -160,7 +160,10 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
     quota = Quota(config.quota, store)
-    upstream = provider or GeminiProvider(gemini)
+    models = Models(config, provider=provider)
+    upstream = models.get(models.default)
+    if upstream is None:  # load_config keeps default_model among the entries
+        raise ConfigError(f"no model entry named {models.default!r}")
     generation = GenerationSettings(
         system_instruction=config.chat.system_prompt,
         search=gemini.google_search,
@@ -172,11 +175,14 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     retry = gemini.retry
     hub = Hub(
         store,
-        lambda user: Conversation(upstream, generation, retry, quota=quota.of(user)),
+        lambda user: Conversation(
+            upstream, generation, retry, quota=quota.of(user), entry=models.default
+        ),
         quota=quota,
         commit_interval=config.storage.commit_interval_ms / 1000,
         finish_on_disconnect=config.chat.finish_on_disconnect,
         export_dir=config.storage.export_dir,
+        models=models,
     )
     srv = config.server
     guesses = GuessBudget(srv.password_checks_per_second)
@@ -198,7 +204,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
             max_write_buffer=srv.max_write_buffer,
             max_resize_rate=srv.max_resize_rate,
             max_resize_burst=srv.max_resize_burst,
-            notices=tuple(n for n in [setup_notice(gemini)] if n is not None),
+            notices=models.notices,
         ),
         probes=NameProbes(srv.max_names_per_source),
         guesses=guesses,

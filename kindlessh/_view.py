@@ -157,6 +157,8 @@ class Item:
         for i, ln in enumerate(wrap(sanitize(turn.question), width - 2)):
             lines.append([("class:question", ("> " if i == 0 else "  ") + ln)])
         lines.append([])
+        if turn.model_changed:
+            lines += [[("class:note", ln)] for ln in wrap(f"[{sanitize(turn.model)}]", width)]
         if look.thoughts and part.thoughts:
             # Marked, not only dimmed: e-ink has no dim, and a thought must never be
             # mistaken for the answer.

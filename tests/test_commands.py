@@ -160,7 +160,7 @@ async def test_help_lists_every_registered_command_in_order(tmp_path: Path) -> N
 async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Path) -> None:
     async with chat_screen(tmp_path) as screen:
         text = await screen.command("/help", says="Commands:")
-    shown = [" ".join(line.split()) for line in text.splitlines()[1:16]]
+    shown = [" ".join(line.split()) for line in text.splitlines()[1:17]]
     assert shown == [
         "/new start a fresh conversation",
         "/history list your conversations (/history 2: older)",
@@ -173,6 +173,7 @@ async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Pat
         "/thoughts show or hide the model's thinking",
         "/web answers with web sources (on/off)",
         "/system this chat's instructions (TEXT, off)",
+        "/model NAME list the models; /model NAME switches",
         "/smooth laptop screen: smooth streaming",
         "/up /down page back and forth (or PgUp/PgDn)",
         "/quit leave (also Ctrl-D on an empty line)",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kindlessh import ConfigError, load_config
-from kindlessh._config import Config
+from kindlessh._config import Config, ModelConfig
 from kindlessh._keys import load_or_create_host_key
 from kindlessh._retry import RetryPolicy
 
@@ -32,7 +32,7 @@ def test_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
     raw = tomllib.loads(EXAMPLE.read_text())
     defaults = Config()
     for section in dataclasses.fields(Config):
-        if section.name == "source":
+        if section.name in ("source", "models"):
             continue
         documented = raw.get(section.name)
         assert documented is not None, f"[{section.name}] missing from the example"
@@ -43,9 +43,17 @@ def test_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
             default = getattr(values, name)
             shown = documented[name]
             assert (str(default) if isinstance(default, Path) else default) == shown, name
+    # The model entry's keys (the table's name and the key read from the environment
+    # are not keys); the example's base_url and model are examples: they have no default.
+    entry = raw["models"]["local"]
+    keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "api_key"}
+    assert set(entry) == keys
+    for name in keys - {"base_url", "model"}:
+        assert getattr(ModelConfig(), name) == entry[name], name
     # And the example loads as it is.
     config = load_config(EXAMPLE, env={})
     assert config.server.port == 2222
+    assert [m.name for m in config.models] == ["gemini", "local"]
 
 
 def test_env_key_overrides_the_file(tmp_path: Path) -> None:
@@ -159,3 +167,51 @@ def test_the_old_and_new_system_prompt_keys_together_are_refused(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match=r"renamed \[chat\] system_prompt"):
         load_config(path, env={})
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    return path
+
+
+LOCAL = '[models.local]\nbase_url = "http://127.0.0.1:11434/v1"\nmodel = "llama3.2"\n'
+
+
+def test_gemini_table_stays_the_entry_gemini(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[gemini]\nmodel = "gemini-2.5-pro"\n' + LOCAL), env={})
+    assert [(m.name, m.provider, m.model) for m in config.models] == [
+        ("gemini", "gemini", "gemini-2.5-pro"), ("local", "openai", "llama3.2")]
+    assert config.default_model == "gemini"
+
+
+def test_only_a_local_model_needs_no_gemini(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, LOCAL), env={})
+    assert [m.name for m in config.models] == ["local"] and config.default_model == "local"
+    # A Gemini key in the environment brings the gemini entry back.
+    config = load_config(write(tmp_path, LOCAL), env={"GEMINI_API_KEY": "k"})
+    assert [m.name for m in config.models] == ["gemini", "local"]
+
+
+def test_entry_key_comes_from_the_named_variable(tmp_path: Path) -> None:
+    text = LOCAL + 'api_key_env = "LOCAL_KEY"\n[chat]\ndefault_model = "local"\n'
+    config = load_config(write(tmp_path, text), env={"LOCAL_KEY": "s3cret"})
+    entry = config.model("local")
+    assert entry is not None and entry.api_key == "s3cret" and config.default_model == "local"
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize("text,words", [
+    ('[models.local]\nmodel = "x"\n', "[models.local] base_url: missing"),
+    ('[models.local]\nbase_url = "http://h/v1"\n', "[models.local] model: missing"),
+    (LOCAL + 'provider = "anthropic"\n', '"openai" or "gemini"'),
+    (LOCAL + 'api_key = "sk-1"\n', "set api_key_env"),
+    (LOCAL + "first_byte_timeout = 0\n", "[models.local] first_byte_timeout"),
+    (LOCAL + 'colour = "red"\n', "[models.local] colour: unknown key"),
+    (LOCAL + '[chat]\ndefault_model = "nope"\n', "'nope' is not a configured model"),
+    ('[models.Big]\nbase_url = "http://h/v1"\nmodel = "m"\n', "lower-case"),
+])
+def test_bad_model_entries_are_named(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), env={})
+    assert words in str(caught.value)
