@@ -215,8 +215,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         # Nothing of a server that could not start stays open.
         await store.close()
         guesses.close()
-        if isinstance(upstream, GeminiProvider) and provider is None:
-            await upstream.aclose()
+        await models.aclose()
         raise
     ctx.session.pace.start()
     ctx.stall.start()
