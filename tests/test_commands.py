@@ -160,13 +160,14 @@ async def test_help_lists_every_registered_command_in_order(tmp_path: Path) -> N
 async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Path) -> None:
     async with chat_screen(tmp_path) as screen:
         text = await screen.command("/help", says="Commands:")
-    shown = [" ".join(line.split()) for line in text.splitlines()[1:16]]
+    shown = [" ".join(line.split()) for line in text.splitlines()[1:17]]
     assert shown == [
         "/new start a fresh conversation",
         "/history list your conversations (/history 2: older)",
         "/open N reopen conversation N and continue it",
         "/delete N delete conversation N (asks first)",
-        "/export save this conversation as a Markdown file",
+        '/search WORDS search your conversations ("a phrase", pre*)',
+        "/export [FMT] save this conversation (md, txt, epub)",
         "/retry ask the last question again",
         "/usage your tokens today and what is left",
         "/eink e-ink screen: few repaints, pages",
