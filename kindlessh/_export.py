@@ -145,7 +145,7 @@ def markdown_xhtml(text: str) -> str:
     """Markdown as an XHTML fragment (raw HTML escaped, see the module contract)."""
     tokens = _MD.parse(sanitize(text))
     _drop_dead_links(tokens)
-    return _MD.renderer.render(tokens, _MD.options, {})
+    return str(_MD.renderer.render(tokens, _MD.options, {}))
 
 
 def _source_item(title: str, site: str, url: str) -> str:
