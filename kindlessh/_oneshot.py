@@ -61,10 +61,6 @@ def is_oneshot(command: str) -> bool:
     return split(command)[0] in COMMANDS
 
 
-class _Mistyped(Exception):
-    """The command's arguments are wrong: exit status 2 with its usage."""
-
-
 class OneShot:
     """One one-shot command on a session channel in binary mode.
 
@@ -115,6 +111,11 @@ class OneShot:
         end = "\r\n" if self.pty else "\n"
         self.chan.write_stderr(f"kindlessh: {sanitize_inline(line, 300)}{end}".encode())
 
+    def _mistyped(self, why: str) -> int:
+        """The command's arguments are wrong: say so with its usage; exit status 2."""
+        self._err(f"{why} Usage: ssh HOST {USAGE[self.name]}")
+        return 2
+
     # ----- running --------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -127,9 +128,6 @@ class OneShot:
             if self.name == "export":
                 return await self._export()
             return await self._search()
-        except _Mistyped as exc:
-            self._err(f"{exc} Usage: ssh HOST {USAGE[self.name]}")
-            return 2
         except KindleSSHError as exc:
             self._err(str(exc))
             return 1
@@ -147,7 +145,7 @@ class OneShot:
                 )
             words = self._stdin.decode("utf-8", "replace")
         if not words.strip():
-            raise _Mistyped("No question.")
+            return self._mistyped("No question.")
         if new:
             await self.hub.quota.load(self.holder)
             chat = self.hub.new(self.user)
@@ -191,7 +189,7 @@ class OneShot:
 
     async def _history(self) -> int:
         if self.rest:
-            raise _Mistyped("history takes no arguments.")
+            return self._mistyped("history takes no arguments.")
         rows = await self.hub.history(self.user, limit=HISTORY_LIMIT)
         lines = [
             f"{row.id}\t{row.updated_at.astimezone(UTC):%Y-%m-%d %H:%M}\t{row.turn_count}\t"
@@ -204,10 +202,10 @@ class OneShot:
     async def _export(self) -> int:
         args = self.rest.split()
         if not 1 <= len(args) <= 2 or not args[0].lstrip("#").isdigit() or len(args[0]) > 9:
-            raise _Mistyped("Give a conversation number, as history shows it.")
+            return self._mistyped("Give a conversation number, as history shows it.")
         fmt = args[1].lower().lstrip(".") if len(args) == 2 else "md"
         if fmt not in FORMATS:
-            raise _Mistyped(f"No export format {sanitize_inline(fmt, 10)!r}.")
+            return self._mistyped(f"No export format {sanitize_inline(fmt, 10)!r}.")
         number = int(args[0].lstrip("#"))
         chat = await self.hub.open(self.user, number)
         try:
@@ -219,11 +217,11 @@ class OneShot:
 
     async def _search(self) -> int:
         if not self.rest:
-            raise _Mistyped("Give words to search for.")
+            return self._mistyped("Give words to search for.")
         try:
             hits = await self.hub.search(self.user, self.rest, limit=SEARCH_LIMIT)
         except InputRejected as exc:
-            raise _Mistyped(str(exc)) from exc
+            return self._mistyped(str(exc))
         if not hits:
             self._err(f"nothing found for {sanitize_inline(self.rest, 60)}")
             return 1
