@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,10 +30,12 @@ from prompt_toolkit.utils import get_cwidth
 from ._conversation import Conversation
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected
+from ._export import FORMATS
 from ._hub import Hub, LiveConversation
 from ._profile import Profile
 from ._quota import UserQuota
-from ._sanitize import sanitize_inline
+from ._sanitize import sanitize, sanitize_inline
+from ._store import MARK_END, MARK_START
 
 KEYS_HELP = "Keys: Enter sends, Ctrl-C stops an answer, Ctrl-L repaints."
 
@@ -214,15 +217,62 @@ async def _really_delete(screen: Screen, number: int) -> None:
 
 
 def _export(screen: Screen, args: list[str]) -> None:
-    screen.spawn(_save(screen))
+    fmt = args[0].lower().lstrip(".") if len(args) == 1 else "md" if not args else ""
+    if fmt not in FORMATS:
+        screen.say(f"Export as one of: {' '.join(FORMATS)} (default md).", "error")
+        return
+    screen.spawn(_save(screen, fmt))
 
 
-async def _save(screen: Screen) -> None:
+async def _save(screen: Screen, fmt: str) -> None:
     if not screen.conversation.turns:
         screen.say("Nothing to export yet: ask a question first.", "error")
         return
-    path = await screen.hub.export(screen.chat, datetime.now(UTC))
-    screen.say(f"Saved as Markdown on the server: {path}")
+    path = await screen.hub.export(screen.chat, datetime.now(UTC), fmt)
+    screen.say(f"Saved as {_FORMAT_NAMES[fmt]} on the server: {path}")
+
+
+_FORMAT_NAMES = {"md": "Markdown", "txt": "plain text", "epub": "an EPUB e-book"}
+
+
+def _search(screen: Screen, args: list[str]) -> None:
+    page = 1
+    if args and args[-1].startswith("+") and args[-1][1:].isdigit() and len(args[-1]) < 8:
+        page = max(1, int(args.pop()[1:]))
+    if not args:
+        screen.say("Give words to search for: /search paris museum", "error")
+        return
+    screen.spawn(_search_page(screen, " ".join(args), page))
+
+
+async def _search_page(screen: Screen, words: str, page: int) -> None:
+    rows_on_screen, columns = screen.size()
+    size = max(2, (rows_on_screen - 7) // 2)  # two lines a hit
+    try:
+        hits = await screen.hub.search(
+            screen.chat.user, words, limit=size + 1, offset=(page - 1) * size
+        )
+    except InputRejected as exc:
+        screen.say(str(exc), "error")
+        return
+    shown = sanitize_inline(words, 40)
+    if not hits:
+        screen.say(f"Nothing found for {shown}." if page == 1 else "No older matches.")
+        return
+    lines = [f"Found for {shown} (newest first):" if page == 1 else f"Page {page}:"]
+    for hit in hits[:size]:
+        when = hit.started_at.astimezone().strftime("%b %d %H:%M")
+        lines.append(f"{hit.conversation_id:>4} {when}  " + marked_snippet(hit.snippet, "**"))
+    more = f"; /search {shown} +{page + 1} shows older ones" if len(hits) > size else ""
+    lines.append(f"/open N opens one{more}.")
+    screen.say("\n".join(lines))
+
+
+def marked_snippet(snippet: str, mark: str) -> str:
+    """A search hit's snippet on one line, sanitised, each match between ``mark``s."""
+    text = snippet.replace(MARK_START, "\0").replace(MARK_END, "\0")
+    pieces = [re.sub(r"\s+", " ", sanitize(p)) for p in text.split("\0")]
+    return "".join(p if i % 2 == 0 else f"{mark}{p}{mark}" for i, p in enumerate(pieces))
 
 
 def _retry(screen: Screen, args: list[str]) -> None:
@@ -386,7 +436,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/history",), "list your conversations (/history 2: older)", _history),
     Command(("/open",), "reopen conversation N and continue it", _open, "/open N"),
     Command(("/delete",), "delete conversation N (asks first)", _delete, "/delete N"),
-    Command(("/export",), "save this conversation as a Markdown file", _export),
+    Command(("/search",), "search your conversations (\"a phrase\", pre*)", _search,
+            "/search WORDS"),
+    Command(("/export",), "save this conversation (md, txt, epub)", _export,
+            "/export [FMT]"),
     Command(("/retry",), "ask the last question again", _retry),
     Command(("/usage",), "your tokens today and what is left", _usage),
     Command(("/eink",), "e-ink screen: few repaints, pages", _profile("eink")),

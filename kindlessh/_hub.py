@@ -32,14 +32,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from ._conversation import Conversation, Turn, source_line
+from . import _export
+from ._conversation import Conversation, Turn
 from ._errors import ConversationNotFound, StoreError
 from ._models import Models
 from ._provider import Usage
 from ._quota import Quota, day_start
-from ._recorder import TITLE_CHARS, Recorder
-from ._sanitize import sanitize, sanitize_inline
-from ._store import INTERRUPTED_NOTE, ConversationRow, Store, TurnRow
+from ._recorder import Recorder
+from ._store import INTERRUPTED_NOTE, ConversationRow, SearchHit, Store, TurnRow
 
 log = logging.getLogger("kindlessh.hub")
 
@@ -294,18 +294,39 @@ class Hub:
             chat.conversation.forget()
         return deleted
 
-    async def export(self, chat: LiveConversation, now: datetime) -> Path:
-        """Write ``chat`` as Markdown to the user's export folder; returns the file."""
+    async def render(self, chat: LiveConversation, fmt: str, now: datetime) -> bytes:
+        """``chat`` as a document in ``fmt`` (one of :data:`._export.FORMATS`)."""
         await chat.recorder.flush()
+        turns = list(chat.conversation.turns)
+        # An e-book of a long conversation takes a while to build: off the event loop.
+        return await asyncio.to_thread(_export.render, fmt, turns, chat.id, now)
+
+    async def export(self, chat: LiveConversation, now: datetime, fmt: str = "md") -> Path:
+        """Write ``chat`` in ``fmt`` (default Markdown) to the user's export folder;
+        returns the file."""
+        data = await self.render(chat, fmt, now)
         folder = self.export_dir / _safe_name(chat.user)
+        path = _export_path(folder, chat, now, fmt)
         try:
-            await asyncio.to_thread(_write_export, folder, chat, now)
+            await asyncio.to_thread(_write_export, folder, path, data)
         except OSError as exc:
             log.error("export to %s failed: %s", folder, exc)
             raise StoreError(
                 f"The export could not be written on the server ({exc.strerror or exc})."
             ) from exc
-        return _export_path(folder, chat, now)
+        return path
+
+    async def search(
+        self, user: str, words: str, limit: int, offset: int = 0
+    ) -> list[SearchHit]:
+        """``user``'s turns matching ``words``, newest first (see :meth:`Store.search`);
+        answers still streaming are saved first, so what is on a screen is found.
+
+        Raises:
+            InputRejected: nothing searchable in ``words``.
+        """
+        await self._flush(user)
+        return await self.store.search(user, words, limit=limit, offset=offset)
 
     # ----- shutdown -------------------------------------------------------------------
 
@@ -342,40 +363,20 @@ def _safe_name(name: str) -> str:
     return f"{safe or '_'}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
-def _export_path(folder: Path, chat: LiveConversation, now: datetime) -> Path:
+def _export_path(folder: Path, chat: LiveConversation, now: datetime, fmt: str) -> Path:
     number = chat.id if chat.id is not None else 0
-    return folder / f"conversation-{number}-{now:%Y%m%d-%H%M%S}.md"
+    return folder / f"conversation-{number}-{now:%Y%m%d-%H%M%S}.{fmt}"
 
 
-def _write_export(folder: Path, chat: LiveConversation, now: datetime) -> None:
+def _write_export(folder: Path, path: Path, data: bytes) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = _export_path(folder, chat, now)
-    path.write_text(to_markdown(chat, now), encoding="utf-8")
+    path.write_bytes(data)
 
 
 def to_markdown(chat: LiveConversation, now: datetime) -> str:
-    """A conversation as a Markdown document: each question as a quote, then its answer.
+    """A conversation as a Markdown document (see :func:`._export.to_markdown`).
 
     Every text passes the sanitiser: a file on the server is read with ``cat`` in a
-    terminal too, where a stored escape sequence would act. Notes are kept in brackets.
+    terminal too, where a stored escape sequence would act.
     """
-    turns = [
-        (sanitize(t.question), sanitize(t.answer), sanitize(t.note) if t.note else None,
-         t.sources, sanitize_inline(t.model, 80))
-        for t in chat.conversation.turns
-    ]
-    title = " ".join(turns[0][0].split())[:TITLE_CHARS] if turns else "Empty conversation"
-    head = f"# {title}\n\nExported {now:%Y-%m-%d %H:%M} UTC by kindlessh.\n"
-    blocks = [head]
-    for question, answer, note, sources, model in turns:
-        lines = ["> " + line for line in question.splitlines() or [""]]
-        lines += ["", answer.rstrip()]
-        if model:
-            lines += ["", f"*Answered by {model}.*"]
-        if sources:
-            lines += ["", "Sources:"]
-            lines += [f"{i}. {source_line(s, links=True)}" for i, s in enumerate(sources, 1)]
-        if note:
-            lines += ["", f"*[{note}]*"]
-        blocks.append("\n".join(lines) + "\n")
-    return "\n---\n\n".join(blocks)
+    return _export.to_markdown(chat.conversation.turns, now)

@@ -2,8 +2,10 @@
 
 Contract:
 - :class:`Session` runs the chat for a shell (``ssh -t host``) or an allowed command
-  (``ssh -t host eink``); anything else gets a one-line message and exit status 2. Without
-  a PTY it says to use ``ssh -t``. Its output goes through one
+  (``ssh -t host eink``), or hands a one-shot command (``ssh host ask "..."``, see
+  :mod:`._oneshot`) to :class:`~kindlessh._oneshot.OneShot` on the channel switched to
+  binary; anything else gets a one-line message listing the commands known and exit
+  status 2. The chat without a PTY says to use ``ssh -t``. Its output goes through one
   :class:`~kindlessh._channel.ChannelOutput`, the only writer to the channel.
 - When the client disconnects, the chat, its answer task and its upstream response are
   all closed; nothing keeps running for a gone session.
@@ -40,6 +42,8 @@ from ._durations import duration
 from ._environment import accept_only_used
 from ._hub import Hub
 from ._input import ChannelInput
+from ._oneshot import COMMANDS as ONESHOT_COMMANDS
+from ._oneshot import OneShot, is_oneshot
 from ._pace import Pace
 from ._profile import choose_profile, make_profile
 from ._quota import Bucket
@@ -107,6 +111,7 @@ class Session(asyncssh.SSHServerSession[str]):
         self._pty = False
         self._command = ""
         self._task: asyncio.Task[None] | None = None
+        self._oneshot: OneShot | None = None
         self._input: ChannelInput | None = None
         self.screen: ChatScreen | None = None
         self.output: ChannelOutput | None = None
@@ -134,6 +139,13 @@ class Session(asyncssh.SSHServerSession[str]):
 
     def exec_requested(self, command: str) -> bool:
         self._command = command.strip()
+        if is_oneshot(self._command) and self._chan is not None:
+            # Binary: an EPUB export is bytes; the command decodes its input itself.
+            self._chan.set_encoding(None)
+            self._oneshot = OneShot(
+                self.deps.hub, self._chan, self.username, self.holder, self._pty,
+                self._command,
+            )
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
@@ -148,10 +160,14 @@ class Session(asyncssh.SSHServerSession[str]):
         # Strategy: only note the time; the idle timer checks it when it fires, rather
         # than being re-armed on every keystroke.
         self._last_input = time.monotonic()
-        if self._input is not None:
+        if self._oneshot is not None:
+            self._oneshot.feed(data)
+        elif self._input is not None:
             self._input.send_text(data)
 
     def eof_received(self) -> bool:
+        if self._oneshot is not None:
+            self._oneshot.end()
         if self.screen is not None:
             self.screen.quit()
         return True
@@ -255,11 +271,16 @@ class Session(asyncssh.SSHServerSession[str]):
         chan = self._chan
         assert chan is not None
         try:
+            if self._oneshot is not None:
+                chan.exit(await self._oneshot.run())
+                return
             if self._command.lower() not in ALLOWED_COMMANDS:
                 shown = sanitize_inline(self._command, 40)
                 chan.write(
-                    f"kindlessh: unknown command '{shown}'. Connect with `ssh -t` and no "
-                    "command for the chat (or the command eink or smooth).\r\n"
+                    f"kindlessh: unknown command '{shown}'. Commands: "
+                    f"{', '.join(ONESHOT_COMMANDS)}; or connect with `ssh -t` and no "
+                    "command for the chat (or the command eink or smooth)."
+                    + ("\r\n" if self._pty else "\n")
                 )
                 chan.exit(2)
                 return
@@ -278,7 +299,11 @@ class Session(asyncssh.SSHServerSession[str]):
         except Exception:
             log.exception("session failed")
             with contextlib.suppress(Exception):
-                chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
+                if self._oneshot is not None:
+                    said = b"kindlessh: the command failed on the server; sorry.\n"
+                    cast(Any, chan).write_stderr(said)
+                else:
+                    chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
                 chan.exit(1)
 
     async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:

@@ -11,6 +11,10 @@ Contract:
 - Every read takes ``user``; nobody sees another user's rows. Writes take ids, which
   callers only get from their own user's reads and inserts.
 - Writing a turn (progress, finish, delete) bumps its conversation's ``updated_at``.
+- Questions and answers are indexed for full-text search (SQLite FTS5, kept in step by
+  triggers in the same transaction as each write, so an answer still streaming is found
+  by what it has saved so far); :meth:`Store.search` gives one user's matching turns,
+  newest first, with a snippet.
 - Text is stored raw, exactly as given; the display layer sanitises it.
 - Times are stored as UTC ISO-8601 strings with microseconds (fixed width, so string
   order is time order) and returned as aware :class:`~datetime.datetime` values.
@@ -36,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, cast
 
 from ._errors import ConversationNotFound as ConversationNotFound
+from ._errors import InputRejected
 from ._errors import StoreError as StoreError
 from ._provider import Source, Usage
 
@@ -92,6 +98,41 @@ class TurnRow:
     incomplete: bool
     replay: str = ""  # the provider's record of the answer (see _provider.Replay)
     sources: tuple[Source, ...] = ()  # a grounded answer's web sources
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One turn that matches a search: where it is and a snippet of the match.
+
+    ``snippet`` is raw stored text with each match between :data:`MARK_START` and
+    :data:`MARK_END` (control characters no stored text keeps past the sanitiser: the
+    caller sanitises the pieces between them and marks the matches its own way)."""
+
+    conversation_id: int
+    position: int
+    title: str
+    started_at: datetime
+    snippet: str
+
+
+MARK_START, MARK_END = "\x02", "\x03"
+SNIPPET_TOKENS = 12  # words around the match in a snippet
+
+
+def search_query(words: str) -> str:
+    """The FTS5 query for what a reader typed: each word a prefix-free term, quoted so
+    FTS5 operators and punctuation are plain text; a word ending in ``*`` is a prefix;
+    a passage in double quotes is a phrase. Empty when nothing searchable was typed."""
+    terms: list[str] = []
+    for phrase, word in re.findall(r'"([^"]*)"?|(\S+)', words):
+        if phrase.strip():
+            terms.append('"' + phrase.strip().replace('"', '""') + '"')
+            continue
+        prefix = word.endswith("*")
+        word = word.rstrip("*").replace('"', "")
+        if word:
+            terms.append('"' + word + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
 
 
 def utcnow() -> datetime:
@@ -202,10 +243,44 @@ def m003_turn_parts_and_options(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE conversations ADD COLUMN web INTEGER")
 
 
+def m005_search_index(conn: sqlite3.Connection) -> None:
+    """Full-text search of questions and answers (``/search``): an FTS5 index over
+    ``turns`` (external content, so the text is stored once), kept in step by triggers,
+    so every write (a question, each progress save of an answer still streaming, its
+    finish, a delete) updates it in the same transaction. Existing turns are indexed."""
+    conn.execute(
+        "CREATE VIRTUAL TABLE turns_search USING fts5(question, answer, "
+        "content='turns', content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
+    )
+    conn.execute(
+        "CREATE TRIGGER turns_search_insert AFTER INSERT ON turns BEGIN "
+        "INSERT INTO turns_search (rowid, question, answer) "
+        "VALUES (new.id, new.question, new.answer); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER turns_search_delete AFTER DELETE ON turns BEGIN "
+        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
+        "VALUES ('delete', old.id, old.question, old.answer); END"
+    )
+    # Only a change of the indexed text re-indexes: a finish that keeps the text costs
+    # nothing more.
+    conn.execute(
+        "CREATE TRIGGER turns_search_update AFTER UPDATE OF question, answer ON turns "
+        "WHEN old.question IS NOT new.question OR old.answer IS NOT new.answer BEGIN "
+        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
+        "VALUES ('delete', old.id, old.question, old.answer); "
+        "INSERT INTO turns_search (rowid, question, answer) "
+        "VALUES (new.id, new.question, new.answer); END"
+    )
+    conn.execute("INSERT INTO turns_search (turns_search) VALUES ('rebuild')")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
+# The order migrations are applied in: this list is the only place it is kept (a name's
+# number is for reading; a gap is a migration of another branch still to land).
 MIGRATIONS: tuple[Migration, ...] = (
-    m001_initial, m002_token_holder, m003_turn_parts_and_options
+    m001_initial, m002_token_holder, m003_turn_parts_and_options, m005_search_index
 )
 
 
@@ -538,6 +613,36 @@ class Store:
             return [
                 ConversationRow(id_, title, _parse(created), _parse(updated), count)
                 for id_, title, created, updated, count in rows
+            ]
+
+        return await self._call(job)
+
+    async def search(
+        self, user: str, words: str, limit: int = 20, offset: int = 0
+    ) -> list[SearchHit]:
+        """``user``'s turns whose question or answer match ``words`` (see
+        :func:`search_query`: words, ``"a phrase"``, ``prefix*``), newest first.
+
+        Raises:
+            InputRejected: nothing searchable in ``words``.
+        """
+        query = search_query(words)
+        if not query:
+            raise InputRejected("Give words to search for: /search paris museum")
+
+        def job(conn: sqlite3.Connection) -> list[SearchHit]:
+            rows = conn.execute(
+                "SELECT t.conversation_id, t.position, c.title, t.started_at, "
+                "snippet(turns_search, -1, ?, ?, '…', ?) "
+                "FROM turns_search JOIN turns t ON t.id = turns_search.rowid "
+                "JOIN conversations c ON c.id = t.conversation_id "
+                "WHERE turns_search MATCH ? AND c.user = ? "
+                "ORDER BY t.started_at DESC, t.id DESC LIMIT ? OFFSET ?",
+                (MARK_START, MARK_END, SNIPPET_TOKENS, query, user, limit, offset),
+            ).fetchall()
+            return [
+                SearchHit(cid, pos, title, _parse(started), snippet)
+                for cid, pos, title, started, snippet in rows
             ]
 
         return await self._call(job)

@@ -52,6 +52,12 @@ EXPECTED = {
         "thoughts_tokens",
         "holder",
     ],
+    # The full-text index of questions and answers (m005_search_index) and FTS5's own.
+    "turns_search": ["question", "answer"],
+    "turns_search_config": ["k", "v"],
+    "turns_search_data": ["id", "block"],
+    "turns_search_docsize": ["id", "sz"],
+    "turns_search_idx": ["segid", "term", "pgno"],
 }
 
 HOSTILE = [
