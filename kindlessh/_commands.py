@@ -157,12 +157,15 @@ async def _list_page(screen: Screen, page: int) -> None:
         screen.say("No conversations yet." if page == 1 else "No older conversations.")
         return
     width = columns - 2
+    # With more than one model entry, each line names the model of its last answer.
+    models = screen.hub.models is not None and len(screen.hub.models.names) > 1
     lines = ["Your conversations (newest first):" if page == 1 else f"Page {page}:"]
     for row in rows[:size]:
         when = row.updated_at.astimezone().strftime("%b %d %H:%M")
         mark = "*" if row.id == screen.chat.id else " "
         head = f"{mark}{row.id:>3} {when} "
-        tail = f" ({row.turn_count})"
+        model = f", {sanitize_inline(row.model, 20)}" if models and row.model else ""
+        tail = f" ({row.turn_count}{model})"
         room = max(4, width - get_cwidth(head) - get_cwidth(tail))
         lines.append(head + sanitize_inline(row.title, room) + tail)
     more = f"; /history {page + 1} shows older ones" if len(rows) > size else ""

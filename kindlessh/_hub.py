@@ -39,7 +39,7 @@ from ._models import Models
 from ._provider import Usage
 from ._quota import Quota, day_start
 from ._recorder import Recorder
-from ._store import INTERRUPTED_NOTE, ConversationRow, SearchHit, Store, TurnRow
+from ._store import INTERRUPTED_NOTE, ConversationRow, Options, SearchHit, Store, TurnRow
 
 log = logging.getLogger("kindlessh.hub")
 
@@ -131,10 +131,11 @@ class Hub:
         user: str,
         conversation_id: int | None = None,
         rows: list[TurnRow] | None = None,
-        options: tuple[str | None, bool | None] = (None, None),
+        options: Options | None = None,
     ) -> LiveConversation:
         conversation = self.make_conversation(user)
-        conversation.system_prompt, conversation.web = options
+        options = options or Options()
+        conversation.system_prompt, conversation.web = options.system_prompt, options.web
         saved: dict[Turn, int] = {}
         for row in rows or []:
             turn = _turn_from_row(row)
@@ -142,7 +143,10 @@ class Hub:
             turn.model_changed = turn.model != previous
             conversation.turns.append(turn)
             saved[turn] = row.id
-        if conversation.turns and self.models is not None:
+        chosen = self.models.get(options.model) if self.models and options.model else None
+        if chosen is not None and options.model is not None:
+            conversation.use(options.model, chosen)
+        elif conversation.turns and self.models is not None:
             self._reopen_model(conversation)
         recorder = Recorder(
             self.store,

@@ -19,7 +19,7 @@ import logging
 
 from ._conversation import Conversation, Turn
 from ._errors import KindleSSHError
-from ._store import Store
+from ._store import Options, Store
 
 log = logging.getLogger("kindlessh.recorder")
 
@@ -60,11 +60,7 @@ class Recorder:
         self._finished: set[Turn] = set(self._ids)
         self._progress: dict[Turn, tuple[int, int]] = {}
         # The conversation's own options as stored (loaded ones are stored already).
-        self._options = (
-            (conversation.system_prompt, conversation.web)
-            if conversation_id is not None
-            else (None, None)
-        )
+        self._options = _options(conversation) if conversation_id is not None else Options()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._unsubscribe = conversation.subscribe(self._wake.set)
@@ -114,7 +110,7 @@ class Recorder:
             self._ids.clear()
             self._finished.clear()
             self._progress.clear()
-            self._options = (None, None)
+            self._options = Options()
 
     async def _sync(self) -> None:
         turns = list(self.conversation.turns)
@@ -164,12 +160,13 @@ class Recorder:
         await self._sync_options()
 
     async def _sync_options(self) -> None:
-        """Store the conversation's own system prompt and web choice when they changed
-        (once it is stored: a new conversation is stored with its first question)."""
-        options = (self.conversation.system_prompt, self.conversation.web)
+        """Store the conversation's own choices (system prompt, web search, model entry)
+        when they changed (once it is stored: a new conversation is stored with its first
+        question)."""
+        options = _options(self.conversation)
         if self.conversation_id is None or options == self._options:
             return
-        await self.store.set_conversation_options(self.conversation_id, *options)
+        await self.store.set_conversation_options(self.conversation_id, options)
         self._options = options
 
     async def aclose(self) -> None:
@@ -182,3 +179,8 @@ class Recorder:
             self._task.cancel()
         await asyncio.wait({self._task})
         await self.flush()
+
+
+def _options(conversation: Conversation) -> Options:
+    """The choices a conversation keeps with it."""
+    return Options(conversation.system_prompt, conversation.web, conversation.entry or None)

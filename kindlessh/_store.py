@@ -76,6 +76,16 @@ class ConversationRow:
     created_at: datetime
     updated_at: datetime
     turn_count: int
+    model: str = ""  # the model of its last answer
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """A conversation's own choices, stored with it; None is the server's default."""
+
+    system_prompt: str | None = None
+    web: bool | None = None
+    model: str | None = None  # the model entry it answers with (``/model``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,12 @@ def m003_turn_parts_and_options(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE conversations ADD COLUMN web INTEGER")
 
 
+def m004_conversation_model(conn: sqlite3.Connection) -> None:
+    """Per conversation: the model entry it answers with, chosen by ``/model`` (NULL: the
+    model of its last answer, or the server's default)."""
+    conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT")
+
+
 def m005_search_index(conn: sqlite3.Connection) -> None:
     """Full-text search of questions and answers (``/search``): an FTS5 index over
     ``turns`` (external content, so the text is stored once), kept in step by triggers,
@@ -280,7 +296,11 @@ Migration = Callable[[sqlite3.Connection], None]
 # The order migrations are applied in: this list is the only place it is kept (a name's
 # number is for reading; a gap is a migration of another branch still to land).
 MIGRATIONS: tuple[Migration, ...] = (
-    m001_initial, m002_token_holder, m003_turn_parts_and_options, m005_search_index
+    m001_initial,
+    m002_token_holder,
+    m003_turn_parts_and_options,
+    m004_conversation_model,
+    m005_search_index,
 )
 
 
@@ -426,6 +446,24 @@ _TURN_COLUMNS = (
     "finish_reason, input_tokens, output_tokens, thoughts_tokens, started_at, duration_ms, "
     "incomplete, replay, sources"
 )
+
+
+# A conversation as listed: its row, turn count and the model of its last answer.
+_LISTED = (
+    "SELECT c.id, c.title, c.created_at, c.updated_at, "
+    "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id), "
+    "(SELECT t.model FROM turns t WHERE t.conversation_id = c.id "
+    "ORDER BY t.position DESC LIMIT 1) "
+    "FROM conversations c "
+)
+
+
+def _conversation_row(row: tuple[object, ...]) -> ConversationRow:
+    id_, title, created, updated, count, model = row
+    return ConversationRow(
+        cast(int, id_), cast(str, title), _parse(cast(str, created)),
+        _parse(cast(str, updated)), cast(int, count), cast("str | None", model) or "",
+    )
 
 
 def _turn_row(row: tuple[object, ...]) -> TurnRow:
@@ -604,16 +642,11 @@ class Store:
 
         def job(conn: sqlite3.Connection) -> list[ConversationRow]:
             rows = conn.execute(
-                "SELECT c.id, c.title, c.created_at, c.updated_at, "
-                "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) "
-                "FROM conversations c WHERE c.user = ? "
+                _LISTED + "WHERE c.user = ? "
                 "ORDER BY c.updated_at DESC, c.id DESC LIMIT ? OFFSET ?",
                 (user, limit, offset),
             ).fetchall()
-            return [
-                ConversationRow(id_, title, _parse(created), _parse(updated), count)
-                for id_, title, created, updated, count in rows
-            ]
+            return [_conversation_row(row) for row in rows]
 
         return await self._call(job)
 
@@ -656,49 +689,42 @@ class Store:
 
         def job(conn: sqlite3.Connection) -> ConversationRow | None:
             row = conn.execute(
-                "SELECT c.id, c.title, c.created_at, c.updated_at, "
-                "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) "
-                "FROM conversations c WHERE c.user = ? AND c.id = ?",
-                (user, conversation_id),
+                _LISTED + "WHERE c.user = ? AND c.id = ?", (user, conversation_id)
             ).fetchone()
-            if row is None:
-                return None
-            id_, title, created, updated, count = row
-            return ConversationRow(id_, title, _parse(created), _parse(updated), count)
+            return None if row is None else _conversation_row(row)
 
         found = await self._call(job)
         if found is None:
             raise ConversationNotFound(f"No conversation {conversation_id}.")
         return found
 
-    async def conversation_options(
-        self, user: str, conversation_id: int
-    ) -> tuple[str | None, bool | None]:
-        """One of ``user``'s conversations' own system prompt and web search choice
-        (None: the server's default)."""
+    async def conversation_options(self, user: str, conversation_id: int) -> Options:
+        """One of ``user``'s conversations' own choices (system prompt, web search,
+        model entry; None: the server's default)."""
 
-        def job(conn: sqlite3.Connection) -> tuple[str | None, bool | None]:
+        def job(conn: sqlite3.Connection) -> Options:
             row = conn.execute(
-                "SELECT system_prompt, web FROM conversations WHERE id = ? AND user = ?",
+                "SELECT system_prompt, web, model FROM conversations "
+                "WHERE id = ? AND user = ?",
                 (conversation_id, user),
             ).fetchone()
             if row is None:
                 raise ConversationNotFound(f"No conversation {conversation_id}.")
             web = None if row[1] is None else bool(row[1])
-            return cast("str | None", row[0]), web
+            return Options(cast("str | None", row[0]), web, cast("str | None", row[2]))
 
         return await self._call(job)
 
-    async def set_conversation_options(
-        self, conversation_id: int, system_prompt: str | None, web: bool | None
-    ) -> None:
-        """Store a conversation's own system prompt and web search choice."""
+    async def set_conversation_options(self, conversation_id: int, options: Options) -> None:
+        """Store a conversation's own choices."""
+        web = None if options.web is None else int(options.web)
 
         def job(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.execute(
-                    "UPDATE conversations SET system_prompt = ?, web = ? WHERE id = ?",
-                    (system_prompt, None if web is None else int(web), conversation_id),
+                    "UPDATE conversations SET system_prompt = ?, web = ?, model = ? "
+                    "WHERE id = ?",
+                    (options.system_prompt, web, options.model, conversation_id),
                 )
 
         await self._call(job)

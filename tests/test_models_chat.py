@@ -147,3 +147,37 @@ async def test_a_refused_connection_names_the_server(
     async with connected(server, cols=100, rows=30) as term:
         await term.ask("Q?")
         await term.wait_for("local (http://127.0.0.1:9/v1) could not be reached")
+
+
+async def test_a_model_choice_is_kept_and_named_in_history_and_exports(
+    make_server: ServerFactory, fake_gemini: FakeGemini, fake_local: FakeOpenAI, tmp_path: Any
+) -> None:
+    server = await make_server(**{"models.local": local_entry(fake_local)})
+    fake_gemini.enqueue(GeminiReply.text(["Gemini ", "says hi."]))
+    async with connected(server, cols=80, rows=40) as term:
+        await term.ask("First?")
+        await term.wait_for("Gemini says hi.")
+        await ready(term)
+        await term.send("/history\r")
+        await term.wait_for("(1, gemini-2.5-flash)")
+        # Switched, and left before asking anything: the choice stays with the chat.
+        await term.send("/model local\r")
+        await term.wait_for("now uses local (llama3.2)")
+    await server.close()
+    again = await make_server(**{"models.local": local_entry(fake_local)})
+    fake_local.enqueue(Reply.text(["Llama ", "says hello."]))
+    async with connected(again, cols=80, rows=40) as term:
+        await term.wait_for("Gemini says hi.")
+        await term.send("/model\r")
+        await term.wait_for("llama3.2  <- current")
+        await term.ask("Second?")
+        await term.wait_for("Llama says hello.")
+        await ready(term)
+        await term.send("/history\r")
+        await term.wait_for("(2, llama3.2)")
+        await term.send("/export\r")
+        await term.wait_for(".md")
+    [export] = list((tmp_path / "data" / "exports").rglob("*.md"))
+    text = export.read_text()
+    assert "*Answered by gemini-2.5-flash.*" in text
+    assert "*Answered by llama3.2.*" in text

@@ -20,7 +20,9 @@ from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
 SHIPPED = [m.__name__ for m in _store.MIGRATIONS]
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
-    "conversations": ["id", "user", "title", "created_at", "updated_at", "system_prompt", "web"],
+    "conversations": [
+        "id", "user", "title", "created_at", "updated_at", "system_prompt", "web", "model"
+    ],
     "turns": [
         "id",
         "conversation_id",
