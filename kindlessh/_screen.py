@@ -86,6 +86,7 @@ class ChatScreen:
         notices: lines to show first (e.g. a missing API key).
         pace: stretches the commit interval while the server is overloaded.
         spread: runs commits in turn with other screens' commits.
+        cursor: asks the terminal for a steady cursor (True) or its own (False).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class ChatScreen:
         notices: list[Notice] | None = None,
         pace: Callable[[float], float] | None = None,
         spread: Callable[[object, Callable[[], None]], None] | None = None,
+        cursor: Callable[[bool], None] | None = None,
     ) -> None:
         self.chat = chat
         self.hub = hub
@@ -110,6 +112,7 @@ class ChatScreen:
         self._pending: Callable[[str], bool] | None = None  # takes the next line typed
         self.profile = profile
         self.profiles = profiles or {profile.name: profile}
+        self._cursor = cursor or (lambda steady: None)
         self.scrollback = Scrollback(
             self.app_invalidate, paged=profile.paged, color=_color(profile)
         )
@@ -340,6 +343,7 @@ class ChatScreen:
         self.profile = profile
         self.throttle.interval = profile.interval
         self.scrollback.restyle(paged=profile.paged, color=_color(profile))
+        self._cursor(profile.steady_cursor)
         self.say(f"Screen profile: {name}.")
 
     def scroll(self, pages: int) -> None:
@@ -434,6 +438,8 @@ class ChatScreen:
     async def run(self) -> None:
         """Show the chat until the person leaves."""
         self._unsubscribe = self.conversation.subscribe(self._on_change)
+        # On e-ink every blink of the cursor is a panel update.
+        self._cursor(self.profile.steady_cursor)
         try:
             await self.app.run_async(handle_sigint=False, set_exception_handler=False)
         finally:

@@ -209,7 +209,10 @@ class Session(asyncssh.SSHServerSession[str]):
         if chan is not None:
             with contextlib.suppress(Exception):
                 # Leave the full-screen view first, so the line stays readable.
-                chan.write("\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n")
+                chan.write(
+                    self._finish()
+                    + "\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n"
+                )
         self.connection_lost(None)
 
     # ----- the session ---------------------------------------------------------------
@@ -247,6 +250,10 @@ class Session(asyncssh.SSHServerSession[str]):
         )
         screen.quit()
 
+    def _finish(self) -> str:
+        """The chat's last frame (the terminal's own cursor back), or ``""``."""
+        return self.output.finish() if self.output is not None else ""
+
     def _drop(self) -> None:
         if self._chan is not None:
             self._chan.abort()
@@ -271,14 +278,16 @@ class Session(asyncssh.SSHServerSession[str]):
                 chan.exit(1)
                 return
             await self._chat(chan)
-            chan.write(self._goodbye + "\r\n")
+            chan.write(self._finish() + self._goodbye + "\r\n")
             chan.exit(0)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("session failed")
             with contextlib.suppress(Exception):
-                chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
+                chan.write(
+                    self._finish() + "\r\nkindlessh: the session failed on the server; sorry.\r\n"
+                )
                 chan.exit(1)
 
     async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
@@ -322,6 +331,7 @@ class Session(asyncssh.SSHServerSession[str]):
                     notices=notices,
                     pace=deps.pace.stretch,
                     spread=deps.pace.spread,
+                    cursor=self.output.steady_cursor,
                 )
                 if deps.idle_timeout:
                     self._last_input = time.monotonic()
