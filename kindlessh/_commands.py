@@ -72,6 +72,9 @@ class Screen(Protocol):
     def scroll(self, pages: int) -> None:
         """Scroll the transcript by ``pages`` screens (positive: back in time)."""
 
+    def top(self) -> None:
+        """To the first page of the latest answer."""
+
     def size(self) -> Size:
         """The terminal's size."""
         ...
@@ -331,6 +334,10 @@ def _down(screen: Screen, args: list[str]) -> None:
     screen.scroll(-1)
 
 
+def _top(screen: Screen, args: list[str]) -> None:
+    screen.top()
+
+
 def _quit(screen: Screen, args: list[str]) -> None:
     screen.quit()
 
@@ -358,6 +365,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),
+    Command(("/top",), "first page of the latest answer (or Home)", _top),
     Command(("/quit", "/exit", "/q"), "leave (also Ctrl-D on an empty line)", _quit),
     Command(("/help", "/?"), "this list", _help),
 )

@@ -5,7 +5,8 @@ Contract:
   model API itself. Enter sends; a line starting with ``/`` is a command (run by
   :mod:`._commands`, for which ChatScreen is the :class:`~._commands.Screen`); Ctrl-C stops
   an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line quits;
-  PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
+  PgUp/PgDn scroll; on an empty input line Home goes to the first page of the latest
+  answer and End to the newest; Ctrl-L repaints the whole screen.
 - ChatScreen holds the layout, the key bindings and :meth:`ChatScreen.run`. What the transcript
   holds and where the reader is lives in a :class:`~._scrollback.Scrollback`; the status
   line's wording in :mod:`._statusline`.
@@ -30,6 +31,7 @@ from typing import Any
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import EditReadOnlyBuffer
 from prompt_toolkit.data_structures import Size
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
@@ -198,6 +200,10 @@ class ChatScreen:
                 f"Conversation {self.chat.id} reopened{live}: /history lists the others, "
                 "/new starts a fresh one."
             )
+        if turns and self.chat.finished_away:
+            # The answer finished while the reader was away: read it from its start.
+            self.chat.finished_away = False
+            self.scrollback.top(away=True)
 
     def switch(self, chat: LiveConversation) -> None:
         """Show ``chat`` instead of the current one (``/new``, ``/open``)."""
@@ -283,8 +289,11 @@ class ChatScreen:
             turn_status=turn.status if turn is not None else None,
             lines_up=self.scrollback.lines_up,
             model=self.conversation.provider.model,
+            page=_page_pair(self.scrollback) if self.profile.paged else None,
+            away=self.scrollback.away,
         )
-        return fit(texts, self.app.output.get_size().columns)
+        away = self.scrollback.away and self.profile.paged
+        return fit(texts, self.app.output.get_size().columns, hint=not away)
 
     # ----- input ----------------------------------------------------------------------
 
@@ -346,6 +355,14 @@ class ChatScreen:
         self._cursor(profile.steady_cursor)
         self.say(f"Screen profile: {name}.")
 
+    def top(self) -> None:
+        """To the first page of the latest answer (``/top``, Home)."""
+        self.scrollback.top()
+
+    def bottom(self) -> None:
+        """To the newest lines (End)."""
+        self.scrollback.bottom()
+
     def scroll(self, pages: int) -> None:
         """Scroll the transcript by ``pages`` screens (positive = back in time)."""
         self.scrollback.scroll(pages, self.size().rows)
@@ -380,6 +397,16 @@ class ChatScreen:
         @kb.add("pagedown")
         def _down(event: KeyPressEvent) -> None:
             self.scroll(-1)
+
+        empty = Condition(lambda: not self.input.text)
+
+        @kb.add("home", filter=empty)
+        def _top(event: KeyPressEvent) -> None:
+            self.top()
+
+        @kb.add("end", filter=empty)
+        def _newest(event: KeyPressEvent) -> None:
+            self.bottom()
 
         @kb.add("c-l")
         def _repaint(event: KeyPressEvent) -> None:
@@ -448,6 +475,11 @@ class ChatScreen:
             self.throttle.cancel()
             for task in list(self._tasks):
                 task.cancel()
+
+
+def _page_pair(scrollback: Scrollback) -> tuple[int, int] | None:
+    page = scrollback.page
+    return None if page is None else (page.number, page.total)
 
 
 def _color(profile: Profile) -> bool:

@@ -160,7 +160,7 @@ async def test_help_lists_every_registered_command_in_order(tmp_path: Path) -> N
 async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Path) -> None:
     async with chat_screen(tmp_path) as screen:
         text = await screen.command("/help", says="Commands:")
-    shown = [" ".join(line.split()) for line in text.splitlines()[1:16]]
+    shown = [" ".join(line.split()) for line in text.splitlines()[1:17]]
     assert shown == [
         "/new start a fresh conversation",
         "/history list your conversations (/history 2: older)",
@@ -175,6 +175,7 @@ async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Pat
         "/system this chat's instructions (TEXT, off)",
         "/smooth laptop screen: smooth streaming",
         "/up /down page back and forth (or PgUp/PgDn)",
+        "/top first page of the latest answer (or Home)",
         "/quit leave (also Ctrl-D on an empty line)",
         "/help this list",
     ]
@@ -410,7 +411,7 @@ async def test_up_and_down_page_an_eink_screen(tmp_path: Path) -> None:
         screen.send("/up\r")
         await until(lambda: screen.ui.scrollback.page_back == 1)
         assert screen.lines()[0] == " • item 17"  # one page (9 new lines) back
-        assert screen.ui._status()[0][1].startswith(" page 1 back - PgDn or /down")
+        assert screen.ui._status()[0][1].startswith(" page 3/4 - PgDn reads on")
         screen.send(PAGE_DOWN)
         await until(lambda: screen.ui.scrollback.page_back == 0)
         assert screen.lines()[0] == " • item 26"
