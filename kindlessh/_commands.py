@@ -29,6 +29,7 @@ from prompt_toolkit.utils import get_cwidth
 from ._conversation import Conversation
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected
+from ._glyphs import GLYPH_MODES, GlyphMode
 from ._hub import Hub, LiveConversation
 from ._profile import Profile
 from ._quota import UserQuota
@@ -45,6 +46,7 @@ class Screen(Protocol):
     profile: Profile
     quota: UserQuota | None  # the limits of whoever holds the login
     show_thoughts: bool
+    glyphs: GlyphMode
 
     @property
     def conversation(self) -> Conversation:
@@ -334,6 +336,19 @@ def _down(screen: Screen, args: list[str]) -> None:
     screen.scroll(-1)
 
 
+def _glyphs(screen: Screen, args: list[str]) -> None:
+    if not args:
+        screen.say(f"Glyphs: {screen.glyphs}. /glyphs full, kindle or ascii switches.")
+        return
+    wanted = args[0].lower()
+    for mode in GLYPH_MODES:
+        if mode == wanted:
+            screen.glyphs = mode
+            screen.say(f"Glyphs: {mode}.")
+            return
+    screen.say("Glyphs are full, kindle or ascii: /glyphs kindle.", "error")
+
+
 def _top(screen: Screen, args: list[str]) -> None:
     screen.top()
 
@@ -363,6 +378,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/web",), "answers with web sources (on/off)", _web),
     Command(("/system",), "this chat's instructions (TEXT, off)", _system),
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
+    Command(("/glyphs",), "emoji as words (full, kindle, ascii)", _glyphs, "/glyphs M"),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),
     Command(("/top",), "first page of the latest answer (or Home)", _top),

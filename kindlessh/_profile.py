@@ -23,6 +23,7 @@ from typing import Literal
 from prompt_toolkit.output import ColorDepth
 
 from ._config import UIConfig
+from ._glyphs import GLYPH_MODES, GlyphMode
 
 ProfileName = Literal["eink", "smooth"]
 PROFILE_NAMES: tuple[ProfileName, ...] = ("eink", "smooth")
@@ -39,6 +40,7 @@ class Profile:
     color_depth: ColorDepth
     source: str = "config"  # where the choice came from, shown in /help
     steady_cursor: bool = False  # ask the terminal not to blink the cursor
+    glyphs: GlyphMode = "full"  # what the screen draws (see _glyphs)
 
 
 def color_depth_for(term: str, env: dict[str, str]) -> ColorDepth:
@@ -85,8 +87,16 @@ def make_profile(
     if name == "eink":
         return Profile(
             "eink", ui.eink_interval_ms / 1000, True, ColorDepth.DEPTH_1_BIT, source,
-            steady_cursor=True,
+            steady_cursor=True, glyphs=_glyphs(ui.eink_glyphs, "kindle"),
         )
     return Profile(
-        "smooth", ui.smooth_interval_ms / 1000, False, color_depth_for(term, env), source
+        "smooth", ui.smooth_interval_ms / 1000, False, color_depth_for(term, env), source,
+        glyphs=_glyphs(ui.smooth_glyphs, "full"),
     )
+
+
+def _glyphs(value: str, default: GlyphMode) -> GlyphMode:
+    for mode in GLYPH_MODES:
+        if value == mode:
+            return mode
+    return default

@@ -46,6 +46,7 @@ from prompt_toolkit.utils import get_cwidth
 from . import _commands
 from ._conversation import Conversation
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
+from ._glyphs import GlyphMode
 from ._hub import Hub, LiveConversation
 from ._inputline import InputLine
 from ._keyreader import RefusedPaste
@@ -118,6 +119,7 @@ class ChatScreen:
         self.scrollback = Scrollback(
             self.app_invalidate, paged=profile.paged, color=_color(profile)
         )
+        self.scrollback.glyphs = profile.glyphs
         self._refused = 0
         self._paste_notice: Notice | None = None
         self._pasting = False
@@ -353,7 +355,18 @@ class ChatScreen:
         self.throttle.interval = profile.interval
         self.scrollback.restyle(paged=profile.paged, color=_color(profile))
         self._cursor(profile.steady_cursor)
+        self.scrollback.glyphs = profile.glyphs
         self.say(f"Screen profile: {name}.")
+
+    @property
+    def glyphs(self) -> GlyphMode:
+        """What the screen draws (``/glyphs``)."""
+        return self.scrollback.glyphs
+
+    @glyphs.setter
+    def glyphs(self, mode: GlyphMode) -> None:
+        self.scrollback.glyphs = mode
+        self.app_invalidate()
 
     def top(self) -> None:
         """To the first page of the latest answer (``/top``, Home)."""

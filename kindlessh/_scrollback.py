@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._conversation import Turn
+from ._glyphs import GlyphMode
 from ._view import Item, Line, Look, Notice, Shown
 
 
@@ -69,6 +70,7 @@ class Scrollback:
         self.paged = paged
         self.color = color
         self.show_thoughts = False
+        self.glyphs: GlyphMode = "full"
         self.items: list[Item] = []
         self._shown: dict[int, tuple[int, int]] = {}  # turn id -> committed answer, thoughts
         self.lines_up = 0  # smooth: lines scrolled up from the bottom
@@ -161,7 +163,7 @@ class Scrollback:
 
     def look(self, width: int) -> Look:
         """How the transcript is drawn at ``width``."""
-        return Look(width, self.color, self.show_thoughts)
+        return Look(width, self.color, self.show_thoughts, self.glyphs)
 
     def restyle(self, *, paged: bool, color: bool) -> None:
         """Draw with another profile from now on; the reader goes to the bottom."""

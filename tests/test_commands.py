@@ -160,7 +160,7 @@ async def test_help_lists_every_registered_command_in_order(tmp_path: Path) -> N
 async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Path) -> None:
     async with chat_screen(tmp_path) as screen:
         text = await screen.command("/help", says="Commands:")
-    shown = [" ".join(line.split()) for line in text.splitlines()[1:17]]
+    shown = [" ".join(line.split()) for line in text.splitlines()[1:18]]
     assert shown == [
         "/new start a fresh conversation",
         "/history list your conversations (/history 2: older)",
@@ -174,6 +174,7 @@ async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Pat
         "/web answers with web sources (on/off)",
         "/system this chat's instructions (TEXT, off)",
         "/smooth laptop screen: smooth streaming",
+        "/glyphs M emoji as words (full, kindle, ascii)",
         "/up /down page back and forth (or PgUp/PgDn)",
         "/top first page of the latest answer (or Home)",
         "/quit leave (also Ctrl-D on an empty line)",
