@@ -8,8 +8,8 @@ Contract:
 - ``kindle``: an emoji or pictograph becomes its name in parentheses (👍 -> ``(thumbs
   up)``, names from the ``emoji`` package); typographic dashes, quotes, ellipses and
   spaces become their ASCII form; any other character outside the kept set becomes its
-  NFKD form if that is in the set, else its Unicode name in parentheses (⇒ ->
-  ``(rightwards double arrow)``), else ``?``. Kept: ASCII, Latin (with accents), Greek,
+  NFKD form if that is in the set, else its Unicode name in parentheses (♞ ->
+  ``(black chess knight)``), else ``?``. Kept: ASCII, Latin-1, Latin letters, Greek,
   Cyrillic, CJK (ideographs, kana, Hangul, fullwidth forms and CJK punctuation), and the
   drawing characters kindlessh's own screen uses (box drawing, ``•``, ``·``).
 - ``ascii``: as ``kindle``, and the screen's own drawing (list bullets, rules, quote
@@ -46,10 +46,15 @@ _PLAIN = {
 _UI_ASCII = {"•": "*", "·": ".", "─": "-", "━": "-", "│": "|", "┃": "|", "…": "..."}
 
 
+# Marks where a name was put in, until spacing is settled (sanitised text has no NUL).
+_NAMED = "\x00"
+_AFTER_WORD = re.compile(r"(?<=\w)\x00")
+
+
 def _kept(char: str, mode: GlyphMode) -> bool:
     code = ord(char)
-    if 0x20 <= code < 0x7F:
-        return True
+    if 0x20 <= code < 0x7F or (0xA0 < code <= 0xFF and mode == "kindle"):
+        return True  # ASCII; Latin-1 (°, ½, ©) is in every Kindle font
     if unicodedata.category(char)[0] in ("L", "N", "M") and (
         0xA0 <= code <= 0x24F  # Latin-1 and Latin Extended
         or 0x370 <= code <= 0x52F  # Greek, Cyrillic
@@ -87,14 +92,14 @@ def _one(char: str, mode: GlyphMode) -> str:
     name = unicodedata.name(char, "")
     if not name or unicodedata.category(char) in ("Mn", "Me", "Cf", "Co", "Cn"):
         return "" if unicodedata.category(char) in ("Mn", "Me", "Cf") else "?"
-    return f"({name.lower()})"
+    return f"{_NAMED}({name.lower()})"
 
 
 def _emoji_name(found: str, data: dict[str, str]) -> str:
     """``(thumbs up)`` for 👍: the emoji package's English name, as words."""
     name = str(data.get("en") or "").strip(":").replace("_", " ")
     plain = "".join(c if _kept(c, "ascii") else _one(c, "ascii") for c in name).strip()
-    return f"({plain})" if plain else "?"
+    return f"{_NAMED}({plain})" if plain else "?"
 
 
 def fold(text: str, mode: GlyphMode) -> str:
@@ -106,13 +111,13 @@ def fold(text: str, mode: GlyphMode) -> str:
     text = emoji.replace_emoji(text, replace=_emoji_name)
     out: list[str] = []
     for char in text:
-        if _kept(char, mode) or char == "\n":
+        if _kept(char, mode) or char in "\n\x00":
             out.append(char)
         else:
             out.append(_one(char, mode))
     result = "".join(out)
-    # A name next to a word reads as one: "ok(thumbs up)" -> "ok (thumbs up)".
-    return re.sub(r"(?<=\w)\(", " (", result) if "(" in result else result
+    # A name next to a word reads as one: "ok👍" -> "ok (thumbs up)"; "f()" stays.
+    return _AFTER_WORD.sub(" ", result).replace(_NAMED, "") if _NAMED in result else result
 
 
 def ui_char(text: str, mode: GlyphMode) -> str:
