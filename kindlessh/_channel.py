@@ -6,6 +6,10 @@ Contract:
   SSH packet), byte for byte (no ``\\n`` rewriting). When the client stops reading and
   the channel's write buffer passes the cap, the session is dropped instead of growing
   server memory.
+- The cursor: :meth:`ChannelOutput.steady_cursor` asks the terminal for a steady block
+  cursor (e-ink pays a panel update for every blink) or gives the terminal its own
+  cursor back; :meth:`ChannelOutput.finish` is the last frame of a chat, which always
+  gives the cursor back, whatever way the chat ends (quit, idle close, shutdown).
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from collections.abc import Callable
 import asyncssh
 
 log = logging.getLogger("kindlessh.session")
+
+# DECSCUSR steady block, and blink mode off (kterm's VTE ignores both; harmless there).
+STEADY_CURSOR = "\x1b[2 q\x1b[?12l"
+# DECSCUSR 0: the terminal's own cursor shape and blink.
+DEFAULT_CURSOR = "\x1b[0 q"
 
 
 class ChannelOutput:
@@ -40,6 +49,27 @@ class ChannelOutput:
         self.closed = False
         self.writes = 0
         self.bytes_sent = 0
+        self.steady = False  # a steady cursor was asked for and not yet given back
+
+    def steady_cursor(self, steady: bool) -> None:
+        """Ask for a steady cursor, or give the terminal's own cursor back."""
+        if steady == self.steady:
+            return
+        self.steady = steady
+        self.write(STEADY_CURSOR if steady else DEFAULT_CURSOR)
+        self.flush()
+
+    def finish(self) -> str:
+        """Close this writer and return what is still to be sent, ending with the
+        terminal's own cursor if it was changed: the caller writes it before its
+        goodbye, so nothing lands after the channel has closed."""
+        data = "".join(self._parts) if not self.closed else ""
+        self._parts.clear()
+        if self.steady:
+            self.steady = False
+            data += DEFAULT_CURSOR
+        self.closed = True
+        return data
 
     def write(self, data: str) -> int:
         """Queue ``data`` for the current frame."""

@@ -31,6 +31,7 @@ from ._conversation import Conversation
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected
 from ._export import FORMATS
+from ._glyphs import GLYPH_MODES, GlyphMode
 from ._hub import Hub, LiveConversation
 from ._profile import Profile
 from ._quota import UserQuota
@@ -48,6 +49,7 @@ class Screen(Protocol):
     profile: Profile
     quota: UserQuota | None  # the limits of whoever holds the login
     show_thoughts: bool
+    glyphs: GlyphMode
 
     @property
     def conversation(self) -> Conversation:
@@ -74,6 +76,9 @@ class Screen(Protocol):
 
     def scroll(self, pages: int) -> None:
         """Scroll the transcript by ``pages`` screens (positive: back in time)."""
+
+    def top(self) -> None:
+        """To the first page of the latest answer."""
 
     def size(self) -> Size:
         """The terminal's size."""
@@ -422,6 +427,23 @@ def _down(screen: Screen, args: list[str]) -> None:
     screen.scroll(-1)
 
 
+def _glyphs(screen: Screen, args: list[str]) -> None:
+    if not args:
+        screen.say(f"Glyphs: {screen.glyphs}. /glyphs full, kindle or ascii switches.")
+        return
+    wanted = args[0].lower()
+    for mode in GLYPH_MODES:
+        if mode == wanted:
+            screen.glyphs = mode
+            screen.say(f"Glyphs: {mode}.")
+            return
+    screen.say("Glyphs are full, kindle or ascii: /glyphs kindle.", "error")
+
+
+def _top(screen: Screen, args: list[str]) -> None:
+    screen.top()
+
+
 def _quit(screen: Screen, args: list[str]) -> None:
     screen.quit()
 
@@ -451,8 +473,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(("/system",), "this chat's instructions (TEXT, off)", _system),
     Command(("/model",), "list the models; /model NAME switches", _model, "/model NAME"),
     Command(("/smooth",), "laptop screen: smooth streaming", _profile("smooth")),
+    Command(("/glyphs",), "emoji as words (full, kindle, ascii)", _glyphs, "/glyphs M"),
     Command(("/up",), "page back and forth (or PgUp/PgDn)", _up, "/up /down"),
     Command(("/down",), "page forth", _down, listed=False),
+    Command(("/top",), "first page of the latest answer (or Home)", _top),
     Command(("/quit", "/exit", "/q"), "leave (also Ctrl-D on an empty line)", _quit),
     Command(("/help", "/?"), "this list", _help),
 )

@@ -167,6 +167,8 @@ class UIConfig:
     profile: str = "smooth"
     eink_interval_ms: int = 1000
     smooth_interval_ms: int = 50
+    eink_glyphs: str = "kindle"
+    smooth_glyphs: str = "full"
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,12 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("ui", "profile"): (lambda v: v in ("eink", "smooth"), '"eink" or "smooth"'),
     ("ui", "eink_interval_ms"): (lambda v: 250 <= v <= 5000, "milliseconds from 250 to 5000"),
     ("ui", "smooth_interval_ms"): (lambda v: 10 <= v <= 5000, "milliseconds from 10 to 5000"),
+    ("ui", "eink_glyphs"): (
+        lambda v: v in ("full", "kindle", "ascii"), '"full", "kindle" or "ascii"'
+    ),
+    ("ui", "smooth_glyphs"): (
+        lambda v: v in ("full", "kindle", "ascii"), '"full", "kindle" or "ascii"'
+    ),
 }
 
 _SECTIONS: dict[str, type[Any]] = {

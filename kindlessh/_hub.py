@@ -55,6 +55,9 @@ class LiveConversation:
         self.closed = False  # leaving memory: never handed out again
         self.dropped = asyncio.Event()  # set once it has left memory, everything saved
         self.used = 0  # a counter stamp: the chat a user touched last wins in resume
+        # Its latest answer finished after its last screen left; the next screen to
+        # resume it opens on that answer's first page (taken by that screen).
+        self.finished_away = False
 
     @property
     def id(self) -> int | None:
@@ -117,6 +120,9 @@ class Hub:
         self.chats: list[LiveConversation] = []
         self._stamp = 0
         self._closing: set[asyncio.Task[None]] = set()
+        # user -> the conversation whose answer finished with no screen on it (the chat
+        # may have left memory by the time the user comes back). One entry a user.
+        self._away: dict[str, int] = {}
 
     # ----- handing chats out ----------------------------------------------------------
 
@@ -185,7 +191,14 @@ class Hub:
         ``holder`` holds the login (default: the name)."""
         await self.quota.load(holder or user)
         await self._dropping(user)
+        away = self._away.pop(user, None)
         mine = [c for c in self.chats if c.user == user and not c.closed]
+        chat = await self._resumed(user, mine)
+        if away is not None and chat.id == away:
+            chat.finished_away = True
+        return chat
+
+    async def _resumed(self, user: str, mine: list[LiveConversation]) -> LiveConversation:
         if mine:
             return self._attach(max(mine, key=lambda c: c.used))
         latest = await self.store.latest_conversation(user)
@@ -234,6 +247,9 @@ class Hub:
 
     async def _finish_unwatched(self, chat: LiveConversation) -> None:
         await chat.conversation.wait()
+        turn = chat.conversation.current
+        if not chat.viewers and turn is not None and turn.state == "done" and chat.id:
+            self._away[chat.user] = chat.id
         if not chat.viewers:
             await self._drop(chat)
 

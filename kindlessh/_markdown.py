@@ -623,30 +623,50 @@ def _render_plain(text: str, width: int) -> list[Line]:
 def _fold(line: Line, width: int) -> Iterator[Line]:
     """Cut ``line`` into lines of at most ``width`` cells.
 
-    rich and prompt-toolkit measure a few characters differently. A character wider
-    than the whole line cannot be shown at all, and becomes ``?``.
+    rich and prompt-toolkit measure a few characters differently (emoji sequences,
+    variation selectors), so a line rich thought fitted may not: it is cut after its
+    last space that fits. A character wider than the whole line cannot be shown at all,
+    and becomes ``?``.
     """
     if sum(get_cwidth(text) for _, text in line) <= width:
         yield line
         return
-    current: Line = []
-    used = 0
+    chars: list[tuple[str, str, int]] = []  # style, character, cells
     for style, text in line:
-        piece = ""
         for char in text:
             cells = get_cwidth(char)
             if cells > width:
                 char, cells = "?", 1
+            chars.append((style, char, cells))
+    while chars:
+        used, cut = 0, len(chars)
+        for index, (_, _, cells) in enumerate(chars):
             if used + cells > width:
-                if piece:
-                    current.append((style, piece))
-                yield current
-                current, used, piece = [], 0, ""
-            piece += char
+                cut = index
+                break
             used += cells
-        if piece:
-            current.append((style, piece))
-    yield current
+        if cut < len(chars):
+            # Strategy: cut after the last space that fits, as a word wrap would, so a
+            # word (a run of wide characters too) moves whole to the next line; only a
+            # word longer than the line is cut inside.
+            space = max((i for i in range(cut) if chars[i][1] == " "), default=-1)
+            if space > 0 and chars[cut][1] != " ":
+                cut = space + 1
+        head, chars = chars[:cut], chars[cut:]
+        if not head:
+            head, chars = chars[:1], chars[1:]
+        yield _fragments(head)
+
+
+def _fragments(chars: list[tuple[str, str, int]]) -> Line:
+    """Characters with their styles back as fragments."""
+    out: Line = []
+    for style, char, _ in chars:
+        if out and out[-1][0] == style:
+            out[-1] = (style, out[-1][1] + char)
+        else:
+            out.append((style, char))
+    return out
 
 
 def _tidy(line: Line) -> Line:

@@ -8,7 +8,8 @@ Contract:
   anything else is ignored. (The ``/eink`` and ``/smooth`` commands switch live later.)
 - :func:`make_profile` turns a name into the settings the UI needs.
 
-- eink: the first words of an answer at once, then one commit per ``eink_interval_ms``;
+- eink: a steady cursor (every blink is a panel update); the first words of an answer
+  at once, then one commit per ``eink_interval_ms``;
   a paged transcript (an answer fills the screen from the top, then flips); 1-bit styling.
 - smooth: a commit every ``smooth_interval_ms``; the transcript scrolls to the bottom;
   colour from TERM (24-bit only if COLORTERM says so).
@@ -22,6 +23,7 @@ from typing import Literal
 from prompt_toolkit.output import ColorDepth
 
 from ._config import UIConfig
+from ._glyphs import GLYPH_MODES, GlyphMode
 
 ProfileName = Literal["eink", "smooth"]
 PROFILE_NAMES: tuple[ProfileName, ...] = ("eink", "smooth")
@@ -37,6 +39,8 @@ class Profile:
     paged: bool
     color_depth: ColorDepth
     source: str = "config"  # where the choice came from, shown in /help
+    steady_cursor: bool = False  # ask the terminal not to blink the cursor
+    glyphs: GlyphMode = "full"  # what the screen draws (see _glyphs)
 
 
 def color_depth_for(term: str, env: dict[str, str]) -> ColorDepth:
@@ -81,7 +85,18 @@ def make_profile(
 ) -> Profile:
     """The settings of profile ``name`` for a client with ``term`` and ``env``."""
     if name == "eink":
-        return Profile("eink", ui.eink_interval_ms / 1000, True, ColorDepth.DEPTH_1_BIT, source)
+        return Profile(
+            "eink", ui.eink_interval_ms / 1000, True, ColorDepth.DEPTH_1_BIT, source,
+            steady_cursor=True, glyphs=_glyphs(ui.eink_glyphs, "kindle"),
+        )
     return Profile(
-        "smooth", ui.smooth_interval_ms / 1000, False, color_depth_for(term, env), source
+        "smooth", ui.smooth_interval_ms / 1000, False, color_depth_for(term, env), source,
+        glyphs=_glyphs(ui.smooth_glyphs, "full"),
     )
+
+
+def _glyphs(value: str, default: GlyphMode) -> GlyphMode:
+    for mode in GLYPH_MODES:
+        if value == mode:
+            return mode
+    return default

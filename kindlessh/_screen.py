@@ -5,7 +5,8 @@ Contract:
   model API itself. Enter sends; a line starting with ``/`` is a command (run by
   :mod:`._commands`, for which ChatScreen is the :class:`~._commands.Screen`); Ctrl-C stops
   an answer (keeping what arrived) or clears the input; Ctrl-D on an empty line quits;
-  PgUp/PgDn scroll; Ctrl-L repaints the whole screen.
+  PgUp/PgDn scroll; on an empty input line Home goes to the first page of the latest
+  answer and End to the newest; Ctrl-L repaints the whole screen.
 - ChatScreen holds the layout, the key bindings and :meth:`ChatScreen.run`. What the transcript
   holds and where the reader is lives in a :class:`~._scrollback.Scrollback`; the status
   line's wording in :mod:`._statusline`.
@@ -30,6 +31,7 @@ from typing import Any
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import EditReadOnlyBuffer
 from prompt_toolkit.data_structures import Size
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
@@ -44,6 +46,7 @@ from prompt_toolkit.utils import get_cwidth
 from . import _commands
 from ._conversation import Conversation
 from ._errors import BudgetExceeded, InputRejected, KindleSSHError
+from ._glyphs import GlyphMode
 from ._hub import Hub, LiveConversation
 from ._inputline import InputLine
 from ._keyreader import RefusedPaste
@@ -86,6 +89,7 @@ class ChatScreen:
         notices: lines to show first (e.g. a missing API key).
         pace: stretches the commit interval while the server is overloaded.
         spread: runs commits in turn with other screens' commits.
+        cursor: asks the terminal for a steady cursor (True) or its own (False).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class ChatScreen:
         notices: list[Notice] | None = None,
         pace: Callable[[float], float] | None = None,
         spread: Callable[[object, Callable[[], None]], None] | None = None,
+        cursor: Callable[[bool], None] | None = None,
     ) -> None:
         self.chat = chat
         self.hub = hub
@@ -110,9 +115,11 @@ class ChatScreen:
         self._pending: Callable[[str], bool] | None = None  # takes the next line typed
         self.profile = profile
         self.profiles = profiles or {profile.name: profile}
+        self._cursor = cursor or (lambda steady: None)
         self.scrollback = Scrollback(
             self.app_invalidate, paged=profile.paged, color=_color(profile)
         )
+        self.scrollback.glyphs = profile.glyphs
         self._refused = 0
         self._paste_notice: Notice | None = None
         self._pasting = False
@@ -195,6 +202,10 @@ class ChatScreen:
                 f"Conversation {self.chat.id} reopened{live}: /history lists the others, "
                 "/new starts a fresh one."
             )
+        if turns and self.chat.finished_away:
+            # The answer finished while the reader was away: read it from its start.
+            self.chat.finished_away = False
+            self.scrollback.top(away=True)
 
     def switch(self, chat: LiveConversation) -> None:
         """Show ``chat`` instead of the current one (``/new``, ``/open``)."""
@@ -280,8 +291,11 @@ class ChatScreen:
             turn_status=turn.status if turn is not None else None,
             lines_up=self.scrollback.lines_up,
             model=self.conversation.provider.model,
+            page=_page_pair(self.scrollback) if self.profile.paged else None,
+            away=self.scrollback.away,
         )
-        return fit(texts, self.app.output.get_size().columns)
+        away = self.scrollback.away and self.profile.paged
+        return fit(texts, self.app.output.get_size().columns, hint=not away)
 
     # ----- input ----------------------------------------------------------------------
 
@@ -340,7 +354,27 @@ class ChatScreen:
         self.profile = profile
         self.throttle.interval = profile.interval
         self.scrollback.restyle(paged=profile.paged, color=_color(profile))
+        self._cursor(profile.steady_cursor)
+        self.scrollback.glyphs = profile.glyphs
         self.say(f"Screen profile: {name}.")
+
+    @property
+    def glyphs(self) -> GlyphMode:
+        """What the screen draws (``/glyphs``)."""
+        return self.scrollback.glyphs
+
+    @glyphs.setter
+    def glyphs(self, mode: GlyphMode) -> None:
+        self.scrollback.glyphs = mode
+        self.app_invalidate()
+
+    def top(self) -> None:
+        """To the first page of the latest answer (``/top``, Home)."""
+        self.scrollback.top()
+
+    def bottom(self) -> None:
+        """To the newest lines (End)."""
+        self.scrollback.bottom()
 
     def scroll(self, pages: int) -> None:
         """Scroll the transcript by ``pages`` screens (positive = back in time)."""
@@ -376,6 +410,16 @@ class ChatScreen:
         @kb.add("pagedown")
         def _down(event: KeyPressEvent) -> None:
             self.scroll(-1)
+
+        empty = Condition(lambda: not self.input.text)
+
+        @kb.add("home", filter=empty)
+        def _top(event: KeyPressEvent) -> None:
+            self.top()
+
+        @kb.add("end", filter=empty)
+        def _newest(event: KeyPressEvent) -> None:
+            self.bottom()
 
         @kb.add("c-l")
         def _repaint(event: KeyPressEvent) -> None:
@@ -434,6 +478,8 @@ class ChatScreen:
     async def run(self) -> None:
         """Show the chat until the person leaves."""
         self._unsubscribe = self.conversation.subscribe(self._on_change)
+        # On e-ink every blink of the cursor is a panel update.
+        self._cursor(self.profile.steady_cursor)
         try:
             await self.app.run_async(handle_sigint=False, set_exception_handler=False)
         finally:
@@ -442,6 +488,11 @@ class ChatScreen:
             self.throttle.cancel()
             for task in list(self._tasks):
                 task.cancel()
+
+
+def _page_pair(scrollback: Scrollback) -> tuple[int, int] | None:
+    page = scrollback.page
+    return None if page is None else (page.number, page.total)
 
 
 def _color(profile: Profile) -> bool:

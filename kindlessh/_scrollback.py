@@ -12,6 +12,12 @@ Contract:
 - Anything the server says (:meth:`Scrollback.say`), a new question, or a profile switch
   brings the reader back to the newest lines.
 - :meth:`Scrollback.sync` follows the conversation's turns, whichever screen changed them.
+- :meth:`Scrollback.top` goes to the first page of the latest answer (``/top``, Home;
+  ``away=True`` when it finished while the reader was away). :attr:`Scrollback.page`
+  says which page of the latest answer is shown, as of the last :meth:`Scrollback.lines`.
+- A resize keeps the reader on the same part of the answer: the page being read is
+  held by how much of the answer's text comes before its first line (its non-blank
+  characters, which do not depend on the width), not by a line or page number.
 
 Strategy, smooth (scrolling): the newest lines are at the bottom; scrolled up, the page
 being read stays still while the answer grows below it. E-ink (paged): the last question
@@ -23,9 +29,25 @@ row on every commit, and e-ink pays for each changed pixel.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ._conversation import Turn
+from ._glyphs import GlyphMode
 from ._view import Item, Line, Look, Notice, Shown
+
+
+@dataclass(frozen=True)
+class Page:
+    """Where the e-ink reader is in the latest answer: page ``number`` of ``total``."""
+
+    number: int
+    total: int
+
+
+def _ink(line: Line) -> int:
+    """The characters of ``line`` that are the same at any width: not spaces, and not
+    the rules drawn as wide as the screen."""
+    return sum(len(text) - text.count(" ") - text.count("─") for _, text, *_ in line)
 
 
 class Scrollback:
@@ -48,12 +70,18 @@ class Scrollback:
         self.paged = paged
         self.color = color
         self.show_thoughts = False
+        self.glyphs: GlyphMode = "full"
         self.items: list[Item] = []
         self._shown: dict[int, tuple[int, int]] = {}  # turn id -> committed answer, thoughts
         self.lines_up = 0  # smooth: lines scrolled up from the bottom
-        self.page_back = 0  # eink: pages back from the current one
+        self.page_back = 0  # eink: pages back from the current one (as last laid out)
         self._pinned: int | None = None  # eink: first line of the page being read
+        self._move = 0  # eink: pages to move at the next layout (positive: back)
+        self._top = False  # go to the first page of the latest answer at the next layout
+        self._place: tuple[int, int, int] | None = None  # width, anchor, ink before _pinned
         self._last_total = 0
+        self.page: Page | None = None  # eink: the page of the latest answer shown
+        self.away = False  # the latest answer finished while the reader was away
 
     # ----- what is in it --------------------------------------------------------------
 
@@ -135,7 +163,7 @@ class Scrollback:
 
     def look(self, width: int) -> Look:
         """How the transcript is drawn at ``width``."""
-        return Look(width, self.color, self.show_thoughts)
+        return Look(width, self.color, self.show_thoughts, self.glyphs)
 
     def restyle(self, *, paged: bool, color: bool) -> None:
         """Draw with another profile from now on; the reader goes to the bottom."""
@@ -145,17 +173,27 @@ class Scrollback:
 
     def bottom(self) -> None:
         """Back to the newest lines."""
-        self.lines_up = self.page_back = 0
-        self._pinned = None
+        self.lines_up = self.page_back = self._move = 0
+        self._pinned = self._place = None
+        self._top = self.away = False
+        self.on_change()
+
+    def top(self, *, away: bool = False) -> None:
+        """To the first page of the latest answer (its question at the top);
+        ``away``: it finished while the reader was away (the status line says so)."""
+        self.bottom()
+        self._top = True
+        self.away = away
         self.on_change()
 
     def scroll(self, pages: int, rows: int) -> None:
         """Scroll by ``pages`` screens (positive: back in time) on a screen of ``rows``
         rows: e-ink flips whole pages; smooth moves ``rows - 5`` lines at a time (the
         status, the input and a little overlap)."""
+        self.away = False
         if self.paged:
-            self.page_back = max(0, self.page_back + pages)
-            self._pinned = None
+            self._move += pages
+            self.page_back = max(0, self.page_back + pages)  # exact at the next layout
         else:
             self.lines_up = max(0, self.lines_up + pages * max(1, rows - 5))
         self.on_change()
@@ -170,8 +208,11 @@ class Scrollback:
                 anchor = len(lines)
             lines.extend(item.lines(look, self.shown))
         if self.paged:
-            return self._page(lines, anchor, height)
+            return self._page(lines, anchor, width, height)
         total = len(lines)
+        if self._top:
+            self._top = False
+            self.lines_up = max(0, total - anchor - height)
         if self.lines_up and total > self._last_total:
             # Keep the page the reader is looking at still while the answer grows.
             self.lines_up += total - self._last_total
@@ -180,7 +221,7 @@ class Scrollback:
         end = total - self.lines_up
         return lines[max(0, end - height) : end]
 
-    def _page(self, lines: list[Line], anchor: int, height: int) -> list[Line]:
+    def _page(self, lines: list[Line], anchor: int, width: int, height: int) -> list[Line]:
         """E-ink paging from the last question at ``anchor`` (see the module strategy)."""
         step = max(1, height - 1)
         end = len(lines)
@@ -189,8 +230,43 @@ class Scrollback:
         rest = end - anchor
         flips = 0 if rest <= height else -(-(rest - height) // step)
         current = anchor + flips * step
-        if self.page_back:
-            if self._pinned is None:
-                self._pinned = max(0, current - self.page_back * step)
-            current = self._pinned
-        return lines[current : current + height]
+        pinned = self._pinned
+        if pinned is not None and self._place is not None and self._place[0] != width:
+            # Resized: the same text, not the same line number, is read on.
+            pinned = self._find(lines, anchor, self._place[2])
+        if self._top:
+            self._top = False
+            pinned = anchor
+        if self._move:
+            pinned = max(0, (current if pinned is None else pinned) - self._move * step)
+            self._move = 0
+        if pinned is not None and pinned >= current:
+            pinned = None  # back on the newest page: follow the answer again
+        self._pinned = pinned
+        if pinned is None:
+            self.page_back, self._place = 0, None
+            first = current
+        else:
+            first = pinned
+            self.page_back = max(1, round((current - pinned) / step))
+            ink = sum(_ink(line) for line in lines[anchor:pinned]) if pinned >= anchor else -1
+            self._place = (width, anchor, ink)
+        if first >= anchor and flips:
+            number = min(flips + 1, max(1, round((first - anchor) / step) + 1))
+            self.page = Page(number if first < current else flips + 1, flips + 1)
+        else:
+            self.page = None
+        return lines[first : first + height]
+
+    @staticmethod
+    def _find(lines: list[Line], anchor: int, ink: int) -> int | None:
+        """The first line at or after ``anchor`` with ``ink`` characters of the answer
+        before it (the same place at another width), or None (before the answer)."""
+        if ink < 0:
+            return None
+        seen = 0
+        for index in range(anchor, len(lines)):
+            if seen >= ink:
+                return index
+            seen += _ink(lines[index])
+        return len(lines)

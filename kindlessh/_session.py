@@ -225,7 +225,10 @@ class Session(asyncssh.SSHServerSession[str]):
         if chan is not None:
             with contextlib.suppress(Exception):
                 # Leave the full-screen view first, so the line stays readable.
-                chan.write("\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n")
+                chan.write(
+                    self._finish()
+                    + "\x1b[?1049l\r\nkindlessh: the server is shutting down; bye.\r\n"
+                )
         self.connection_lost(None)
 
     # ----- the session ---------------------------------------------------------------
@@ -263,6 +266,10 @@ class Session(asyncssh.SSHServerSession[str]):
         )
         screen.quit()
 
+    def _finish(self) -> str:
+        """The chat's last frame (the terminal's own cursor back), or ``""``."""
+        return self.output.finish() if self.output is not None else ""
+
     def _drop(self) -> None:
         if self._chan is not None:
             self._chan.abort()
@@ -292,7 +299,7 @@ class Session(asyncssh.SSHServerSession[str]):
                 chan.exit(1)
                 return
             await self._chat(chan)
-            chan.write(self._goodbye + "\r\n")
+            chan.write(self._finish() + self._goodbye + "\r\n")
             chan.exit(0)
         except asyncio.CancelledError:
             raise
@@ -303,7 +310,10 @@ class Session(asyncssh.SSHServerSession[str]):
                     said = b"kindlessh: the command failed on the server; sorry.\n"
                     cast(Any, chan).write_stderr(said)
                 else:
-                    chan.write("\r\nkindlessh: the session failed on the server; sorry.\r\n")
+                    chan.write(
+                        self._finish()
+                        + "\r\nkindlessh: the session failed on the server; sorry.\r\n"
+                    )
                 chan.exit(1)
 
     async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
@@ -345,6 +355,7 @@ class Session(asyncssh.SSHServerSession[str]):
                     notices=notices,
                     pace=deps.pace.stretch,
                     spread=deps.pace.spread,
+                    cursor=self.output.steady_cursor,
                 )
                 # A bracketed paste longer than the input line holds is refused unread.
                 self._input.max_paste = self.screen.max_line()

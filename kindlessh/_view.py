@@ -8,6 +8,9 @@ Contract:
 - Lines are pre-wrapped to the width (prompt-toolkit's own wrapping mis-scrolls long
   wrapped lines), at word boundaries, measuring cells with ``get_cwidth`` so wide
   characters never overflow.
+- What the screen can draw (:mod:`._glyphs`) is applied here, to the sanitised text
+  before it is wrapped (so a word of names wraps as words) and to the view's own
+  drawing after; the stored text is never changed.
 - Items cache their lines per width and content, so a repaint costs only the item that
   changed.
 """
@@ -22,6 +25,7 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.utils import get_cwidth
 
 from ._conversation import Turn, source_line
+from ._glyphs import GlyphMode, fold, ui_char
 from ._markdown import render_markdown
 from ._sanitize import sanitize
 
@@ -114,6 +118,7 @@ class Look:
     width: int
     color: bool = False
     thoughts: bool = False
+    glyphs: GlyphMode = "full"
 
 
 @dataclass
@@ -131,7 +136,7 @@ class Item:
         if self.notice is not None:
             key: tuple[object, ...] = (look, self.notice.text)
             if key != self._cache_key:
-                self._cache = self._notice(look.width)
+                self._cache = _drawn(self._notice(look), look.glyphs)
         else:
             assert self.turn is not None
             t = self.turn
@@ -139,22 +144,24 @@ class Item:
             key = (look, len(part.answer), len(part.thoughts), t.state, t.note, len(t.question),
                    len(t.sources))
             if key != self._cache_key:
-                self._cache = self._turn(look, part)
+                self._cache = _drawn(self._turn(look, part), look.glyphs)
         self._cache_key = key
         return self._cache
 
-    def _notice(self, width: int) -> list[Line]:
+    def _notice(self, look: Look) -> list[Line]:
         assert self.notice is not None
+        width = look.width
         style = "class:error" if self.notice.kind == "error" else "class:notice"
         mark = "! " if self.notice.kind == "error" else "· "
-        body = wrap(sanitize(self.notice.text), width - 2)
+        body = wrap(fold(sanitize(self.notice.text), look.glyphs), width - 2)
         return [[(style, (mark if i == 0 else "  ") + ln)] for i, ln in enumerate(body)]
 
     def _turn(self, look: Look, part: Shown) -> list[Line]:
         assert self.turn is not None
         turn, width = self.turn, look.width
         lines: list[Line] = []
-        for i, ln in enumerate(wrap(sanitize(turn.question), width - 2)):
+        glyphs = look.glyphs
+        for i, ln in enumerate(wrap(fold(sanitize(turn.question), glyphs), width - 2)):
             lines.append([("class:question", ("> " if i == 0 else "  ") + ln)])
         lines.append([])
         if turn.model_changed:
@@ -163,24 +170,33 @@ class Item:
             # Marked, not only dimmed: e-ink has no dim, and a thought must never be
             # mistaken for the answer.
             lines.append([("class:thought-head", "Thinking:")])
-            for line in render_markdown(sanitize(part.thoughts), width - 2, color=look.color):
+            thoughts = fold(sanitize(part.thoughts), glyphs)
+            for line in render_markdown(thoughts, width - 2, color=look.color):
                 body = [("class:thought " + style, text) for style, text in line]
                 lines.append([("class:thought", "│ "), *body])
             lines.append([])
         if part.answer:
-            for line in render_markdown(sanitize(part.answer), width, color=look.color):
+            for line in render_markdown(fold(sanitize(part.answer), glyphs), width,
+                                        color=look.color):
                 lines.append([("class:answer " + style, text) for style, text in line])
         elif turn.active:
-            who = sanitize(turn.upstream)
+            who = fold(sanitize(turn.upstream), glyphs)
             waiting = "(thinking)" if part.thoughts else f"(waiting for {who})"
             lines.append([("class:notice", waiting)])
         if turn.sources and not turn.active:
             lines.append([("class:note", "Sources:")])
             for i, source in enumerate(turn.sources, 1):
-                for ln in wrap(f"{i}. {source_line(source)}", width):
+                for ln in wrap(fold(f"{i}. {source_line(source)}", glyphs), width):
                     lines.append([("class:note", ln)])
         if turn.note:
-            for ln in wrap(sanitize(f"[{turn.note}]"), width):
+            for ln in wrap(fold(sanitize(f"[{turn.note}]"), glyphs), width):
                 lines.append([("class:note", ln)])
         lines.append([])
         return lines
+
+
+def _drawn(lines: list[Line], glyphs: GlyphMode) -> list[Line]:
+    """``lines`` with the view's own drawing (bullets, rules, bars) as ``glyphs`` shows it."""
+    if glyphs != "ascii":
+        return lines
+    return [[(frag[0], ui_char(frag[1], glyphs)) for frag in line] for line in lines]

@@ -177,7 +177,9 @@ async def test_help_shows_the_same_commands_and_meanings_as_before(tmp_path: Pat
         "/system this chat's instructions (TEXT, off)",
         "/model NAME list the models; /model NAME switches",
         "/smooth laptop screen: smooth streaming",
+        "/glyphs M emoji as words (full, kindle, ascii)",
         "/up /down page back and forth (or PgUp/PgDn)",
+        "/top first page of the latest answer (or Home)",
         "/quit leave (also Ctrl-D on an empty line)",
         "/help this list",
     ]
@@ -413,7 +415,7 @@ async def test_up_and_down_page_an_eink_screen(tmp_path: Path) -> None:
         screen.send("/up\r")
         await until(lambda: screen.ui.scrollback.page_back == 1)
         assert screen.lines()[0] == " • item 17"  # one page (9 new lines) back
-        assert screen.ui._status()[0][1].startswith(" page 1 back - PgDn or /down")
+        assert screen.ui._status()[0][1].startswith(" page 3/4 - PgDn reads on")
         screen.send(PAGE_DOWN)
         await until(lambda: screen.ui.scrollback.page_back == 0)
         assert screen.lines()[0] == " • item 26"

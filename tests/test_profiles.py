@@ -124,11 +124,11 @@ async def test_eink_pages_instead_of_scrolling(server: Server, fake_gemini: Fake
         assert rows[0].startswith("Line "), rows[0]
         assert "Line 44 of a long answer." in rows
         await term.send("\x1b[5~")  # PgUp
-        await term.wait_for("page 1 back")
+        await term.wait_for("page 2/3")
         earlier = [row.rstrip() for row in term.screen.display]
         assert "Line 44 of a long answer." not in earlier
         await term.send("/up\r")
-        await term.wait_for("page 2 back")
+        await term.wait_for("page 1/3")
         assert "> a long answer please" in term.text()
         await term.send("/down\r/down\r")
         await term.wait_for("Line 44 of a long answer.")

@@ -126,10 +126,15 @@ def test_eink_paged_back_the_page_is_pinned_while_the_answer_grows() -> None:
     back.commit(turn)
     assert texts(back.lines(40, 10)) == earlier
     back.scroll(-1, rows=99)
-    assert back.page_back == 0
+    # PgDn reads on from the page being read, not from the newest one.
+    assert texts(back.lines(40, 10))[0] == " • a17"
+    assert back.page_back == 2
+    back.scroll(-2, rows=99)
     assert texts(back.lines(40, 10))[0] == " • a35"
+    assert back.page_back == 0
     back.scroll(-1, rows=99)
     assert back.page_back == 0  # never beyond the current page
+    assert texts(back.lines(40, 10))[0] == " • a35"
 
 
 def test_restyle_switches_between_paging_and_scrolling_at_the_bottom() -> None:
