@@ -225,7 +225,8 @@ async def failing_session(
 
 
 async def run_phase(
-    name: str, bad: Bad, server: Server, key: asyncssh.SSHKey, fake: RoutedGemini, tag: str
+    name: str, bad: Bad, server: Server, keys: list[asyncssh.SSHKey], fake: RoutedGemini,
+    tag: str,
 ) -> PhaseResult:
     result = PhaseResult(name, bad)
     terms: list[ProbeTerminal] = []
@@ -234,7 +235,7 @@ async def run_phase(
         for i in range(SESSIONS):
             term = cast(
                 ProbeTerminal,
-                await ProbeTerminal.connect(server.port, key, username=f"{tag}u{i}",
+                await ProbeTerminal.connect(server.port, keys[i], username=f"{tag}u{i}",
                                             cols=COLS, rows=ROWS),
             )
             terms.append(term)
@@ -341,8 +342,10 @@ async def main() -> int:
     results: list[PhaseResult] = []
     with tempfile.TemporaryDirectory(prefix="kindlessh-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="bench@kindlessh")
-        (tmp / "authorized_keys").write_bytes(key.export_public_key())
+        # One key per session, as different people have: limits follow the key.
+        keys = [asyncssh.generate_private_key("ssh-ed25519", comment=f"bench{i}@kindlessh")
+                for i in range(SESSIONS)]
+        (tmp / "authorized_keys").write_bytes(b"".join(k.export_public_key() for k in keys))
         fake = RoutedGemini()
         async with fake:
             config = load_config(write_config(tmp / "kindlessh.toml", {
@@ -366,7 +369,7 @@ async def main() -> int:
             tune_process()  # as kindlessh serve does
             try:
                 for n, (name, bad) in enumerate(PHASES):
-                    result = await run_phase(name, bad, server, key, fake, f"p{n}")
+                    result = await run_phase(name, bad, server, keys, fake, f"p{n}")
                     results.append(result)
                     report(result)
             finally:

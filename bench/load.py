@@ -6,19 +6,20 @@ its memory, CPU time and loop lag are its own. This process runs the fake Gemini
 loopback (``tests/fake_gemini.py``, answering by question) and the SSH clients.
 
 Config: a temporary directory holds the config file, host keys, authorized_keys (one
-client key; the SSH username names the account) and the SQLite store; GEMINI_API_KEY is
-set for the server and ``[gemini] base_url`` points at the fake. Every connection comes
-from 127.0.0.1, so the per-address startup limits are raised to the session count
-(``max_startups``, ``max_startups_full``, ``max_startups_per_source``) and 127.0.0.1 is
-exempt from penalties; ``max_sessions`` stays at its default of 100 (raised to the session
-count above 100); ``max_sessions_per_user`` stays at 5, since each session logs in under
-its own user name (``load0``, ``load1``, ...); ``[quota] max_upstream``, the cap on requests
-to Gemini in flight (8), is raised to the session count where this version of kindlessh
-has it; ``answer_timeout`` is raised for answers longer than about two minutes. Everything
-else is the default (per-user prompt and token limits too, which one question does not
-reach): smooth repaints every
-50 ms, e-ink every 1000 ms, the store commits a streaming answer once a second.
-``--set SECTION.KEY=VALUE`` adds or overrides a key (a TOML value).
+client key per session, since limits follow the key; the SSH username names the account)
+and the SQLite store; GEMINI_API_KEY is set for the server and ``[gemini] base_url``
+points at the fake. Every connection comes from 127.0.0.1, so the per-address startup
+limits are raised to the session count (``max_startups``, ``max_startups_full``,
+``max_startups_per_source``) and 127.0.0.1 is exempt from penalties; ``max_sessions``
+stays at its default of 100 (raised to the session count above 100);
+``max_sessions_per_user`` stays at 5, since each session logs in with its own key under
+its own user name (``load0``, ``load1``, ...); ``[quota] max_upstream``, the cap on
+requests to Gemini in flight (8), is raised to the session count where this version of
+kindlessh has it; ``answer_timeout`` is raised for answers longer than about two minutes.
+Everything else is the default (per-user prompt and token limits too, which one question
+does not reach): smooth repaints every 50 ms, e-ink every 1000 ms, the store commits a
+streaming answer once a second. ``--set SECTION.KEY=VALUE`` adds or overrides a key (a
+TOML value).
 
 Each session connects (asyncssh, a PTY of 60x30, xterm, the ssh command ``smooth`` or
 ``eink`` choosing the profile), waits for the chat screen, asks its own question and
@@ -551,8 +552,10 @@ async def main(args: argparse.Namespace) -> int:
 
     tmpdir = tempfile.mkdtemp(prefix="kindlessh-load-")
     tmp = Path(tmpdir)
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="load@kindlessh")
-    (tmp / "authorized_keys").write_bytes(key.export_public_key())
+    # One key per session, as a hundred people would have: limits follow the key.
+    keys = [asyncssh.generate_private_key("ssh-ed25519", comment=f"load{i}@kindlessh")
+            for i in range(n)]
+    (tmp / "authorized_keys").write_bytes(b"".join(k.export_public_key() for k in keys))
     fake = LoadGemini()
     await fake.start()
     sections = server_config(tmp, fake, n, chunks / rate, args.set)
@@ -610,7 +613,7 @@ async def main(args: argparse.Namespace) -> int:
                    asyncio.create_task(loop_lag(driver_lags, stop, DRIVER_TICK))]
         t0 = time.monotonic()
         answer_timeout = chunks / rate * 3 + 120
-        tasks = [asyncio.create_task(run_session(s, t0, port, key, fake, profile,
+        tasks = [asyncio.create_task(run_session(s, t0, port, keys[s.index], fake, profile,
                                                  answer_timeout)) for s in sessions]
 
         async def progress() -> None:

@@ -538,6 +538,8 @@ async def with_server(body: Callable[[Server, asyncssh.SSHKey, TimedGemini], Awa
                 "gemini": {"api_key": "test-key", "base_url": fake.base_url,
                            "connect_timeout": 2.0, "first_byte_timeout": 30.0,
                            "chunk_timeout": 30.0, "answer_timeout": 120.0},
+                # One key asks every question of the six runs: no burst limit.
+                "quota": {"prompts": 1000},
             }), env={})
             server = await start_server(config)
             tune_process()  # as kindlessh serve does
