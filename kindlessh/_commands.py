@@ -56,8 +56,9 @@ class Screen(Protocol):
         """The conversation on the screen."""
         ...
 
-    def say(self, text: str, kind: str = "info") -> None:
-        """Add a notice to the transcript (``kind``: ``info`` or ``error``)."""
+    def say(self, text: str, kind: str = "info", bold: tuple[str, ...] = ()) -> None:
+        """Add a notice to the transcript (``kind``: ``info`` or ``error``; ``bold``:
+        words shown bold in it)."""
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run ``job`` in the background; its failure becomes an error line."""
@@ -268,12 +269,21 @@ async def _search_page(screen: Screen, words: str, page: int) -> None:
         screen.say(f"Nothing found for {shown}." if page == 1 else "No older matches.")
         return
     lines = [f"Found for {shown} (newest first):" if page == 1 else f"Page {page}:"]
+    matches: set[str] = set()
     for hit in hits[:size]:
         when = hit.started_at.astimezone().strftime("%b %d %H:%M")
-        lines.append(f"{hit.conversation_id:>4} {when}  " + marked_snippet(hit.snippet, "**"))
+        lines.append(f"{hit.conversation_id:>4} {when}  " + marked_snippet(hit.snippet, ""))
+        matches.update(matched(hit.snippet))
     more = f"; /search {shown} +{page + 1} shows older ones" if len(hits) > size else ""
     lines.append(f"/open N opens one{more}.")
-    screen.say("\n".join(lines))
+    # The matches in bold: e-ink shows bold (a mark such as ** would read as the text).
+    screen.say("\n".join(lines), bold=tuple(matches))
+
+
+def matched(snippet: str) -> list[str]:
+    """The matched words of a search hit's snippet, sanitised as they are shown."""
+    text = snippet.replace(MARK_START, "\0").replace(MARK_END, "\0")
+    return [re.sub(r"\s+", " ", sanitize(p)) for p in text.split("\0")[1::2]]
 
 
 def marked_snippet(snippet: str, mark: str) -> str:

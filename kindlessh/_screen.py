@@ -237,9 +237,9 @@ class ChatScreen:
 
     # ----- transcript -----------------------------------------------------------------
 
-    def say(self, text: str, kind: str = "info") -> None:
-        """Add a notice from the server to the transcript."""
-        self.scrollback.say(text, kind)
+    def say(self, text: str, kind: str = "info", bold: tuple[str, ...] = ()) -> None:
+        """Add a notice from the server to the transcript (``bold``: words shown bold)."""
+        self.scrollback.say(text, kind, bold)
 
     def visible_lines(self, width: int, height: int) -> list[Line]:
         """The lines of the transcript that fit in ``height`` rows at the scroll position."""

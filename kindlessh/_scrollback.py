@@ -85,9 +85,10 @@ class Scrollback:
 
     # ----- what is in it --------------------------------------------------------------
 
-    def say(self, text: str, kind: str = "info") -> Notice:
-        """Add a notice from the server; the reader is brought back to it."""
-        notice = Notice(text, kind)
+    def say(self, text: str, kind: str = "info", bold: tuple[str, ...] = ()) -> Notice:
+        """Add a notice from the server (``bold``: words shown bold in it); the reader is
+        brought back to it."""
+        notice = Notice(text, kind, bold)
         self.items.append(Item(notice=notice))
         self.bottom()
         return notice

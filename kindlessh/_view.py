@@ -51,6 +51,25 @@ def _split_cells(word: str, width: int) -> list[str]:
 _BULLET = re.compile(r"( *)([-*+•]|\d{1,3}[.)]) ")
 
 
+def _emphasised(style: str, line: str, words: list[str]) -> Line:
+    """``line`` in ``style``, each occurrence of one of ``words`` in bold as well (bold is
+    what e-ink shows; a match cut by wrapping stays plain)."""
+    words = [w for w in words if w]
+    if not words:
+        return [(style, line)]
+    pattern = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    out: Line = []
+    at = 0
+    for match in pattern.finditer(line):
+        if match.start() > at:
+            out.append((style, line[at : match.start()]))
+        out.append((style + " bold", match.group()))
+        at = match.end()
+    if at < len(line):
+        out.append((style, line[at:]))
+    return out
+
+
 def wrap(text: str, width: int) -> list[str]:
     """Word-wrap ``text`` (already sanitised) to ``width`` cells.
 
@@ -101,6 +120,7 @@ class Notice:
 
     text: str
     kind: str = "info"  # "info" or "error"
+    bold: tuple[str, ...] = ()  # words shown bold wherever they stand (search matches)
 
 
 @dataclass(frozen=True)
@@ -154,7 +174,11 @@ class Item:
         style = "class:error" if self.notice.kind == "error" else "class:notice"
         mark = "! " if self.notice.kind == "error" else "· "
         body = wrap(fold(sanitize(self.notice.text), look.glyphs), width - 2)
-        return [[(style, (mark if i == 0 else "  ") + ln)] for i, ln in enumerate(body)]
+        words = [fold(sanitize(w), look.glyphs) for w in self.notice.bold]
+        return [
+            _emphasised(style, (mark if i == 0 else "  ") + ln, words)
+            for i, ln in enumerate(body)
+        ]
 
     def _turn(self, look: Look, part: Shown) -> list[Line]:
         assert self.turn is not None

@@ -12,8 +12,8 @@ from kindlessh._conversation import Turn
 from kindlessh._export import render
 from kindlessh._provider import Finish, Source, TextDelta
 
-from .test_commands import chat_screen
-from .test_oneshot import epubcheck
+from .chatscreen import chat_screen
+from .helpers import epubcheck
 
 
 async def test_search_in_the_chat_pages_and_opens_a_hit(tmp_path: Path) -> None:
@@ -27,9 +27,13 @@ async def test_search_in_the_chat_pages_and_opens_a_hit(tmp_path: Path) -> None:
             numbers.append(screen.ui.chat.id)
         said = await screen.command("/search zebra*", says="Found for zebra*")
         lines = said.splitlines()
-        # Two hits a page at 12 rows, newest first, each marked bold (Markdown's **).
+        # Two hits a page at 12 rows, newest first, each match in bold.
         assert lines[1].split()[0] == str(numbers[3])
-        assert lines[1].endswith("Answer 3 about **zebras**.")
+        assert lines[1].endswith("Answer 3 about zebras.")
+        hits = next(line for line in screen.ui.visible_lines(80, 10)
+                    if "".join(text for _, text, *_ in line).startswith(
+                        f"  {numbers[3]:>4}"))
+        assert [text for style, text, *_ in hits if "bold" in style] == ["zebras"]
         assert lines[2].split()[0] == str(numbers[2])
         assert lines[-1] == "/open N opens one; /search zebra* +2 shows older ones."
         said = await screen.command("/search zebra* +2", says="Page 2:")

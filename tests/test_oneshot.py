@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from kindlessh import Server
 
 from .fake_gemini import FakeGemini, Reply
+from .helpers import epubcheck
 from .ptyclient import openssh_argv
 
 ESCAPES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")  # any control but \n and \t
@@ -184,14 +183,3 @@ async def test_export_epub_over_asyncssh_is_a_valid_book(
     assert '<a href="https://zuerich.com">the site</a>' in chapter
     checked = subprocess.run([*epubcheck(), str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-def epubcheck() -> list[str]:
-    java, jar = shutil.which("java"), shutil.which("epubcheck")
-    if java is None or jar is None:
-        message = "epubcheck is not installed (apt-get install epubcheck)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    # Debian's /usr/bin/epubcheck is the jar itself, run directly only where binfmt is on.
-    return [java, "-jar", jar]
