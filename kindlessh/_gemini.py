@@ -24,7 +24,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -65,6 +64,7 @@ from ._provider import (
 )
 from ._sanitize import sanitize_inline
 from ._sse import SSEDecoder
+from ._upstream import make_client, timed_chunks
 
 log = logging.getLogger("kindlessh.gemini")
 
@@ -557,18 +557,11 @@ class GeminiProvider:
         self, config: GeminiConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.config = config
-        self._client = httpx.AsyncClient(
+        self._client = make_client(
+            connect=config.connect_timeout,
+            first_byte=config.first_byte_timeout,
+            chunk=config.chunk_timeout,
             transport=transport,
-            # The read timeout is a backstop for the response headers and error bodies;
-            # the answer's own first-byte and chunk timers are enforced in _read().
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=max(config.first_byte_timeout, config.chunk_timeout),
-                write=30,
-                pool=30,
-            ),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            headers={"user-agent": "kindlessh"},
         )
 
     @property
@@ -642,27 +635,10 @@ class GeminiProvider:
         finished = False
         wrote = False
         usage: Usage | None = None
-        chunks = response.aiter_bytes().__aiter__()
-        first = True
-        while True:
-            limit = cfg.first_byte_timeout if first else cfg.chunk_timeout
-            remaining = deadline - time.monotonic()
-            wait = min(limit, remaining)
-            try:
-                async with asyncio.timeout(max(wait, 0.0)):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                if remaining <= limit:
-                    raise UpstreamUnavailable(
-                        f"The answer took longer than {cfg.answer_timeout:g} s and was stopped."
-                    ) from None
-                what = "before answering" if first else "in the middle of the answer"
-                raise UpstreamUnavailable(
-                    f"Gemini went silent for {limit:g} s {what}."
-                ) from None
-            first = False
+        async for chunk in timed_chunks(
+            response, name=NAME, first_byte=cfg.first_byte_timeout, chunk=cfg.chunk_timeout,
+            answer=cfg.answer_timeout, deadline=deadline,
+        ):
             for sse in decoder.feed(chunk):
                 try:
                     obj = json.loads(sse.data)

@@ -60,6 +60,7 @@ from ._provider import (
 )
 from ._sanitize import sanitize_inline
 from ._sse import SSEDecoder
+from ._upstream import make_client, timed_chunks
 
 log = logging.getLogger("kindlessh.openai")
 
@@ -446,15 +447,11 @@ class OpenAIProvider:
         self, config: ModelConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.config = config
-        self._client = httpx.AsyncClient(
+        self._client = make_client(
+            connect=config.connect_timeout,
+            first_byte=config.first_byte_timeout,
+            chunk=config.chunk_timeout,
             transport=transport,
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=max(config.first_byte_timeout, config.chunk_timeout),
-                write=30,
-                pool=30,
-            ),
-            headers={"user-agent": "kindlessh"},
         )
 
     @property
@@ -524,28 +521,14 @@ class OpenAIProvider:
     ) -> AsyncGenerator[StreamEvent, None]:
         cfg = self.config
         reader = ChunkReader(cfg)
-        chunks = response.aiter_bytes().__aiter__()
-        first = True
-        while not reader.done:
-            limit = cfg.first_byte_timeout if first else cfg.chunk_timeout
-            remaining = deadline - time.monotonic()
-            try:
-                async with asyncio.timeout(max(min(limit, remaining), 0.0)):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                if remaining <= limit:
-                    raise UpstreamUnavailable(
-                        f"The answer took longer than {cfg.answer_timeout:g} s and was stopped."
-                    ) from None
-                what = "before answering" if first else "in the middle of the answer"
-                raise UpstreamUnavailable(
-                    f"{cfg.name} went silent for {limit:g} s {what}."
-                ) from None
-            first = False
+        async for chunk in timed_chunks(
+            response, name=cfg.name, first_byte=cfg.first_byte_timeout,
+            chunk=cfg.chunk_timeout, answer=cfg.answer_timeout, deadline=deadline,
+        ):
             for event in reader.feed(chunk):
                 yield event
+            if reader.done:
+                break
         for event in reader.close():
             yield event
 
