@@ -44,7 +44,8 @@ from ._config import QuotaConfig
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected, ServerBusy
 from ._provider import Usage
-from ._store import Store, utcnow
+from ._sqlite import utcnow
+from ._store import Store
 
 MAX_IDLE_BUCKETS = 1000  # full buckets kept before they are forgotten (a full one is new)
 

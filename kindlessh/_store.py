@@ -1,9 +1,9 @@
 """Conversations and turns kept in SQLite, without blocking the event loop.
 
 Contract:
-- :meth:`Store.open` creates the directory (mode 0700) and the file (mode 0600), sets
-  WAL, ``busy_timeout=5000``, ``foreign_keys=ON`` and ``synchronous=NORMAL``, and applies
-  every migration not yet recorded in ``_migrations``. Re-running migrations is a no-op.
+- :meth:`Store.open` opens the file as :mod:`._sqlite` does (private folder and file,
+  ``quick_check``, WAL) and applies every migration of :mod:`._migrations` not yet
+  recorded. Re-running migrations is a no-op.
 - Every call runs on one dedicated thread that owns the only connection, so calls are
   carried out one at a time, in the order they were made, and the event loop only waits
   for their results. A call that was made is carried out even if the awaiting task is
@@ -16,8 +16,8 @@ Contract:
   by what it has saved so far); :meth:`Store.search` gives one user's matching turns,
   newest first, with a snippet.
 - Text is stored raw, exactly as given; the display layer sanitises it.
-- Times are stored as UTC ISO-8601 strings with microseconds (fixed width, so string
-  order is time order) and returned as aware :class:`~datetime.datetime` values.
+- Times are stored as :mod:`._sqlite` stamps them and returned as aware
+  :class:`~datetime.datetime` values.
 - Token counts are :class:`~kindlessh._provider.Usage` values, stored in the columns
   ``input_tokens``, ``output_tokens`` and ``thoughts_tokens`` (no total: read back, the
   total is their sum). They go to a ledger (``token_usage``) when a turn finishes. The
@@ -25,9 +25,8 @@ Contract:
   give a user their budget back (DESIGN D5). Each ledger row names its *holder*
   (:mod:`._holders`: the user, or the shared key that asked, whatever name it typed),
   and daily sums (:meth:`Store.tokens_used`, :meth:`Store.token_counts`) are by holder.
-- :meth:`Store.open` also runs ``PRAGMA quick_check``: a damaged file stops the start
-  with :class:`StoreError`, as does a file or folder the server may not write; every
-  message names the file and says what to do, in one line.
+- A damaged file, or a file or folder the server may not write, stops the start with
+  :class:`StoreError`; every message names the file and says what to do, in one line.
 - SQLite failures are raised as :class:`~kindlessh._errors.StoreError` (a missing
   conversation as its subclass ``ConversationNotFound``), whose message is for the
   reader; both are re-exported from here.
@@ -36,23 +35,23 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
 from ._errors import ConversationNotFound as ConversationNotFound
 from ._errors import InputRejected
 from ._errors import StoreError as StoreError
+from ._migrations import migrate
 from ._provider import Source, Usage
+from ._sqlite import explain, open_database, parse_time, stamp, transaction, utcnow
 
 log = logging.getLogger("kindlessh.store")
 
@@ -61,7 +60,6 @@ T = TypeVar("T")
 StoredState = Literal["streaming", "done", "stopped", "failed"]
 FinalState = Literal["done", "stopped", "failed"]
 
-BUSY_TIMEOUT_MS = 5000
 # The note of an answer the server's stop cut off: the hub's shutdown and the recovery
 # of the next start both write it.
 INTERRUPTED_NOTE = "interrupted: the server stopped"
@@ -145,299 +143,6 @@ def search_query(words: str) -> str:
     return " ".join(terms)
 
 
-def utcnow() -> datetime:
-    """The current time in UTC (the default clock)."""
-    return datetime.now(UTC)
-
-
-def _stamp(when: datetime) -> str:
-    """``when`` as stored: UTC, microseconds, fixed width."""
-    if when.tzinfo is None:
-        raise ValueError("a naive datetime has no time zone; pass an aware one")
-    return when.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-# ----- migrations ---------------------------------------------------------------------------
-#
-# Strategy (after llm): each migration is a function named mNNN_what, applied once, in list
-# order, in its own transaction together with its row in _migrations. Never edit or reorder
-# a migration that has shipped; append a new one. Migrations use conn.execute only:
-# executescript() would COMMIT the open transaction behind our back.
-
-
-def m001_initial(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            user TEXT NOT NULL,
-            title TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        )
-        """
-    )
-    conn.execute("CREATE INDEX conversations_user_updated ON conversations (user, updated_at)")
-    conn.execute(
-        """
-        CREATE TABLE turns (
-            id INTEGER PRIMARY KEY,
-            conversation_id INTEGER NOT NULL
-                REFERENCES conversations (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            question TEXT NOT NULL,
-            answer TEXT NOT NULL DEFAULT '',
-            thoughts TEXT NOT NULL DEFAULT '',
-            model TEXT NOT NULL,
-            state TEXT NOT NULL
-                CHECK (state IN ('streaming', 'done', 'stopped', 'failed')),
-            note TEXT,
-            finish_reason TEXT,
-            input_tokens INTEGER,
-            output_tokens INTEGER,
-            thoughts_tokens INTEGER,
-            started_at TEXT NOT NULL,
-            duration_ms INTEGER,
-            incomplete INTEGER NOT NULL DEFAULT 0 CHECK (incomplete IN (0, 1))
-        )
-        """
-    )
-    conn.execute(
-        "CREATE UNIQUE INDEX turns_conversation_position ON turns (conversation_id, position)"
-    )
-    # Only recover_interrupted looks turns up by state, once per start; a partial index keeps
-    # that cheap without indexing the many finished turns.
-    conn.execute("CREATE INDEX turns_streaming ON turns (state) WHERE state = 'streaming'")
-    # The budget ledger: not tied to conversations, so deleting one does not refund tokens.
-    # turn_id is kept for auditing and becomes NULL when the turn is deleted.
-    conn.execute(
-        """
-        CREATE TABLE token_usage (
-            id INTEGER PRIMARY KEY,
-            user TEXT NOT NULL,
-            turn_id INTEGER UNIQUE REFERENCES turns (id) ON DELETE SET NULL,
-            model TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            input_tokens INTEGER NOT NULL,
-            output_tokens INTEGER NOT NULL,
-            thoughts_tokens INTEGER NOT NULL
-        )
-        """
-    )
-    conn.execute("CREATE INDEX token_usage_user_started ON token_usage (user, started_at)")
-
-
-def m002_token_holder(conn: sqlite3.Connection) -> None:
-    # Limits follow whoever holds the login, not the name typed (issue 18): the ledger
-    # is summed by holder. Rows from before were counted by name; they keep it.
-    conn.execute("ALTER TABLE token_usage ADD COLUMN holder TEXT")
-    conn.execute("UPDATE token_usage SET holder = user")
-    conn.execute(
-        "CREATE INDEX token_usage_holder_started ON token_usage (holder, started_at)"
-    )
-
-
-def m003_turn_parts_and_options(conn: sqlite3.Connection) -> None:
-    """Per turn: the answer's parts as the provider sent them (thought signatures
-    included), to send back in later turns (NULL when there is nothing beyond the text),
-    and the web sources of a grounded answer (a JSON list of [title, site, url], NULL
-    for none). Per conversation: its own system prompt and web search choice (NULL: the
-    server's default)."""
-    conn.execute("ALTER TABLE turns ADD COLUMN replay TEXT")
-    conn.execute("ALTER TABLE turns ADD COLUMN sources TEXT")
-    conn.execute("ALTER TABLE conversations ADD COLUMN system_prompt TEXT")
-    conn.execute("ALTER TABLE conversations ADD COLUMN web INTEGER")
-
-
-def m004_conversation_model(conn: sqlite3.Connection) -> None:
-    """Per conversation: the model entry it answers with, chosen by ``/model`` (NULL: the
-    model of its last answer, or the server's default)."""
-    conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT")
-
-
-def m005_search_index(conn: sqlite3.Connection) -> None:
-    """Full-text search of questions and answers (``/search``): an FTS5 index over
-    ``turns`` (external content, so the text is stored once), kept in step by triggers,
-    so every write (a question, each progress save of an answer still streaming, its
-    finish, a delete) updates it in the same transaction. Existing turns are indexed."""
-    conn.execute(
-        "CREATE VIRTUAL TABLE turns_search USING fts5(question, answer, "
-        "content='turns', content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
-    )
-    conn.execute(
-        "CREATE TRIGGER turns_search_insert AFTER INSERT ON turns BEGIN "
-        "INSERT INTO turns_search (rowid, question, answer) "
-        "VALUES (new.id, new.question, new.answer); END"
-    )
-    conn.execute(
-        "CREATE TRIGGER turns_search_delete AFTER DELETE ON turns BEGIN "
-        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
-        "VALUES ('delete', old.id, old.question, old.answer); END"
-    )
-    # Only a change of the indexed text re-indexes: a finish that keeps the text costs
-    # nothing more.
-    conn.execute(
-        "CREATE TRIGGER turns_search_update AFTER UPDATE OF question, answer ON turns "
-        "WHEN old.question IS NOT new.question OR old.answer IS NOT new.answer BEGIN "
-        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
-        "VALUES ('delete', old.id, old.question, old.answer); "
-        "INSERT INTO turns_search (rowid, question, answer) "
-        "VALUES (new.id, new.question, new.answer); END"
-    )
-    conn.execute("INSERT INTO turns_search (turns_search) VALUES ('rebuild')")
-
-
-Migration = Callable[[sqlite3.Connection], None]
-
-# The order migrations are applied in: this list is the only place it is kept (a name's
-# number is for reading; a gap is a migration of another branch still to land).
-MIGRATIONS: tuple[Migration, ...] = (
-    m001_initial,
-    m002_token_holder,
-    m003_turn_parts_and_options,
-    m004_conversation_model,
-    m005_search_index,
-)
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction; rolled back if the body raises.
-
-    Strategy: BEGIN IMMEDIATE takes the write lock at the start, where busy_timeout
-    applies. A deferred transaction that reads first and then writes can fail at once with
-    SQLITE_BUSY when another connection wrote in between; waiting cannot fix that case.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        # SQLite may already have rolled back by itself (a full disk, say).
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def migrate(
-    conn: sqlite3.Connection,
-    migrations: Sequence[Migration] = MIGRATIONS,
-    clock: Callable[[], datetime] = utcnow,
-) -> list[str]:
-    """Apply every migration not yet recorded in ``_migrations``, in order.
-
-    Args:
-        conn: a connection in autocommit mode (``isolation_level=None``).
-        migrations: the migrations in order; names must be unique.
-        clock: the time recorded as ``applied_at``.
-
-    Returns:
-        The names applied by this call (empty when the database was up to date).
-    """
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    applied: list[str] = []
-    for migration in migrations:
-        name = migration.__name__
-        with _transaction(conn):
-            # Checked inside the write lock: another process may have migrated meanwhile.
-            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
-                continue
-            migration(conn)
-            conn.execute(
-                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
-                (name, _stamp(clock())),
-            )
-        applied.append(name)
-    return applied
-
-
-# ----- opening ------------------------------------------------------------------------------
-
-
-def _make_dirs(directory: Path) -> None:
-    """Create ``directory`` and any missing parents with mode 0700; leave existing ones."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-
-
-_CANNOT_WRITE = (
-    "kindlessh must be able to write it and its folder (the -wal and -shm files go "
-    "beside it): check their owner and mode, or set [storage] path"
-)
-_DAMAGED = (
-    "the file is damaged; move it away (a new one is made at the next start) or put "
-    "back a backup"
-)
-
-
-def _explain(path: Path, exc: BaseException) -> str:
-    """One line for the owner: what went wrong with the store at ``path``, and the fix."""
-    text = str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
-    lowered = text.lower()
-    if isinstance(exc, OSError) or any(
-        word in lowered for word in ("readonly", "read-only", "unable to open", "permission")
-    ):
-        hint = _CANNOT_WRITE
-    elif any(word in lowered for word in ("not a database", "malformed", "corrupt")):
-        hint = _DAMAGED
-    else:
-        hint = "see the server's log"
-    return f"Cannot open the conversation store {path}: {text.rstrip('.')}; {hint}."
-
-
-def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
-    """``PRAGMA quick_check``: refuse a damaged file before anything is written to it.
-
-    Strategy: quick_check reads every page but skips the index-content checks of
-    integrity_check, so it is linear in the file and takes well under a second for a
-    chat history; it runs once, at start, on the store's own thread.
-    """
-    rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)").fetchall()]
-    if rows != ["ok"]:
-        raise StoreError(
-            f"Cannot open the conversation store {path}: quick_check found "
-            f"{' '.join(rows)[:120]!r}; {_DAMAGED}."
-        )
-
-
-def _connect(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
-    """Open (creating) the database, check it, set the pragmas and migrate; runs on the
-    store thread."""
-    _make_dirs(path.parent)
-    # Create the file ourselves so it is private from the first byte; SQLite gives its
-    # -wal and -shm files the same mode as the database.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        _quick_check(conn, path)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(
-                f"The conversation store {path} cannot use WAL mode (got {mode!r}); "
-                "put it on a local disk."
-            )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        applied = migrate(conn, clock=clock)
-    except BaseException:
-        conn.close()
-        raise
-    if applied:
-        log.info("store %s: applied migrations %s", path, ", ".join(applied))
-    return conn
-
-
 # ----- the store ----------------------------------------------------------------------------
 
 
@@ -461,8 +166,8 @@ _LISTED = (
 def _conversation_row(row: tuple[object, ...]) -> ConversationRow:
     id_, title, created, updated, count, model = row
     return ConversationRow(
-        cast(int, id_), cast(str, title), _parse(cast(str, created)),
-        _parse(cast(str, updated)), cast(int, count), cast("str | None", model) or "",
+        cast(int, id_), cast(str, title), parse_time(cast(str, created)),
+        parse_time(cast(str, updated)), cast(int, count), cast("str | None", model) or "",
     )
 
 
@@ -486,7 +191,7 @@ def _turn_row(row: tuple[object, ...]) -> TurnRow:
             cast("int | None", output_tokens),
             cast("int | None", thoughts_tokens),
         ),
-        started_at=_parse(cast(str, started_at)),
+        started_at=parse_time(cast(str, started_at)),
         duration_ms=cast("int | None", duration_ms),
         incomplete=bool(incomplete),
         replay=cast("str | None", replay) or "",
@@ -523,6 +228,19 @@ def _touch_conversation_of_turn(conn: sqlite3.Connection, turn_id: int, now: str
     )
 
 
+def _open(path: Path, clock: Callable[[], datetime]) -> sqlite3.Connection:
+    """Open the database and bring its schema up to date; runs on the store's thread."""
+    conn = open_database(path)
+    try:
+        applied = migrate(conn, clock=clock)
+    except BaseException:
+        conn.close()
+        raise
+    if applied:
+        log.info("store %s: applied migrations %s", path, ", ".join(applied))
+    return conn
+
+
 class Store:
     """The SQLite store; make one with :meth:`open`, end it with :meth:`close`."""
 
@@ -555,11 +273,11 @@ class Store:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kindlessh-store")
         try:
-            future = executor.submit(_connect, path, clock)
+            future = executor.submit(_open, path, clock)
             conn = await asyncio.shield(asyncio.wrap_future(future))
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
-            raise StoreError(_explain(path, exc)) from exc
+            raise StoreError(explain(path, exc)) from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -589,7 +307,7 @@ class Store:
         return self._closed
 
     def _now(self) -> str:
-        return _stamp(self._clock())
+        return stamp(self._clock())
 
     async def _call(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -674,7 +392,7 @@ class Store:
                 (MARK_START, MARK_END, SNIPPET_TOKENS, query, user, limit, offset),
             ).fetchall()
             return [
-                SearchHit(cid, pos, title, _parse(started), snippet)
+                SearchHit(cid, pos, title, parse_time(started), snippet)
                 for cid, pos, title, started, snippet in rows
             ]
 
@@ -720,7 +438,7 @@ class Store:
         web = None if options.web is None else int(options.web)
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute(
                     "UPDATE conversations SET system_prompt = ?, web = ?, model = ? "
                     "WHERE id = ?",
@@ -794,7 +512,7 @@ class Store:
         now = self._now()
 
         def job(conn: sqlite3.Connection) -> int:
-            with _transaction(conn):
+            with transaction(conn):
                 exists = conn.execute(
                     "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
                 ).fetchone()
@@ -824,7 +542,7 @@ class Store:
         now = self._now()
 
         def job(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
+            with transaction(conn):
                 cursor = conn.execute(
                     "UPDATE turns SET answer = ?, thoughts = ? "
                     "WHERE id = ? AND state = 'streaming'",
@@ -886,7 +604,7 @@ class Store:
         )
 
         def job(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
+            with transaction(conn):
                 cursor = conn.execute(
                     "UPDATE turns SET answer = ?, thoughts = ?, state = ?, note = ?, "
                     "finish_reason = ?, input_tokens = ?, output_tokens = ?, "
@@ -925,7 +643,7 @@ class Store:
         now = self._now()
 
         def job(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
+            with transaction(conn):
                 _touch_conversation_of_turn(conn, turn_id, now)
                 cursor = conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
                 return cursor.rowcount > 0
@@ -973,7 +691,7 @@ class Store:
         Raises:
             ValueError: ``since`` is naive.
         """
-        since_text = _stamp(since)
+        since_text = stamp(since)
 
         def job(conn: sqlite3.Connection) -> Usage:
             row = conn.execute(

@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 
 from kindlessh._errors import InputRejected
-from kindlessh._store import (
-    MARK_END,
-    MARK_START,
-    MIGRATIONS,
-    Store,
-    m005_search_index,
-    migrate,
-    search_query,
-)
+from kindlessh._migrations import MIGRATIONS, m005_search_index, migrate
+from kindlessh._store import MARK_END, MARK_START, Store, search_query
 
 
 class Clock:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kindlessh import _store
+from kindlessh import _migrations
 from kindlessh._errors import ConversationNotFound, KindleSSHError, StoreError
+from kindlessh._migrations import migrate
 from kindlessh._provider import Usage
-from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow, migrate
+from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow
 
-SHIPPED = [m.__name__ for m in _store.MIGRATIONS]
+SHIPPED = [m.__name__ for m in _migrations.MIGRATIONS]
 EXPECTED = {
     "_migrations": ["name", "applied_at"],
     "conversations": [
@@ -167,7 +168,7 @@ def test_new_migration_applies_once_in_order(tmp_path: Path) -> None:
             "INSERT INTO conversations (user, title, created_at, updated_at) "
             "VALUES ('a', 't', 'x', 'x')"
         )
-        both = (*_store.MIGRATIONS, m002_extra)
+        both = (*_migrations.MIGRATIONS, m002_extra)
         assert migrate(conn, both) == ["m002_extra"]
         assert migrate(conn, both) == []
         assert conn.execute("SELECT title, pinned FROM conversations").fetchall() == [("t", 0)]
@@ -185,7 +186,7 @@ def test_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
     try:
         with pytest.raises(sqlite3.OperationalError):
-            migrate(conn, (*_store.MIGRATIONS, m002_broken))
+            migrate(conn, (*_migrations.MIGRATIONS, m002_broken))
         assert columns(conn) == EXPECTED  # m001 committed; m002 rolled back whole
         assert not conn.in_transaction
     finally:

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from kindlessh._errors import StoreError
+from kindlessh._migrations import m001_initial, migrate
 from kindlessh._provider import Usage
-from kindlessh._store import Store, m001_initial, migrate
+from kindlessh._store import Store
 
 SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 

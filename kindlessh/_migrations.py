@@ -1,0 +1,192 @@
+"""The store's schema, as the ordered list of migrations that build it.
+
+Contract:
+- :data:`MIGRATIONS` lists every migration in the order it is applied; that list is the
+  only place the order lives. :func:`migrate` applies those not yet recorded in the
+  ``_migrations`` table, each in its own transaction with its record, and returns their
+  names; re-running it is a no-op.
+- A migration that has shipped is never edited or reordered; a change is a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from ._sqlite import stamp, transaction, utcnow
+
+# Strategy (after llm): each migration is a function named mNNN_what, applied once, in list
+# order, in its own transaction together with its row in _migrations. Never edit or reorder
+# a migration that has shipped; append a new one. Migrations use conn.execute only:
+# executescript() would COMMIT the open transaction behind our back.
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            user TEXT NOT NULL,
+            title TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX conversations_user_updated ON conversations (user, updated_at)")
+    conn.execute(
+        """
+        CREATE TABLE turns (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL
+                REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL DEFAULT '',
+            thoughts TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('streaming', 'done', 'stopped', 'failed')),
+            note TEXT,
+            finish_reason TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            thoughts_tokens INTEGER,
+            started_at TEXT NOT NULL,
+            duration_ms INTEGER,
+            incomplete INTEGER NOT NULL DEFAULT 0 CHECK (incomplete IN (0, 1))
+        )
+        """
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX turns_conversation_position ON turns (conversation_id, position)"
+    )
+    # Only recover_interrupted looks turns up by state, once per start; a partial index keeps
+    # that cheap without indexing the many finished turns.
+    conn.execute("CREATE INDEX turns_streaming ON turns (state) WHERE state = 'streaming'")
+    # The budget ledger: not tied to conversations, so deleting one does not refund tokens.
+    # turn_id is kept for auditing and becomes NULL when the turn is deleted.
+    conn.execute(
+        """
+        CREATE TABLE token_usage (
+            id INTEGER PRIMARY KEY,
+            user TEXT NOT NULL,
+            turn_id INTEGER UNIQUE REFERENCES turns (id) ON DELETE SET NULL,
+            model TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            thoughts_tokens INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX token_usage_user_started ON token_usage (user, started_at)")
+
+
+def m002_token_holder(conn: sqlite3.Connection) -> None:
+    # Limits follow whoever holds the login, not the name typed (issue 18): the ledger
+    # is summed by holder. Rows from before were counted by name; they keep it.
+    conn.execute("ALTER TABLE token_usage ADD COLUMN holder TEXT")
+    conn.execute("UPDATE token_usage SET holder = user")
+    conn.execute(
+        "CREATE INDEX token_usage_holder_started ON token_usage (holder, started_at)"
+    )
+
+
+def m003_turn_parts_and_options(conn: sqlite3.Connection) -> None:
+    """Per turn: the answer's parts as the provider sent them (thought signatures
+    included), to send back in later turns (NULL when there is nothing beyond the text),
+    and the web sources of a grounded answer (a JSON list of [title, site, url], NULL
+    for none). Per conversation: its own system prompt and web search choice (NULL: the
+    server's default)."""
+    conn.execute("ALTER TABLE turns ADD COLUMN replay TEXT")
+    conn.execute("ALTER TABLE turns ADD COLUMN sources TEXT")
+    conn.execute("ALTER TABLE conversations ADD COLUMN system_prompt TEXT")
+    conn.execute("ALTER TABLE conversations ADD COLUMN web INTEGER")
+
+
+def m004_conversation_model(conn: sqlite3.Connection) -> None:
+    """Per conversation: the model entry it answers with, chosen by ``/model`` (NULL: the
+    model of its last answer, or the server's default)."""
+    conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT")
+
+
+def m005_search_index(conn: sqlite3.Connection) -> None:
+    """Full-text search of questions and answers (``/search``): an FTS5 index over
+    ``turns`` (external content, so the text is stored once), kept in step by triggers,
+    so every write (a question, each progress save of an answer still streaming, its
+    finish, a delete) updates it in the same transaction. Existing turns are indexed."""
+    conn.execute(
+        "CREATE VIRTUAL TABLE turns_search USING fts5(question, answer, "
+        "content='turns', content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
+    )
+    conn.execute(
+        "CREATE TRIGGER turns_search_insert AFTER INSERT ON turns BEGIN "
+        "INSERT INTO turns_search (rowid, question, answer) "
+        "VALUES (new.id, new.question, new.answer); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER turns_search_delete AFTER DELETE ON turns BEGIN "
+        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
+        "VALUES ('delete', old.id, old.question, old.answer); END"
+    )
+    # Only a change of the indexed text re-indexes: a finish that keeps the text costs
+    # nothing more.
+    conn.execute(
+        "CREATE TRIGGER turns_search_update AFTER UPDATE OF question, answer ON turns "
+        "WHEN old.question IS NOT new.question OR old.answer IS NOT new.answer BEGIN "
+        "INSERT INTO turns_search (turns_search, rowid, question, answer) "
+        "VALUES ('delete', old.id, old.question, old.answer); "
+        "INSERT INTO turns_search (rowid, question, answer) "
+        "VALUES (new.id, new.question, new.answer); END"
+    )
+    conn.execute("INSERT INTO turns_search (turns_search) VALUES ('rebuild')")
+
+
+Migration = Callable[[sqlite3.Connection], None]
+
+# The order migrations are applied in: this list is the only place it is kept (a name's
+# number is for reading; a gap is a migration of another branch still to land).
+MIGRATIONS: tuple[Migration, ...] = (
+    m001_initial,
+    m002_token_holder,
+    m003_turn_parts_and_options,
+    m004_conversation_model,
+    m005_search_index,
+)
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[str]:
+    """Apply every migration not yet recorded in ``_migrations``, in order.
+
+    Args:
+        conn: a connection in autocommit mode (``isolation_level=None``).
+        migrations: the migrations in order; names must be unique.
+        clock: the time recorded as ``applied_at``.
+
+    Returns:
+        The names applied by this call (empty when the database was up to date).
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied: list[str] = []
+    for migration in migrations:
+        name = migration.__name__
+        with transaction(conn):
+            # Checked inside the write lock: another process may have migrated meanwhile.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            migration(conn)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                (name, stamp(clock())),
+            )
+        applied.append(name)
+    return applied
+
+
+# ----- opening ------------------------------------------------------------------------------
