@@ -64,12 +64,11 @@ from ._provider import (
 )
 from ._sanitize import sanitize_inline
 from ._sse import SSEDecoder
-from ._upstream import make_client, timed_chunks
+from ._upstream import MAX_ERROR_BODY, error_body, make_client, timed_chunks
 
 log = logging.getLogger("kindlessh.gemini")
 
 NAME = "Gemini"
-MAX_ERROR_BODY = 64 * 1024
 # One SSE event may be this large: thought signatures make single events big, and
 # python-genai reads with a 4 MiB buffer (READ_BUFFER_SIZE = 2**22).
 MAX_EVENT_BYTES = 4 << 20
@@ -617,12 +616,8 @@ class GeminiProvider:
                 "POST", url, params={"alt": "sse"}, headers=headers, json=self._body(request)
             ) as response:
                 if response.status_code != 200:
-                    data = bytearray()
-                    async for piece in response.aiter_bytes():
-                        data += piece
-                        if len(data) > MAX_ERROR_BODY:
-                            break
-                    raise _parse_error_bytes(response.status_code, bytes(data), cfg.model)
+                    data = await error_body(response)
+                    raise _parse_error_bytes(response.status_code, data, cfg.model)
                 async for event in self._read(response, deadline):
                     yield event
 

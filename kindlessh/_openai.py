@@ -60,11 +60,10 @@ from ._provider import (
 )
 from ._sanitize import sanitize_inline
 from ._sse import SSEDecoder
-from ._upstream import make_client, timed_chunks
+from ._upstream import MAX_ERROR_BODY, error_body, make_client, timed_chunks
 
 log = logging.getLogger("kindlessh.openai")
 
-MAX_ERROR_BODY = 64 * 1024
 MAX_EVENT_BYTES = 1 << 20
 _RETRYABLE_STATUS = {408, 409, 500, 502, 503, 504}
 _THINK_OPEN = "<think>"
@@ -503,14 +502,8 @@ class OpenAIProvider:
                 )
             try:
                 if response.status_code != 200:
-                    data = bytearray()
-                    async for piece in response.aiter_bytes():
-                        data += piece
-                        if len(data) > MAX_ERROR_BODY:
-                            break
-                    raise _parse_error_bytes(
-                        response.status_code, bytes(data), cfg, response.headers
-                    )
+                    data = await error_body(response)
+                    raise _parse_error_bytes(response.status_code, data, cfg, response.headers)
                 async for event in self._read(response, deadline):
                     yield event
             finally:

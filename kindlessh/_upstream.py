@@ -4,6 +4,8 @@ Contract:
 - :func:`make_client` is the ``httpx.AsyncClient`` of one provider: the connect timeout,
   a read timeout that is only a backstop for response headers and error bodies (the
   answer's own timers are :func:`timed_chunks`'), and the pool limits.
+- :func:`error_body` reads at most :data:`MAX_ERROR_BODY` bytes of a refused request's
+  body: enough for any API's error object, never a whole stream.
 - :func:`timed_chunks` yields a streaming response's body as it arrives, holding it to
   three clocks: the first chunk within ``first_byte`` seconds, each next one within
   ``chunk`` seconds, the whole answer by ``deadline`` (monotonic). A clock that runs out
@@ -20,6 +22,8 @@ from collections.abc import AsyncGenerator
 import httpx
 
 from ._errors import UpstreamUnavailable
+
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error body read; error objects are far smaller
 
 
 def make_client(
@@ -71,3 +75,13 @@ async def timed_chunks(
             raise UpstreamUnavailable(f"{name} went silent for {limit:g} s {what}.") from None
         first = False
         yield data
+
+
+async def error_body(response: httpx.Response) -> bytes:
+    """The start of ``response``'s body, at most about :data:`MAX_ERROR_BODY` bytes."""
+    data = bytearray()
+    async for piece in response.aiter_bytes():
+        data += piece
+        if len(data) > MAX_ERROR_BODY:
+            break
+    return bytes(data)
