@@ -5,7 +5,9 @@ Routes: ``POST {prefix}/chat/completions`` and ``GET {prefix}/models`` (``prefix
 none is queued, ``default_reply``. A 200 reply is chunked, one HTTP chunk per piece of
 its body, flushed on its own; an error reply carries ``Content-Length`` and the exact
 bytes of an ``err_*.json`` fixture. ``key`` set: a request without
-``Authorization: Bearer <key>`` gets llama-server's 401 body. ``first_byte_delay``: the
+``Authorization: Bearer <key>`` gets llama-server's 401 body. As OpenAI, Ollama and vLLM
+do, a scripted answer's usage chunk is sent only to a request that asks for it with
+``stream_options.include_usage``. ``first_byte_delay``: the
 server sends nothing, not even headers, for that long (a local model loading). The HTTP
 side is minimal: one request per connection, ``Connection: close``.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +70,7 @@ class Reply:
     first_byte_delay: float = 0.0
     chunk_delay: float = 0.0
     hang: bool = False  # after the body, send nothing more until the client leaves
+    usage_piece: int | None = None  # the body's usage chunk, sent only when asked for
 
     @classmethod
     def fixture(cls, name: str, *, split: Split = "events", first_byte_delay: float = 0.0,
@@ -110,7 +114,7 @@ class Reply:
             {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
              "usage": usage_obj}).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
-        return cls(body=tuple(events), chunk_delay=chunk_delay)
+        return cls(body=tuple(events), chunk_delay=chunk_delay, usage_piece=len(events) - 2)
 
 
 @dataclass
@@ -198,6 +202,10 @@ class FakeOpenAI:
             reply = Reply.status_only(200, json.dumps(listing).encode())
         elif method == "POST" and target == "/v1/chat/completions":
             reply = self._queue.pop(0) if self._queue else self.default_reply
+            options = (body or {}).get("stream_options") or {}
+            if reply.usage_piece is not None and options.get("include_usage") is not True:
+                kept = [p for i, p in enumerate(reply.body) if i != reply.usage_piece]
+                reply = dataclasses.replace(reply, body=tuple(kept), usage_piece=None)
         else:
             reply = Reply.status_only(404, b"404 page not found")
         await self._send(reply, writer)

@@ -7,6 +7,7 @@ import dataclasses
 import random
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kindlessh._config import ModelConfig
@@ -298,3 +299,15 @@ async def test_check_entry_lists_models() -> None:
 def test_fixture_files_are_all_covered() -> None:
     names = {p.name for p in Path(FIXTURES).glob("*.sse")}
     assert names == set(EXPECTED) | set(ERRORS) | {"04_openai_tool_calls.sse"}
+
+
+async def test_the_fake_sends_usage_only_when_asked_as_the_real_servers_do() -> None:
+    async with FakeOpenAI() as fake:
+        async with httpx.AsyncClient() as client:
+            for asked, has_usage in ((True, True), (False, False)):
+                fake.enqueue(Reply.text(["Hi."]))
+                body: dict[str, object] = {"model": "m", "messages": [], "stream": True}
+                if asked:
+                    body["stream_options"] = {"include_usage": True}
+                response = await client.post(f"{fake.base_url}/chat/completions", json=body)
+                assert ('"usage"' in response.text) is has_usage
