@@ -178,6 +178,9 @@ class StorageConfig:
     path: Path = Path("data/kindlessh.sqlite3")
     export_dir: Path = Path("data/exports")
     commit_interval_ms: int = 1000
+    # With a shared store: milliseconds a screen following another process's answer
+    # waits without news before it checks that process is still alive.
+    follow_check_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,9 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("quota", "queue_timeout"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
     ("storage", "commit_interval_ms"): (
         lambda v: 50 <= v <= 60000, "milliseconds from 50 to 60000"
+    ),
+    ("storage", "follow_check_ms"): (
+        lambda v: 10 <= v <= 60000, "milliseconds from 10 to 60000"
     ),
     ("ui", "profile"): (lambda v: v in ("eink", "smooth"), '"eink" or "smooth"'),
     ("ui", "eink_interval_ms"): (lambda v: 250 <= v <= 5000, "milliseconds from 250 to 5000"),

@@ -19,6 +19,10 @@ Contract:
   and whether thoughts are wanted (the screen that asks shows them). When they were
   wanted and the model thought but sent none, one note says so, once per conversation.
 - :meth:`aclose` cancels any answer and waits for it, closing the upstream response.
+- :meth:`follow` shows a turn another process answers (:mod:`._follow`) as this
+  conversation's answer in flight: ``answering``, ``wait`` and subscribers work as for
+  its own; :meth:`stop` asks that process to stop it (the person's Ctrl-C), and
+  :meth:`unfollow` only stops following it here (a screen leaving, a shutdown).
 - An answer, and its thoughts, are kept to ``max_answer_chars`` characters each
   (``[chat] max_answer_chars``): past it the text is cut there, the turn ends marked
   ``truncated`` (incomplete), and the upstream response is closed, so an upstream that
@@ -38,9 +42,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ._config import ChatConfig
 from ._errors import InputRejected, KindleSSHError, RateLimited, UpstreamError
@@ -157,6 +161,8 @@ class Conversation:
         self._task: asyncio.Task[None] | None = None
         self._stop_note = ""
         self._told_no_thoughts = False
+        # Set while the answer in flight is another process's (follow): asks it to stop.
+        self._ask_stop: Callable[[str], None] | None = None
         # This conversation's own choices (stored with it); None: the server's default.
         self.system_prompt: str | None = None
         self.web: bool | None = None
@@ -203,6 +209,11 @@ class Conversation:
 
         return unsubscribe
 
+    def changed(self) -> None:
+        """Tell every subscriber the turns changed (a follower or the hub changed them
+        from the store)."""
+        self._changed()
+
     def _changed(self) -> None:
         for callback in list(self._subscribers):
             try:
@@ -214,6 +225,37 @@ class Conversation:
     def answering(self) -> bool:
         """True while an answer is being generated."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def following(self) -> bool:
+        """True while the answer in flight is another process's, followed here."""
+        return self.answering and self._ask_stop is not None
+
+    def follow(
+        self,
+        turn: Turn,
+        run: Coroutine[Any, Any, None],
+        ask_stop: Callable[[str], None],
+    ) -> None:
+        """Show ``turn`` (the last turn, owned by another process) as the answer in
+        flight while ``run`` keeps it in step; ``ask_stop(why)`` asks its owner to stop
+        it. Nothing may be answering here."""
+        assert not self.answering and self.turns and self.turns[-1] is turn
+        self._ask_stop = ask_stop
+        self._stop_note = ""
+        self._task = asyncio.get_running_loop().create_task(run)
+        self._task.add_done_callback(lambda _: self._settle(turn, None))
+        self._changed()
+
+    def unfollow(self) -> bool:
+        """Stop following the other process's answer here (it goes on there). Returns
+        False if none was followed."""
+        if not self.following:
+            return False
+        assert self._task is not None
+        self._stop_note = "stopped following: this screen's server let go of it"
+        self._task.cancel()
+        return True
 
     @property
     def current(self) -> Turn | None:
@@ -267,6 +309,7 @@ class Conversation:
             max_output_tokens=self.settings.max_output_tokens,
             include_thoughts=thoughts,
         )
+        self._ask_stop = None
         self._task = asyncio.get_running_loop().create_task(self._run(turn, request, ticket))
         self._task.add_done_callback(lambda _: self._settle(turn, ticket))
         self._changed()
@@ -425,6 +468,11 @@ class Conversation:
         if not self.answering:
             return False
         assert self._task is not None
+        if self._ask_stop is not None:
+            # Another process answers: it stops the answer and writes it; this one
+            # follows it to its end.
+            self._ask_stop(why)
+            return True
         if self._task.cancelling():
             # Already stopping: a second cancel would interrupt the upstream response's
             # own close, leaving its connection open.
@@ -443,6 +491,7 @@ class Conversation:
 
     async def aclose(self) -> None:
         """Stop any answer and wait until the upstream response is closed."""
-        self.stop()
+        if not self.unfollow():
+            self.stop()
         await self.wait()
         self._subscribers.clear()

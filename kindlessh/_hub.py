@@ -19,6 +19,15 @@ Contract:
   belong to the name; limits and token counts to the holder.
 - :meth:`Hub.aclose` (server shutdown) stops every answer, marking it interrupted, saves
   everything and closes the store.
+- With a shared store (PostgreSQL, several processes), a chat is live across processes
+  (:meth:`Hub.start` listens to the store's notifications): a conversation opened while
+  another live process answers its last turn follows that answer (:mod:`._follow`) to
+  its end; a conversation in memory here takes in the turns other processes add (and
+  follows one still streaming) and lets go of the turns they delete, so a screen never
+  attaches to a stale chat. Ctrl-C on a followed answer asks its owner to stop it; the
+  owner stops it as if its own screen had asked. A followed answer whose owner died is
+  marked interrupted (by the follower, or when it is opened). With SQLite everything
+  stays in this process, as before.
 """
 
 from __future__ import annotations
@@ -28,13 +37,15 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from . import _export
 from ._conversation import Conversation, Turn
 from ._errors import ConversationNotFound, StoreError
+from ._follow import Follower
 from ._models import Models
 from ._provider import Usage
 from ._quota import Quota, day_start
@@ -58,6 +69,9 @@ class LiveConversation:
         # Its latest answer finished after its last screen left; the next screen to
         # resume it opens on that answer's first page (taken by that screen).
         self.finished_away = False
+        self.follower: Follower | None = None  # another process's answer, followed here
+        self.refreshing: asyncio.Task[None] | None = None  # reading the store again
+        self.refresh_again = False  # another process wrote meanwhile: read once more
 
     @property
     def id(self) -> int | None:
@@ -65,8 +79,12 @@ class LiveConversation:
         return self.recorder.conversation_id
 
 
-def _turn_from_row(row: TurnRow) -> Turn:
+def _turn_from_row(row: TurnRow, *, live: bool = False) -> Turn:
+    """A stored turn in memory; ``live``: a streaming row about to be followed stays
+    active (otherwise one still marked streaming shows as stopped)."""
     state = row.state if row.state != "streaming" else "stopped"
+    if live and row.state == "streaming":
+        state = "streaming" if row.answer else "waiting"
     turn = Turn(
         row.question,
         answer=row.answer,
@@ -97,6 +115,8 @@ class Hub:
         finish_on_disconnect: whether an answer goes on when its last screen leaves.
         export_dir: the folder under which each user's exports are written.
         models: the configured model entries a conversation may switch between.
+        follow_check: seconds a follower waits without news before it asks whether
+            the answer's owner is still alive (``[storage] follow_check_ms``).
     """
 
     def __init__(
@@ -109,8 +129,12 @@ class Hub:
         finish_on_disconnect: bool,
         export_dir: Path,
         models: Models | None = None,
+        follow_check: float = 1.0,
     ) -> None:
         self.store = store
+        self.follow_check = follow_check
+        # Shared by several processes (PostgreSQL): answers of others are followed.
+        self.shared = callable(getattr(store, "listen", None))
         self.models = models  # the configured model entries (/model), if known
         self.make_conversation = make_conversation
         self.quota = quota
@@ -130,6 +154,10 @@ class Hub:
         self._stamp += 1
         chat.viewers += 1
         chat.used = self._stamp
+        if self.shared and chat.id is not None:
+            # Strategy: notifications keep a chat in memory in step; one more read as a
+            # screen attaches covers what was written while it loaded or went unheard.
+            self._refresh_soon(chat)
         return chat
 
     def _new_chat(
@@ -143,8 +171,10 @@ class Hub:
         options = options or Options()
         conversation.system_prompt, conversation.web = options.system_prompt, options.web
         saved: dict[Turn, int] = {}
-        for row in rows or []:
-            turn = _turn_from_row(row)
+        rows = rows or []
+        followed = rows[-1] if rows and self._others(rows[-1]) else None
+        for row in rows:
+            turn = _turn_from_row(row, live=row is followed)
             previous = conversation.turns[-1].model if conversation.turns else turn.model
             turn.model_changed = turn.model != previous
             conversation.turns.append(turn)
@@ -164,6 +194,10 @@ class Hub:
         )
         chat = LiveConversation(user, conversation, recorder)
         self.chats.append(chat)
+        if followed is not None:
+            turn = conversation.turns[-1]
+            recorder.adopt(turn, followed.id)
+            self._follow(chat, turn, followed)
         return chat
 
     def _reopen_model(self, conversation: Conversation) -> None:
@@ -222,6 +256,8 @@ class Hub:
             if chat.user == user and chat.id == conversation_id and not chat.closed:
                 return self._attach(chat)
         rows = await self.store.load_turns(user, conversation_id)
+        if rows and self._others(rows[-1]):
+            rows = await self._unless_orphaned(user, conversation_id, rows)
         options = await self.store.conversation_options(user, conversation_id)
         # Loading awaited: another connection may have opened it meanwhile.
         for chat in self.chats:
@@ -229,12 +265,179 @@ class Hub:
                 return self._attach(chat)
         return self._attach(self._new_chat(user, conversation_id, rows, options))
 
+    # ----- other processes (a shared store) ---------------------------------------------
+
+    def _others(self, row: TurnRow) -> bool:
+        """True when ``row`` is an answer in flight in another process (shared store)."""
+        owner = getattr(row, "owner", None)
+        return self.shared and row.state == "streaming" and owner != self.store.owner
+
+    async def _unless_orphaned(
+        self, user: str, conversation_id: int, rows: list[TurnRow]
+    ) -> list[TurnRow]:
+        """``rows``, with the last answer marked interrupted first if the process that
+        owned it is gone."""
+        owner = getattr(rows[-1], "owner", None)
+        if owner is not None and owner in await self.store.live_owners():
+            return rows
+        await self.store.recover_interrupted()
+        return await self.store.load_turns(user, conversation_id)
+
+    async def start(self) -> None:
+        """Listen to the other processes' writes (a shared store; nothing with SQLite)."""
+        if not self.shared:
+            return
+        await self.store.listen(self._heard)
+        listen_stops = getattr(self.store, "listen_stops", None)
+        if listen_stops is not None:
+            await listen_stops(self._stop_asked)
+
+    def _follow(self, chat: LiveConversation, turn: Turn, row: TurnRow) -> None:
+        """Follow ``turn``, stored row ``row`` owned by another process, as ``chat``'s
+        answer in flight."""
+        conversation = chat.conversation
+        follower = Follower(
+            self.store, chat.user, row.id, getattr(row, "owner", None), turn,
+            conversation.changed, check=self.follow_check,
+        )
+
+        async def run() -> None:
+            try:
+                await follower.run()
+            finally:
+                if chat.follower is follower:
+                    chat.follower = None
+                if not turn.active:
+                    chat.recorder.settle(turn)
+
+        def ask_stop(why: str) -> None:
+            self._spawn(self._ask_stop(chat.user, row.id))
+
+        chat.follower = follower
+        conversation.follow(turn, run(), ask_stop)
+
+    async def _ask_stop(self, user: str, turn_id: int) -> None:
+        ask = getattr(self.store, "ask_stop", None)
+        if ask is None:
+            return
+        try:
+            await ask(user, turn_id)
+        except StoreError as exc:
+            log.warning("asking to stop answer %d failed: %s", turn_id, exc)
+
+    def _stop_asked(self, user: str, turn_id: int) -> None:
+        """Another process's screen pressed Ctrl-C on an answer this one owns."""
+        for chat in self.chats:
+            turn = chat.conversation.current
+            if (
+                chat.user == user and turn is not None
+                and chat.recorder.stored_id(turn) == turn_id
+                and chat.conversation.answering and not chat.conversation.following
+            ):
+                chat.conversation.stop()
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _heard(self, user: str, conversation_id: int, turn_id: int) -> None:
+        """A turn was written (by any process): bring the chats in memory in step."""
+        for chat in self.chats:
+            if chat.user != user or chat.id != conversation_id or chat.closed:
+                continue
+            if chat.follower is not None and chat.follower.turn_id == turn_id:
+                chat.follower.poke()
+            elif not chat.recorder.added(turn_id):
+                self._refresh_soon(chat)
+
+    def _refresh_soon(self, chat: LiveConversation) -> None:
+        """Read ``chat`` from the store again, once at a time (writes heard meanwhile
+        make one more read)."""
+        if chat.refreshing is not None:
+            chat.refresh_again = True
+            return
+
+        async def run() -> None:
+            try:
+                while True:
+                    chat.refresh_again = False
+                    await self._refresh(chat)
+                    if not chat.refresh_again or chat.closed:
+                        return
+            finally:
+                chat.refreshing = None
+
+        chat.refreshing = asyncio.get_running_loop().create_task(run())
+        self._closing.add(chat.refreshing)
+        chat.refreshing.add_done_callback(self._closing.discard)
+
+    async def _refresh(self, chat: LiveConversation) -> None:
+        """Take in the turns other processes added to ``chat`` and let go of those they
+        deleted."""
+        if chat.closed or chat.id is None:
+            return
+        conversation = chat.conversation
+        try:
+            rows = await self.store.load_turns(chat.user, chat.id)
+        except ConversationNotFound:
+            rows = None
+        except StoreError as exc:
+            log.warning("reading conversation %s again failed: %s", chat.id, exc)
+            return
+        if rows is None:
+            # Deleted elsewhere: shown emptied, as a delete here does.
+            if conversation.unfollow():
+                await conversation.wait()
+            if not conversation.answering and chat.id is not None:
+                await chat.recorder.forget()
+                conversation.forget()
+            return
+        stored = {row.id for row in rows}
+        changed = False
+        for turn in list(conversation.turns):
+            turn_id = chat.recorder.stored_id(turn)
+            if turn_id is None or turn_id in stored:
+                continue
+            if chat.follower is not None and chat.follower.turn is turn:
+                conversation.unfollow()
+                await conversation.wait()
+            elif turn.active:
+                continue  # this process's own answer: it is not another's to delete
+            chat.recorder.disown(turn)
+            if turn in conversation.turns:
+                conversation.turns.remove(turn)
+                changed = True
+        added = [
+            row for row in rows
+            if not chat.recorder.knows(row.id)
+            and not (row.owner is not None and row.owner == self.store.owner)
+        ]
+        for row in added:
+            live = row is rows[-1] and self._others(row) and not conversation.answering
+            turn = _turn_from_row(row, live=live)
+            previous = conversation.turns[-1].model if conversation.turns else turn.model
+            turn.model_changed = turn.model != previous
+            conversation.turns.append(turn)
+            chat.recorder.adopt(turn, row.id)
+            if live:
+                self._follow(chat, turn, row)
+            else:
+                chat.recorder.settle(turn)
+            changed = True
+        if changed:
+            conversation.changed()
+
     def release(self, chat: LiveConversation) -> None:
         """A screen stops showing ``chat``."""
         chat.viewers = max(0, chat.viewers - 1)
         if chat.viewers:
             return
-        if chat.conversation.answering:
+        if chat.conversation.following:
+            # Another process owns the answer and goes on with it; this one lets go.
+            chat.conversation.unfollow()
+            task = asyncio.get_running_loop().create_task(self._drop(chat))
+        elif chat.conversation.answering:
             if self.finish_on_disconnect:
                 task = asyncio.get_running_loop().create_task(self._finish_unwatched(chat))
             else:
@@ -306,6 +509,7 @@ class Hub:
         live = [c for c in self.chats if c.user == user and c.id == conversation_id]
         for chat in live:
             chat.conversation.stop("stopped: the conversation was deleted")
+            chat.conversation.unfollow()  # another process's: asked to stop, let go
             await chat.conversation.wait()
             await chat.recorder.flush()
         deleted = await self.store.delete_conversation(user, conversation_id)
@@ -355,13 +559,15 @@ class Hub:
         (First, before the sessions end: their leaving would stop answers with another
         note, or let them run on.)"""
         for chat in self.chats:
-            chat.conversation.stop(INTERRUPTED_NOTE)
+            if not chat.conversation.unfollow():  # another process's goes on there
+                chat.conversation.stop(INTERRUPTED_NOTE)
 
     async def aclose(self) -> None:
         """Stop every answer (marked interrupted), save everything, close the store."""
         for chat in self.chats:
             chat.closed = True
-            chat.conversation.stop(INTERRUPTED_NOTE)
+            if not chat.conversation.unfollow():
+                chat.conversation.stop(INTERRUPTED_NOTE)
         for chat in list(self.chats):
             await chat.conversation.aclose()
             await chat.recorder.aclose()

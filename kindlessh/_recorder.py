@@ -9,6 +9,11 @@ Contract:
 - Writes happen in one background task, in order, never on the caller's path: the chat
   never waits for the disk. :meth:`flush` writes everything now (shutdown, tests).
 - A store error is logged and retried on the next change; it never reaches the chat.
+- A turn another process owns (:meth:`Recorder.adopt`: followed, or added there) is
+  never written here: its owner writes it. Once followed to its end
+  (:meth:`Recorder.settle`) it is a stored turn like a loaded one (``/retry`` here
+  deletes it). A turn deleted elsewhere (:meth:`Recorder.disown`) leaves the
+  conversation without a second delete.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Recorder:
         self._ids: dict[Turn, int] = dict(saved or {})
         self._finished: set[Turn] = set(self._ids)
         self._progress: dict[Turn, tuple[int, int]] = {}
+        self._foreign: set[Turn] = set()  # written by another process, never here
+        self._added: set[int] = set()  # the ids of turns this recorder added
         # The conversation's own options as stored (loaded ones are stored already).
         self._options = _options(conversation) if conversation_id is not None else Options()
         self._lock = asyncio.Lock()
@@ -69,6 +76,31 @@ class Recorder:
     def stored_id(self, turn: Turn) -> int | None:
         """The store's id of ``turn``, once it is saved."""
         return self._ids.get(turn)
+
+    def knows(self, turn_id: int) -> bool:
+        """True when stored turn ``turn_id`` is one of this conversation's here."""
+        return turn_id in self._ids.values()
+
+    def added(self, turn_id: int) -> bool:
+        """True when this recorder wrote stored turn ``turn_id`` (asked here)."""
+        return turn_id in self._added
+
+    def adopt(self, turn: Turn, turn_id: int) -> None:
+        """``turn`` is stored turn ``turn_id``, written by another process: never
+        write it here."""
+        self._ids[turn] = turn_id
+        self._foreign.add(turn)
+
+    def settle(self, turn: Turn) -> None:
+        """An adopted turn is final in the store: from now on it is like a loaded one."""
+        if turn in self._foreign and turn in self._ids:
+            self._foreign.discard(turn)
+            self._finished.add(turn)
+
+    def disown(self, turn: Turn) -> None:
+        """``turn``'s row was deleted elsewhere: when it leaves the conversation, forget
+        it without deleting it again."""
+        self._foreign.add(turn)
 
     async def _run(self) -> None:
         while True:
@@ -108,6 +140,8 @@ class Recorder:
         async with self._lock:
             self.conversation_id = None
             self._ids.clear()
+            self._added.clear()
+            self._foreign.clear()
             self._finished.clear()
             self._progress.clear()
             self._options = Options()
@@ -115,10 +149,12 @@ class Recorder:
     async def _sync(self) -> None:
         turns = list(self.conversation.turns)
         for turn in [t for t in self._ids if t not in turns]:
-            await self.store.delete_turn(self._ids[turn])
+            if turn not in self._foreign:
+                await self.store.delete_turn(self._ids[turn])
             # Forgotten only once deleted: a failed delete is tried again.
-            del self._ids[turn]
+            self._added.discard(self._ids.pop(turn))
             self._finished.discard(turn)
+            self._foreign.discard(turn)
             self._progress.pop(turn, None)
         for turn in turns:
             if turn not in self._ids:
@@ -131,8 +167,9 @@ class Recorder:
                     turn.question,
                     turn.model or self.conversation.provider.model,
                 )
+                self._added.add(self._ids[turn])
             turn_id = self._ids[turn]
-            if turn in self._finished:
+            if turn in self._finished or turn in self._foreign:
                 continue
             if turn.active:
                 size = (len(turn.answer), len(turn.thoughts))

@@ -183,6 +183,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         finish_on_disconnect=config.chat.finish_on_disconnect,
         export_dir=config.storage.export_dir,
         models=models,
+        follow_check=config.storage.follow_check_ms / 1000,
     )
     srv = config.server
     guesses = GuessBudget(srv.password_checks_per_second)
@@ -210,6 +211,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         guesses=guesses,
     )
     try:
+        await hub.start()
         acceptor = await _listen(ctx, [k for k in (host_key, rsa_host_key) if k is not None])
     except BaseException:
         # Nothing of a server that could not start stays open.
