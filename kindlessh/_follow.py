@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from ._conversation import Turn
 from ._errors import ConversationNotFound, KindleSSHError
@@ -60,16 +60,30 @@ def apply_row(turn: Turn, row: TurnRow) -> None:
     turn.status = None
 
 
+class SharedStore(Protocol):
+    """What a follower needs of a store several processes share (PostgreSQL)."""
+
+    async def get_turn(self, user: str, turn_id: int) -> TurnRow: ...
+
+    async def live_owners(self) -> set[str]: ...
+
+    async def recover_interrupted(self) -> int: ...
+
+    async def ask_stop(self, user: str, turn_id: int) -> None: ...
+
+    async def listen_stops(self, callback: Callable[[str, int], None]) -> None: ...
+
+
 class Follower:
     """Keeps ``turn`` in step with stored turn ``turn_id`` of ``user``, owned by
     ``owner`` (see the module contract); ``changed`` is called after every change."""
 
     def __init__(
         self,
-        store: Any,
+        store: SharedStore,
         user: str,
         turn_id: int,
-        owner: str | None,
+        owner: str,
         turn: Turn,
         changed: Callable[[], None],
         *,
@@ -92,19 +106,21 @@ class Follower:
         """Follow until the row is final or gone."""
         heard = False  # the first look also asks whether the owner lives
         while True:
+            failed = False
+            row: TurnRow | None = None
             try:
                 if not heard and not await self._owner_alive():
                     await self.store.recover_interrupted()
                 row = await self._read()
             except KindleSSHError as exc:
                 log.warning("following answer %d failed: %s", self.turn_id, exc)
-                row = self.turn  # unchanged; look again after a while
-            if row is None:
+                failed = True  # unchanged; look again after a while
+            if row is None and not failed:
                 self.turn.state = "stopped"
                 self.turn.note = GONE_NOTE
                 self.changed()
                 return
-            if isinstance(row, TurnRow):
+            if row is not None:
                 before = (len(self.turn.answer), len(self.turn.thoughts), self.turn.state)
                 apply_row(self.turn, row)
                 after = (len(self.turn.answer), len(self.turn.thoughts), self.turn.state)
@@ -121,14 +137,10 @@ class Follower:
             self._wake.clear()
 
     async def _owner_alive(self) -> bool:
-        if self.owner is None:
-            return False
-        owners: set[str] = await self.store.live_owners()
-        return self.owner in owners
+        return bool(self.owner) and self.owner in await self.store.live_owners()
 
     async def _read(self) -> TurnRow | None:
         try:
-            row: TurnRow | None = await self.store.get_turn(self.user, self.turn_id)
+            return await self.store.get_turn(self.user, self.turn_id)
         except ConversationNotFound:
             return None
-        return row

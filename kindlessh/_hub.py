@@ -40,12 +40,12 @@ import re
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import _export
-from ._conversation import Conversation, Turn
+from ._conversation import Conversation, Turn, TurnState
 from ._errors import ConversationNotFound, StoreError
-from ._follow import Follower
+from ._follow import Follower, SharedStore
 from ._models import Models
 from ._provider import Usage
 from ._quota import Quota, day_start
@@ -82,7 +82,7 @@ class LiveConversation:
 def _turn_from_row(row: TurnRow, *, live: bool = False) -> Turn:
     """A stored turn in memory; ``live``: a streaming row about to be followed stays
     active (otherwise one still marked streaming shows as stopped)."""
-    state = row.state if row.state != "streaming" else "stopped"
+    state: TurnState = row.state if row.state != "streaming" else "stopped"
     if live and row.state == "streaming":
         state = "streaming" if row.answer else "waiting"
     turn = Turn(
@@ -117,6 +117,7 @@ class Hub:
         models: the configured model entries a conversation may switch between.
         follow_check: seconds a follower waits without news before it asks whether
             the answer's owner is still alive (``[storage] follow_check_ms``).
+        shared: the store is shared with other processes (PostgreSQL).
     """
 
     def __init__(
@@ -130,11 +131,12 @@ class Hub:
         export_dir: Path,
         models: Models | None = None,
         follow_check: float = 1.0,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self.follow_check = follow_check
         # Shared by several processes (PostgreSQL): answers of others are followed.
-        self.shared = callable(getattr(store, "listen", None))
+        self.shared = shared
         self.models = models  # the configured model entries (/model), if known
         self.make_conversation = make_conversation
         self.quota = quota
@@ -267,18 +269,22 @@ class Hub:
 
     # ----- other processes (a shared store) ---------------------------------------------
 
+    @property
+    def _shared_store(self) -> SharedStore:
+        # Only a shared store's hub follows; PostgresStore offers these.
+        return cast(SharedStore, self.store)
+
     def _others(self, row: TurnRow) -> bool:
         """True when ``row`` is an answer in flight in another process (shared store)."""
-        owner = getattr(row, "owner", None)
-        return self.shared and row.state == "streaming" and owner != self.store.owner
+        return self.shared and row.state == "streaming" and row.owner != self.store.owner
 
     async def _unless_orphaned(
         self, user: str, conversation_id: int, rows: list[TurnRow]
     ) -> list[TurnRow]:
         """``rows``, with the last answer marked interrupted first if the process that
         owned it is gone."""
-        owner = getattr(rows[-1], "owner", None)
-        if owner is not None and owner in await self.store.live_owners():
+        owner = rows[-1].owner
+        if owner and owner in await self._shared_store.live_owners():
             return rows
         await self.store.recover_interrupted()
         return await self.store.load_turns(user, conversation_id)
@@ -288,16 +294,14 @@ class Hub:
         if not self.shared:
             return
         await self.store.listen(self._heard)
-        listen_stops = getattr(self.store, "listen_stops", None)
-        if listen_stops is not None:
-            await listen_stops(self._stop_asked)
+        await self._shared_store.listen_stops(self._stop_asked)
 
     def _follow(self, chat: LiveConversation, turn: Turn, row: TurnRow) -> None:
         """Follow ``turn``, stored row ``row`` owned by another process, as ``chat``'s
         answer in flight."""
         conversation = chat.conversation
         follower = Follower(
-            self.store, chat.user, row.id, getattr(row, "owner", None), turn,
+            self._shared_store, chat.user, row.id, row.owner, turn,
             conversation.changed, check=self.follow_check,
         )
 
@@ -317,11 +321,8 @@ class Hub:
         conversation.follow(turn, run(), ask_stop)
 
     async def _ask_stop(self, user: str, turn_id: int) -> None:
-        ask = getattr(self.store, "ask_stop", None)
-        if ask is None:
-            return
         try:
-            await ask(user, turn_id)
+            await self._shared_store.ask_stop(user, turn_id)
         except StoreError as exc:
             log.warning("asking to stop answer %d failed: %s", turn_id, exc)
 
@@ -411,7 +412,7 @@ class Hub:
         added = [
             row for row in rows
             if not chat.recorder.knows(row.id)
-            and not (row.owner is not None and row.owner == self.store.owner)
+            and not (row.owner and row.owner == self.store.owner)
         ]
         for row in added:
             live = row is rows[-1] and self._others(row) and not conversation.answering

@@ -71,6 +71,8 @@ Conn = AsyncConnection[tuple[object, ...]]
 # The class of every worker's liveness lock: pg_advisory_lock(LIVE_LOCK_CLASS, lock_key).
 LIVE_LOCK_CLASS = 0x6B73686C  # "kshl"
 CHANNEL = "kindlessh_turns"
+# Ctrl-C on a screen following an answer another worker owns: '<user> <turn id>'.
+STOP_CHANNEL = "kindlessh_stop"
 POOL_SIZE = 8
 CONNECT_TIMEOUT = 5  # seconds to reach the server at start
 
@@ -307,6 +309,7 @@ class PostgresStore:
         self._closed = False
         self._pending: set[asyncio.Task[object]] = set()
         self._callbacks: list[Callable[[str, int, int], None]] = []
+        self._stop_callbacks: list[Callable[[str, int], None]] = []
         self._listener: asyncio.Task[None] | None = None
 
     @classmethod
@@ -868,13 +871,47 @@ class PostgresStore:
         if self._closed:
             raise RuntimeError("the conversation store is closed")
         self._callbacks.append(callback)
+        await self._start_hearing()
+
+    async def listen_stops(self, callback: Callable[[str, int], None]) -> None:
+        """Call ``callback(user, turn_id)`` whenever a worker asks (:meth:`ask_stop`)
+        that the answer of turn ``turn_id`` be stopped, until :meth:`close`."""
+        if self._closed:
+            raise RuntimeError("the conversation store is closed")
+        self._stop_callbacks.append(callback)
+        await self._start_hearing()
+
+    async def ask_stop(self, user: str, turn_id: int) -> None:
+        """Ask the worker that owns turn ``turn_id`` of ``user`` to stop its answer."""
+
+        async def job(conn: Conn) -> None:
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (STOP_CHANNEL, f"{_enc(user)} {turn_id}")
+            )
+
+        await self._call(job)
+
+    async def _start_hearing(self) -> None:
         if self._listener is None:
+            # Both channels before hearing: the connection is busy once notifies() runs.
             await self._conn.execute(f"LISTEN {CHANNEL}")
+            await self._conn.execute(f"LISTEN {STOP_CHANNEL}")
             self._listener = asyncio.create_task(self._hear(), name="kindlessh-store-listen")
+
+    def _stop_asked(self, payload: str) -> None:
+        user, turn = payload.rsplit(" ", 1)
+        for callback in list(self._stop_callbacks):
+            try:
+                callback(_dec(user), int(turn))
+            except Exception:
+                log.exception("a stop listener failed")
 
     async def _hear(self) -> None:
         try:
             async for notice in self._conn.notifies():
+                if notice.channel == STOP_CHANNEL:
+                    self._stop_asked(notice.payload)
+                    continue
                 user, conversation, turn = notice.payload.rsplit(" ", 2)
                 for callback in list(self._callbacks):
                     try:

@@ -184,6 +184,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         export_dir=config.storage.export_dir,
         models=models,
         follow_check=config.storage.follow_check_ms / 1000,
+        shared=bool(config.storage.url),
     )
     srv = config.server
     guesses = GuessBudget(srv.password_checks_per_second)
