@@ -122,6 +122,9 @@ def run_workers(
                 os.kill(pid, signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # An ignored SIGCHLD (inherited across exec) would have the kernel reap the workers
+    # unseen, and a dead one would never be started again.
+    previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         first_pids = [spawn(slot, slot == 0) for slot in range(len(socks))]
         log.info("%d workers started: pids %s", len(socks), ", ".join(map(str, first_pids)))
