@@ -1,7 +1,7 @@
 """Command line: ``kindlessh serve`` and ``kindlessh user add|list|remove|set``.
 
 ```
-kindlessh serve [--config FILE] [--host H] [--port N] [-v]
+kindlessh serve [--config FILE] [--host H] [--port N] [--workers N] [-v]
 kindlessh user add NAME --key FILE|- [--profile eink|smooth] [--config FILE]
 kindlessh user list [--config FILE]
 kindlessh user remove NAME [--config FILE]
@@ -18,8 +18,10 @@ host key, port in use, a conversation store that cannot be opened or written or 
 damaged) print one line to stderr and return 2; a user command that cannot
 be done prints one line and returns 1; no traceback. User commands change the files
 under ``[server] users_dir``; a running server picks the change up at the next login.
-``serve`` tunes the process for serving (:func:`~kindlessh._process.tune_process`) once
-the server has started.
+``serve --workers N`` (N above 1, PostgreSQL store only) runs N worker processes on one
+port (:mod:`._workers`); worker 0 prints the start-up lines, the parent one more line
+with the workers' pids. ``serve`` tunes the process for serving
+(:func:`~kindlessh._process.tune_process`) once the server has started.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from ._config import Config, ModelConfig, gemini_for, load_config
 from ._errors import ConfigError, ModelNotFound, StoreError, UpstreamError, UserError
 from ._gemini import list_models
 from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
-from ._keys import AuthorizedKeys
+from ._keys import AuthorizedKeys, HostKey
 from ._openai import check_entry
 from ._passwords import Passwords
 from ._process import tune_process
-from ._server import Server, start_server
+from ._server import Server, load_host_keys, start_server
+from ._store import open_store
 from ._users import PROFILES, Users, check_name, parse_keys
+from ._workers import listening_sockets, run_workers
 
 log = logging.getLogger("kindlessh")
 
@@ -164,21 +168,57 @@ def describe(server: Server) -> list[str]:
     return lines
 
 
-async def _serve(config: Config) -> int:
+async def _serve(
+    config: Config,
+    *,
+    sock: socket.socket | None = None,
+    host_keys: tuple[HostKey, HostKey | None] | None = None,
+    announce: bool = True,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     install_accept_log(loop)  # out of file descriptors: one line a minute, not a flood
-    server = await start_server(config)
+    server = await start_server(config, sock=sock, host_keys=host_keys)
     tune_process()  # after start-up, so what it made is frozen too
-    for line in describe(server):
-        _out(line)
+    if announce:
+        for line in describe(server):
+            _out(line)
     await stop.wait()
     _out("kindlessh: shutting down")
     await server.close()
     return 0
+
+
+async def _bring_schema_up_to_date(config: Config) -> None:
+    """Open the store once (its migrations run) and close it."""
+    store = await open_store(config.storage)
+    await store.close()
+
+
+def _serve_workers(config: Config, count: int) -> int:
+    """``serve --workers N`` with N above 1: the pre-fork parent (:mod:`._workers`)."""
+    if not config.storage.url:
+        raise ConfigError(
+            f"--workers {count}: several workers need the PostgreSQL store "
+            "([storage] url); the SQLite file serves one process"
+        )
+    # Once, before any worker: every worker offers the same host keys, and none
+    # migrates the schema while another is using it.
+    host_keys = load_host_keys(config)
+    asyncio.run(_bring_schema_up_to_date(config))
+    socks = listening_sockets(config.server.host, config.server.port, count)
+
+    def child(slot: int, sock: socket.socket, first: bool) -> int:
+        return asyncio.run(_serve(config, sock=sock, host_keys=host_keys, announce=first))
+
+    def started(pids: list[int]) -> None:
+        _out(f"Workers: {count} processes on port {socks[0].getsockname()[1]}, pids "
+             + ", ".join(map(str, pids)))
+
+    return run_workers(socks, child, started)
 
 
 def _read_key_text(source: str) -> tuple[str, str]:
@@ -261,6 +301,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="worker processes sharing the port (default 1; above 1 needs [storage] url)",
+    )
 
     user = sub.add_parser("user", help="add, list or remove users and their keys")
     actions = user.add_subparsers(dest="action", required=True)
@@ -398,9 +442,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"kindlessh: {exc}\n")
             return 1
 
+    # With several workers each line says which process wrote it.
+    pid = "[%(process)d] " if args.workers > 1 else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {pid}%(name)s: %(message)s",
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -414,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--port {args.port}: expected a port number from 0 to 65535")
             server_cfg = dataclasses.replace(server_cfg, port=args.port)
         config = dataclasses.replace(config, server=server_cfg)
+        if args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: expected 1 or more")
+        if args.workers > 1:
+            return _serve_workers(config, args.workers)
         return asyncio.run(_serve(config))
     except (ConfigError, StoreError) as exc:
         sys.stderr.write(f"kindlessh: {exc}\n")

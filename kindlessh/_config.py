@@ -77,6 +77,8 @@ class ServerConfig:
     keepalive_count_max: int = 3
     max_write_buffer: int = 1 << 20
     idle_timeout: float = 3600.0
+    proxy_from: str = ""
+    proxy_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,11 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
         lambda v: _networks_ok(v),
         'addresses or networks separated by commas, such as "192.168.1.0/24, ::1"',
     ),
+    ("server", "proxy_from"): (
+        lambda v: _networks_ok(v),
+        'addresses or networks separated by commas, such as "10.0.0.5, 10.0.1.0/24"',
+    ),
+    ("server", "proxy_timeout"): (lambda v: v > 0, "a number of seconds above 0"),
     ("server", "max_sessions"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_sessions_per_user"): (lambda v: v >= 1, "a count of 1 or more"),
     ("server", "max_connections"): (lambda v: v >= 1, "a count of 1 or more"),

@@ -15,6 +15,9 @@ Contract:
   from one address counts as one more (:mod:`._probes`). One not logged in after
   ``login_timeout`` is cut; when the server itself was held up for :data:`SLOW_LOGIN`
   seconds or more meanwhile (:mod:`._stall`), its address is not penalised for it.
+- The peer address is the client's as :mod:`._front` gives it (a trusted proxy's PROXY
+  header, or the TCP peer); the accept line logs it with its port, and says "via proxy
+  ADDRESS" when a proxy sent it.
 - Key exchanges the client starts are counted by :mod:`._rekeys` (``max_rekeys``).
 - A user name is refused, with a one-line reason, when it is longer than
   :data:`MAX_USERNAME` characters or not all printable (asyncssh already refuses control
@@ -131,8 +134,10 @@ class Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        # Through a trusted proxy, the client's address from its PROXY header (._front).
         peer = conn.get_extra_info("peername")
         self._addr = self._enrol.addr = str(peer[0]) if peer else "?"
+        proxy = conn.get_extra_info("proxied_by")
         refusal = self.ctx.guard.admit(self._addr)
         if refusal is not None:
             log.debug("dropped a connection from %s: %s", self._addr, refusal)
@@ -141,7 +146,8 @@ class Connection(asyncssh.SSHServer):
             return
         self._let_in = True
         self.ctx.connections.add(conn)
-        log.info("connection from %s", self._addr)
+        port = f" port {peer[1]}" if peer and len(peer) > 1 else ""
+        log.info("connection from %s%s%s", self._addr, port, f" via proxy {proxy}" if proxy else "")
         self._login_timer = asyncio.get_running_loop().call_later(
             self.ctx.config.server.login_timeout, self._login_expired
         )

@@ -24,6 +24,7 @@ KindleSSHError
   InputRejected               the user's input cannot be sent (too long, ...)
   StoreError                  the conversation store failed (disk, lock, corrupt file)
     ConversationNotFound      no such conversation for this user
+  ProxyHeaderError            a PROXY protocol header that cannot be used (logged, not shown)
 ```
 
 Contract: every exception class of the package is defined here and derives from
@@ -151,3 +152,8 @@ class StoreError(KindleSSHError):
 
 class ConversationNotFound(StoreError):
     """The conversation does not exist, or belongs to someone else (we do not say which)."""
+
+
+class ProxyHeaderError(KindleSSHError):
+    """A PROXY protocol header is malformed, too long or names no usable address; the
+    message says which, for the log line about the refused connection."""

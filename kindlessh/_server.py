@@ -8,6 +8,8 @@ Contract:
   serve``.
 - Host keys: Ed25519, plus RSA 3072 for clients without Ed25519 (Dropbear before
   2020.79); RSA signs with rsa-sha2-256/512 only, never SHA-1 ssh-rsa.
+- Every connection passes :mod:`._front` first (the PROXY protocol from
+  ``[server] proxy_from``, refused from anyone else).
 - Each connection is a :class:`~kindlessh._connection.Connection` over one shared
   :class:`~kindlessh._connection.ServerContext`. No forwarding, agent, X11, SFTP or SCP.
 """
@@ -17,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import asyncssh
 from asyncssh.kex import get_default_kex_algs
 from asyncssh.public_key import get_default_public_key_algs
 
-from ._config import Config
+from ._config import Config, parse_networks
 from ._connection import Connection, ServerContext
 from ._conversation import Conversation, GenerationSettings
 from ._errors import ConfigError
+from ._front import Front
 from ._guard import Guard
 from ._guesses import GuessBudget
 from ._hub import Hub
@@ -138,22 +142,41 @@ class Server:
             await self.ctx.session.hub.models.aclose()
 
 
-async def start_server(config: Config, *, provider: Provider | None = None) -> Server:
-    """Start listening as ``config`` says.
-
-    Args:
-        config: the loaded configuration.
-        provider: the model API to use (default: Gemini as configured).
+def load_host_keys(config: Config) -> tuple[HostKey, HostKey | None]:
+    """The host keys ``config`` names, made on first use: Ed25519 and RSA.
 
     Raises:
-        ConfigError: the host key cannot be used.
-        OSError: the address cannot be bound.
+        ConfigError: a host key cannot be used.
     """
     host_key = load_or_create_host_key(config.server.host_key)
     # A host_key that is itself RSA needs no second one (asyncssh refuses two of a type).
     rsa_host_key = (
         None if host_key.label == "RSA" else load_or_create_rsa_host_key(config.server.host_key)
     )
+    return host_key, rsa_host_key
+
+
+async def start_server(
+    config: Config,
+    *,
+    provider: Provider | None = None,
+    sock: socket.socket | None = None,
+    host_keys: tuple[HostKey, HostKey | None] | None = None,
+) -> Server:
+    """Start listening as ``config`` says.
+
+    Args:
+        config: the loaded configuration.
+        provider: the model API to use (default: Gemini as configured).
+        sock: a bound, listening socket to serve on instead of ``[server] host`` and
+            ``port`` (a worker's, from :mod:`._workers`).
+        host_keys: the host keys, already loaded (default: :func:`load_host_keys`).
+
+    Raises:
+        ConfigError: the host key cannot be used.
+        OSError: the address cannot be bound.
+    """
+    host_key, rsa_host_key = host_keys if host_keys is not None else load_host_keys(config)
     gemini = config.gemini
     store = await open_store(config.storage)
     recovered = await store.recover_interrupted()
@@ -213,7 +236,9 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     )
     try:
         await hub.start()
-        acceptor = await _listen(ctx, [k for k in (host_key, rsa_host_key) if k is not None])
+        acceptor = await _listen(
+            ctx, [k for k in (host_key, rsa_host_key) if k is not None], sock
+        )
     except BaseException:
         # Nothing of a server that could not start stays open.
         await store.close()
@@ -225,11 +250,15 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
     return Server(acceptor, ctx, host_key, rsa_host_key)
 
 
-async def _listen(ctx: ServerContext, host_keys: list[HostKey]) -> asyncssh.SSHAcceptor:
+async def _listen(
+    ctx: ServerContext, host_keys: list[HostKey], sock: socket.socket | None
+) -> asyncssh.SSHAcceptor:
     srv = ctx.config.server
+    front = Front(parse_networks(srv.proxy_from), srv.proxy_timeout, sock)
     return await asyncssh.listen(
         srv.host,
         srv.port,
+        tunnel=front,
         server_factory=lambda: Connection(ctx),
         server_host_keys=[k.keypair for k in host_keys],
         kex_algs=kex_algorithms(),

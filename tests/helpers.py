@@ -22,6 +22,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +51,7 @@ class TermOptions(TypedDict, total=False):
     encoding: str | None
     password: str | None
     env: dict[str, str] | None
+    sock: socket.socket | None
 
 
 async def open_chat(

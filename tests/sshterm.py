@@ -8,6 +8,7 @@ and reading the screen come from :class:`~tests.screenreader.ScreenReader`.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import asyncssh
@@ -51,6 +52,7 @@ class Terminal(ScreenReader):
         encoding: str | None = "utf-8",
         password: str | None = None,
         env: dict[str, str] | None = None,
+        sock: socket.socket | None = None,
     ) -> Terminal:
         """Log in and open the session; the chat may not be on the screen yet
         (``tests.helpers.connected`` waits for it)."""
@@ -63,6 +65,7 @@ class Terminal(ScreenReader):
             password=password,
             known_hosts=None,
             agent_path=None,
+            sock=sock,  # already connected (after a PROXY header, say): port unused
         )
         kwargs: dict[str, Any] = {"encoding": encoding}
         if pty:
