@@ -112,7 +112,7 @@ async def test_two_workers_share_the_port_the_host_key_and_stop_together(
         while len(conns) < 6 or (len(set(served_by.values())) < 2 and len(conns) < 16):
             conn = await asyncssh.connect(
                 "127.0.0.1", port, username="reader", client_keys=[CLIENT_KEY],
-                known_hosts=None, agent_path=None,
+                known_hosts=None, agent_path=None, server_host_key_algs=["ssh-ed25519"],
             )
             conns.append(conn)
             client_port = conn.get_extra_info("sockname")[1]
