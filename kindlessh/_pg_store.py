@@ -640,15 +640,19 @@ class PostgresStore:
         return found
 
     async def delete_conversation(self, user: str, conversation_id: int) -> bool:
-        """Delete one of ``user``'s conversations and its turns (not its token usage).
+        """Delete one of ``user``'s conversations and its turns (not its token usage),
+        and tell the listeners (turn id 0).
 
         Returns:
             False when there was no such conversation for ``user``.
         """
 
         async def job(conn: Conn) -> bool:
+            # Turn id 0 in the notification: the whole conversation went.
             cursor = await conn.execute(
-                'DELETE FROM conversations WHERE id = %s AND "user" = %s',
+                'WITH gone AS (DELETE FROM conversations WHERE id = %s AND "user" = %s '
+                'RETURNING "user", id) '
+                f"SELECT pg_notify('{CHANNEL}', \"user\" || ' ' || id || ' 0') FROM gone",
                 (conversation_id, _enc(user)),
             )
             return cursor.rowcount > 0

@@ -171,7 +171,8 @@ class Store(Protocol):
 
     async def listen(self, callback: Callable[[str, int, int], None]) -> None:
         """Call ``callback(user, conversation_id, turn_id)`` for every turn written by
-        any store on the same database from now on (PostgreSQL; SQLite: never)."""
+        any store on the same database from now on (PostgreSQL; SQLite: never); a
+        ``turn_id`` of 0 says the whole conversation was deleted."""
         ...
 
 

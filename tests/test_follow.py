@@ -175,6 +175,38 @@ async def test_a_question_asked_on_one_server_streams_on_the_others_screen(
     assert rows[-1].answer == "A retried answer."
 
 
+async def test_a_conversation_deleted_on_one_server_empties_on_the_others_screen(
+    pg_url: str, make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    a = await make_server(storage=_storage(pg_url))
+    b = await make_server(storage=_storage(pg_url))
+    fake_gemini.enqueue(Reply.text(["Soon gone."]))
+    async with connected(a) as one:
+        await one.ask("doomed question")
+        await one.wait_for("Soon gone.")
+        await one.wait_for(lambda t: "ready" in t.text())
+        await _until_stored(a, "Soon gone.")
+        number = _only_chat(a).id
+        async with connected(b) as two:
+            await two.wait_for("Soon gone.")  # the same conversation, on both
+            await two.send(f"/delete {number}\r")
+            await two.wait_for("Delete conversation")
+            await two.send("y\r")
+            await two.wait_for(f"Conversation {number} deleted.")
+            # A heard of it: its screen is emptied, and its next question starts anew.
+            await until(lambda: not _only_chat(a).conversation.turns)
+            assert _only_chat(a).id is None
+            fake_gemini.enqueue(Reply.text(["A fresh start."]))
+            await one.ask("a new question")
+            await one.wait_for("A fresh start.")
+            # Saved in the background, as a new conversation.
+            await until(lambda: _only_chat(a).id is not None)
+            await _until_stored(a, "A fresh start.")
+    rows = await _stored(a)
+    assert [r.question for r in rows] == ["a new question"]
+    assert len(await a.ctx.session.hub.store.list_conversations("reader")) == 1
+
+
 async def test_an_answer_whose_owner_is_killed_is_shown_interrupted(
     pg_url: str,
     tmp_path: Path,
