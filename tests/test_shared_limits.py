@@ -1,0 +1,201 @@
+"""The limits every worker shares, in a real PostgreSQL (unit level: two SharedLimits on
+one database stand for two workers; the SSH level is in test_workers_limits.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kindlessh._errors import ServerBusy
+from kindlessh._shared_limits import SCHEMA, SharedLimits
+
+psycopg = pytest.importorskip("psycopg")
+psycopg_pool = pytest.importorskip("psycopg_pool")
+
+ADMIN_URL = os.environ.get(
+    "KINDLESSH_TEST_PG", "postgresql://kindlessh:kindlessh@127.0.0.1:5432/kindlessh"
+)
+
+
+async def _fresh_database() -> AsyncIterator[str]:
+    name = f"kt_{uuid.uuid4().hex}"
+    try:
+        admin = await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {exc}")
+    async with admin:
+        await admin.execute(f"CREATE DATABASE {name}")
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as admin:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async for url in _fresh_database():
+        yield url
+
+
+class Workers:
+    """Owners on one database: ``live`` is the set a test says is alive."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.live: set[str] = set()
+        self.pools: list[psycopg_pool.AsyncConnectionPool] = []
+        self.limits: list[SharedLimits] = []
+
+    async def live_owners(self) -> set[str]:
+        return set(self.live)
+
+    async def worker(self, owner: str) -> SharedLimits:
+        pool = psycopg_pool.AsyncConnectionPool(self.url, min_size=1, max_size=4, open=False)
+        await pool.open()
+        self.pools.append(pool)
+        self.live.add(owner)
+        limits = SharedLimits(pool, owner, self.live_owners, poll=0.05)
+        self.limits.append(limits)
+        return limits
+
+    async def close(self) -> None:
+        for limits in self.limits:
+            await limits.close()
+        for pool in self.pools:
+            await pool.close()
+
+
+@pytest.fixture
+async def workers(pg_url: str) -> AsyncIterator[Workers]:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        for statement in SCHEMA:
+            await conn.execute(statement)
+    ws = Workers(pg_url)
+    yield ws
+    await ws.close()
+
+
+async def test_one_answer_per_holder_across_workers(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    claim = await a.claim_answer("ann")
+    assert claim is not None
+    assert await b.claim_answer("ann") is None
+    assert await b.claim_answer("bob") is not None  # another holder is not held up
+    a.release_answer("ann", claim)
+    await asyncio.sleep(0)
+    await a.close()  # waits for the release
+    assert await b.claim_answer("ann") is not None
+
+
+async def test_a_dead_owners_answer_is_taken_over(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    assert await a.claim_answer("ann") is not None
+    workers.live.discard("a")  # a was killed: its lock went with it
+    assert await b.claim_answer("ann") is not None
+    assert await a.claim_answer("ann") is None  # b's claim is live
+
+
+async def test_the_bucket_is_shared(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    assert (await a.take_prompt("ann", 2, 3600))[0] == 0
+    wait, left = await b.take_prompt("ann", 2, 3600)
+    assert wait == 0 and left == pytest.approx(0, abs=0.01)
+    wait, _ = await a.take_prompt("ann", 2, 3600)
+    assert 3500 < wait <= 3600  # about one refill away
+    assert (await b.take_prompt("bob", 2, 3600))[0] == 0
+
+
+async def test_the_bucket_refills(workers: Workers) -> None:
+    a = await workers.worker("a")
+    assert (await a.take_prompt("ann", 1, 0.2))[0] == 0
+    assert (await a.take_prompt("ann", 1, 0.2))[0] > 0
+    await asyncio.sleep(0.25)
+    assert (await a.take_prompt("ann", 1, 0.2))[0] == 0
+
+
+async def test_upstream_slots_are_shared_first_come_first_served(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    order: list[str] = []
+    told: dict[str, list[int]] = {"b": [], "c": []}
+    first_in = asyncio.Event()
+    let_go = asyncio.Event()
+
+    async def first() -> None:
+        async with a.hold(1, 0, lambda n: None):
+            order.append("a")
+            first_in.set()
+            await let_go.wait()
+
+    async def queued(limits: SharedLimits, name: str) -> None:
+        async with limits.hold(1, 0, told[name].append):
+            order.append(name)
+
+    holding = asyncio.create_task(first())
+    await first_in.wait()
+    second = asyncio.create_task(queued(b, "b"))
+    while not told["b"]:
+        await asyncio.sleep(0.01)
+    third = asyncio.create_task(queued(a, "c"))
+    while not told["c"]:
+        await asyncio.sleep(0.01)
+    assert order == ["a"]
+    assert told == {"b": [0], "c": [1]}  # next in line, one ahead
+    let_go.set()
+    await asyncio.gather(holding, second, third)
+    assert order == ["a", "b", "c"]
+
+
+async def test_a_slot_waiter_gives_up_with_server_busy(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    async with a.hold(1, 0, lambda n: None):
+        with pytest.raises(ServerBusy, match="none ended within 0.2 s"):
+            async with b.hold(1, 0.2, lambda n: None):
+                pass
+    async with b.hold(1, 0.2, lambda n: None):  # the given-up waiter left the queue
+        pass
+
+
+async def test_a_dead_owners_slot_frees(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    gone = a.hold(1, 0, lambda n: None)
+    await gone.__aenter__()  # held, then a is killed without giving it back
+    told: list[int] = []
+
+    async def ask() -> None:
+        async with b.hold(1, 0, told.append):
+            pass
+
+    waiting = asyncio.create_task(ask())
+    while not told:
+        await asyncio.sleep(0.01)
+    workers.live.discard("a")
+    await asyncio.wait_for(waiting, 5)
+    assert told == [0]
+
+
+async def test_seats_count_across_workers(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    one = await a.claim_seat("ann", "session", 2)
+    two = await b.claim_seat("ann", "session", 2)
+    assert one is not None and two is not None
+    assert await a.claim_seat("ann", "session", 2) is None
+    assert await b.claim_seat("bob", "session", 2) is not None
+    two.release()
+    await b.close()
+    assert await a.claim_seat("ann", "session", 2) is not None
+
+
+async def test_a_dead_owners_seats_do_not_count(workers: Workers) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    assert await a.claim_seat("ann", "session", 1) is not None
+    assert await b.claim_seat("ann", "session", 1) is None
+    workers.live.discard("a")
+    assert await b.claim_seat("ann", "session", 1) is not None
