@@ -38,7 +38,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ._errors import ServerBusy
 
@@ -133,6 +133,25 @@ class Seat:
             )
 
 
+T = TypeVar("T")
+
+
+async def _kept(job: Coroutine[Any, Any, T], undo: Callable[[T], None]) -> T:
+    """Run ``job`` to its end even if the caller is cancelled meanwhile; then what it
+    claimed is given back by ``undo`` (a row must never outlive its claimer's interest)."""
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def done(finished: asyncio.Task[T]) -> None:
+            if not finished.cancelled() and finished.exception() is None:
+                undo(finished.result())
+
+        task.add_done_callback(done)
+        raise
+
+
 class SharedLimits:
     """The shared limits of one worker process over one PostgreSQL pool."""
 
@@ -174,6 +193,10 @@ class SharedLimits:
         """Run ``job`` (a release) as a task of its own: a cancelled caller cannot stop
         it half done, and :meth:`close` waits for it."""
 
+        if self._closed:  # close() deleted every row of this owner already
+            job.close()
+            return
+
         async def run() -> None:
             try:
                 await job
@@ -206,6 +229,13 @@ class SharedLimits:
     # ----- one answer at a time per holder (D1) ---------------------------------------
 
     async def claim_answer(self, holder: str) -> str | None:
+        def undo(claim: str | None) -> None:
+            if claim is not None:
+                self.release_answer(holder, claim)
+
+        return await _kept(self._claim_answer(holder), undo)
+
+    async def _claim_answer(self, holder: str) -> str | None:
         """Take ``holder``'s one answer in flight: the claim to give back, or None when
         another live owner has it.
 
@@ -288,17 +318,20 @@ class SharedLimits:
         Raises:
             ServerBusy: no slot came free within ``timeout`` seconds.
         """
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "INSERT INTO limit_slots (owner) VALUES (%s) RETURNING id", (self.owner,)
-            )
-            row = await cur.fetchone()
-        slot = int(row[0])
+        slot = await _kept(self._enqueue(), lambda row: self.later(self._give_back(row)))
         try:
             await self._queue(slot, size, timeout, on_wait, upstream)
             yield
         finally:
             self.later(self._give_back(slot))
+
+    async def _enqueue(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO limit_slots (owner) VALUES (%s) RETURNING id", (self.owner,)
+            )
+            (row,) = await cur.fetchone()
+        return int(row)
 
     async def _give_back(self, slot: int) -> None:
         async with self.pool.connection() as conn:
@@ -379,6 +412,14 @@ class SharedLimits:
     async def claim_seat(self, holder: str, kind: str, most: int) -> Seat | None:
         """Count one more ``kind`` for ``holder`` over every live worker: a seat, or
         None when ``most`` are open already."""
+
+        def undo(seat: Seat | None) -> None:
+            if seat is not None:
+                seat.release()
+
+        return await _kept(self._claim_seat(holder, kind, most), undo)
+
+    async def _claim_seat(self, holder: str, kind: str, most: int) -> Seat | None:
         params = await self._live()
         params.update(holder=holder, kind=kind, owner=self.owner)
         async with self.pool.connection() as conn:
