@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._probe import loop_lag
 from kindlessh._provider import Usage
-from kindlessh._store import Store
+from kindlessh._sqlite_store import SqliteStore
 
 PROBE_SLEEP = 0.005  # seconds; the lag probe's sleep
 WORDS = (
@@ -81,7 +81,7 @@ def summary(values: Sequence[float]) -> str:
 
 
 async def save_answer(
-    store: Store, conversation: int, chunks: Sequence[str], calls: list[float]
+    store: SqliteStore, conversation: int, chunks: Sequence[str], calls: list[float]
 ) -> None:
     """One streamed answer: add, a progress save per chunk, finish; call times in ms."""
     started = time.perf_counter()
@@ -108,7 +108,7 @@ async def save_answer(
 
 
 async def one_answer(directory: Path, chunks: Sequence[str], answers: int) -> None:
-    store = await Store.open(directory / "one.sqlite3")
+    store = await SqliteStore.open(directory / "one.sqlite3")
     try:
         conversation = await store.new_conversation("reader", "bench")
         await save_answer(store, conversation, chunks, [])  # warm-up, not counted
@@ -143,7 +143,7 @@ async def baseline_lag(seconds: float) -> list[float]:
 
 async def many_sessions(directory: Path, chunks: Sequence[str], sessions: int, rounds: int) -> None:
     path = directory / "many.sqlite3"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         conversations = [
             await store.new_conversation(f"reader{i}", "bench") for i in range(sessions)

@@ -176,6 +176,8 @@ class StorageConfig:
     """``[storage]``: where conversations are kept."""
 
     path: Path = Path("data/kindlessh.sqlite3")
+    # "" keeps conversations in SQLite at ``path``; a postgresql:// URL keeps them there.
+    url: str = ""
     export_dir: Path = Path("data/exports")
     commit_interval_ms: int = 1000
 
@@ -312,6 +314,10 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("quota", "daily_tokens"): (lambda v: v >= 0, "a count, 0 or more"),
     ("quota", "max_upstream"): (lambda v: v >= 1, "a count of 1 or more"),
     ("quota", "queue_timeout"): (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    ("storage", "url"): (
+        lambda v: v == "" or v.startswith(("postgresql://", "postgres://")),
+        'empty (SQLite at [storage] path) or a "postgresql://user:password@host/db" URL',
+    ),
     ("storage", "commit_interval_ms"): (
         lambda v: 50 <= v <= 60000, "milliseconds from 50 to 60000"
     ),
@@ -383,7 +389,9 @@ def _section(name: str, raw: Any, cls: type[Any], origin: str, base: Path) -> An
         converted = _convert(where, kind, value, base)
         check = _RANGES.get((name.partition(".")[0], key))
         if check is not None and not check[0](converted):
-            raise ConfigError(f"{where}: {value!r} is out of range; expected {check[1]}")
+            # A URL may hold a password: it is refused without being repeated.
+            shown = "the value" if key == "url" else repr(value)
+            raise ConfigError(f"{where}: {shown} is out of range; expected {check[1]}")
         values[key] = converted
     # Defaults that are relative paths follow the same base as the file's values.
     for fname, f in fields.items():

@@ -45,7 +45,7 @@ from ._probes import NameProbes
 from ._provider import Provider
 from ._quota import Quota
 from ._session import SessionDeps
-from ._store import Store
+from ._store import open_store
 from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
@@ -155,7 +155,7 @@ async def start_server(config: Config, *, provider: Provider | None = None) -> S
         None if host_key.label == "RSA" else load_or_create_rsa_host_key(config.server.host_key)
     )
     gemini = config.gemini
-    store = await Store.open(config.storage.path)
+    store = await open_store(config.storage)
     recovered = await store.recover_interrupted()
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)

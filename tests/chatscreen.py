@@ -26,7 +26,7 @@ from kindlessh._hub import Hub
 from kindlessh._profile import ProfileName, make_profile
 from kindlessh._quota import Quota
 from kindlessh._screen import ChatScreen
-from kindlessh._store import Store
+from kindlessh._sqlite_store import SqliteStore
 
 from .helpers import ScriptedProvider, until
 
@@ -38,7 +38,7 @@ class Screen:
     ui: ChatScreen
     keys: PipeInput
     hub: Hub
-    store: Store
+    store: SqliteStore
     provider: ScriptedProvider
     task: asyncio.Task[None]
 
@@ -90,7 +90,7 @@ async def chat_screen(
     columns: int = 80,
     quota: QuotaConfig | None = None,
 ) -> AsyncIterator[Screen]:
-    store = await Store.open(tmp_path / "kindlessh.sqlite3")
+    store = await SqliteStore.open(tmp_path / "kindlessh.sqlite3")
     limits = Quota(quota or QuotaConfig(prompts=1000), store)
     provider = ScriptedProvider()
     hub = Hub(

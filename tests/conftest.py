@@ -1,16 +1,23 @@
-"""Shared fixtures: a fake Gemini on loopback, the real server on 127.0.0.1:0, a client key."""
+"""Shared fixtures: a fake Gemini on loopback, the real server on 127.0.0.1:0, a client key,
+and the store's backends (a fresh PostgreSQL database per test that asks for one)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncssh
+import psycopg
 import pytest
 
 from kindlessh import Server, load_config, start_server
+from kindlessh._config import StorageConfig
 from kindlessh._process import tune_process
 
 from .fake_gemini import FakeGemini
@@ -43,6 +50,60 @@ def client_key() -> asyncssh.SSHKey:
 def rsa_host_key() -> bytes:
     """One RSA 3072 host key for every test server (making one takes up to 0.3 s)."""
     return asyncssh.generate_private_key("ssh-rsa", key_size=3072).export_private_key()
+
+
+# The PostgreSQL server the store tests use (.ci/postgres starts it); the role may create
+# databases. Each test gets a database of its own, dropped after it.
+TEST_POSTGRES = os.environ.get(
+    "KINDLESSH_TEST_POSTGRES", "postgresql://kindlessh:kindlessh@127.0.0.1:5432/kindlessh"
+)
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database; skipped when the server cannot be
+    reached (under CI=true, failed: CI installs it)."""
+    try:
+        admin = psycopg.connect(TEST_POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL not reachable at KINDLESSH_TEST_POSTGRES: {exc}".splitlines()[0]
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (run .ci/postgres)")
+        pytest.skip(reason + " (run .ci/postgres)")
+    name = f"kt_{uuid.uuid4().hex}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0")
+        try:
+            yield _with_database(TEST_POSTGRES, name)
+        finally:
+            _drop(admin, name)
+
+
+def _drop(admin: psycopg.Connection[Any], name: str) -> None:
+    """Drop a test database. Strategy: a plain DROP first: it stops an autovacuum worker
+    in the database by itself, which WITH (FORCE) may not (a superuser's process); FORCE
+    only for connections a test left open."""
+    for _ in range(20):
+        try:
+            admin.execute(f"DROP DATABASE IF EXISTS {name}")
+            return
+        except psycopg.errors.ObjectInUse:
+            time.sleep(0.05)
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
+    """``[storage]`` for each backend in turn: SQLite in tmp_path, then PostgreSQL."""
+    path = tmp_path / "data" / "kindlessh.sqlite3"
+    if request.param == "sqlite":
+        return StorageConfig(path=path)
+    return StorageConfig(path=path, url=request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

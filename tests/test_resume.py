@@ -15,7 +15,7 @@ import pytest
 from kindlessh import Server
 from kindlessh._conversation import Turn
 from kindlessh._hub import _safe_name, to_markdown
-from kindlessh._store import Store
+from kindlessh._sqlite_store import SqliteStore
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
@@ -218,7 +218,7 @@ async def test_sigterm_mid_answer_saves_it_and_says_goodbye(
     await term.wait_closed()
     assert code == 0
     assert "the server is shutting down" in term.raw_text()
-    store = await Store.open(tmp_path / "data" / "kindlessh.sqlite3")
+    store = await SqliteStore.open(tmp_path / "data" / "kindlessh.sqlite3")
     try:
         (turn,) = await store.load_turns("reader", 1)
     finally:
@@ -332,7 +332,7 @@ async def test_hostile_history_is_sanitised_when_replayed(
 ) -> None:
     hostile = "Copy \x1b]52;c;cm0gLXJmIH4=\x07 and \x9b2J title \x1b]0;pwned\x07 done."
     (tmp_path / "data").mkdir()
-    store = await Store.open(tmp_path / "data" / "kindlessh.sqlite3")
+    store = await SqliteStore.open(tmp_path / "data" / "kindlessh.sqlite3")
     conversation = await store.new_conversation("reader", "evil \x1b[2J title")
     turn = await store.add_turn(conversation, "q \x1b]52;c;eA==\x07", "gemini-2.5-flash")
     await store.finish_turn(turn, answer=hostile, thoughts="", state="done", incomplete=False)
@@ -373,7 +373,7 @@ async def test_sigkill_loses_at_most_the_last_commit_interval(
         proc.kill()
         await proc.wait()
     await term.wait_closed()
-    store = await Store.open(database)
+    store = await SqliteStore.open(database)
     try:
         assert await store.recover_interrupted() == 1
         (turn,) = await store.load_turns("reader", 1)

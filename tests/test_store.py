@@ -1,5 +1,6 @@
-"""The SQLite store: schema and migrations, isolation between users, ordering, recovery,
-the token ledger, raw text, and an event loop that keeps running while it writes."""
+"""The store on both backends (``any_storage``: SQLite, PostgreSQL): isolation between
+users, ordering, recovery, the token ledger, raw text, an event loop that keeps running
+while it writes; and SQLite's own schema, migrations, file modes and locking."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from kindlessh import _migrations
+from kindlessh._config import StorageConfig
 from kindlessh._errors import ConversationNotFound, KindleSSHError, StoreError
 from kindlessh._migrations import migrate
 from kindlessh._provider import Usage
-from kindlessh._store import INTERRUPTED_NOTE, Store, TurnRow
+from kindlessh._sqlite_store import SqliteStore
+from kindlessh._store import DEAD_OWNER_NOTE, INTERRUPTED_NOTE, Store, TurnRow, open_store
 
 SHIPPED = [m.__name__ for m in _migrations.MIGRATIONS]
 EXPECTED = {
@@ -43,6 +47,7 @@ EXPECTED = {
         "incomplete",
         "replay",
         "sources",
+        "owner",
     ],
     "token_usage": [
         "id",
@@ -61,6 +66,7 @@ EXPECTED = {
     "turns_search_data": ["id", "block"],
     "turns_search_docsize": ["id", "sz"],
     "turns_search_idx": ["segid", "term", "pgno"],
+    "workers": ["owner", "lock_key", "started_at"],
 }
 
 HOSTILE = [
@@ -100,12 +106,30 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    opened = await Store.open(db_path, clock=clock)
+async def store(any_storage: StorageConfig, clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await open_store(any_storage, clock=clock)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path, clock: FakeClock) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(db_path, clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def raw_rows(storage: StorageConfig, sql: str) -> list[tuple[object, ...]]:
+    """What ``sql`` reads from the store's database, past the store."""
+    if storage.url:
+        with psycopg.connect(storage.url) as pg:
+            return pg.execute(sql).fetchall()
+    with sqlite3.connect(storage.path) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
@@ -136,7 +160,7 @@ async def finish(store: Store, turn_id: int, answer: str = "an answer", **kwargs
 
 
 async def test_migrate_blank(db_path: Path) -> None:
-    store = await Store.open(db_path)
+    store = await SqliteStore.open(db_path)
     await store.close()
     with sqlite3.connect(db_path) as conn:
         assert columns(conn) == EXPECTED
@@ -144,9 +168,9 @@ async def test_migrate_blank(db_path: Path) -> None:
 
 
 async def test_rerunning_migrations_is_a_no_op(db_path: Path) -> None:
-    await (await Store.open(db_path)).close()
+    await (await SqliteStore.open(db_path)).close()
     before = migration_rows(db_path)
-    await (await Store.open(db_path)).close()
+    await (await SqliteStore.open(db_path)).close()
     assert migration_rows(db_path) == before
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
@@ -193,14 +217,14 @@ def test_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_pragmas_and_private_files(store: Store, db_path: Path) -> None:
+async def test_pragmas_and_private_files(sqlite_store: SqliteStore, db_path: Path) -> None:
     def pragmas(conn: sqlite3.Connection) -> tuple[object, ...]:
         return tuple(
             conn.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
         )
 
-    assert await store._call(pragmas) == ("wal", 5000, 1, 1)  # synchronous 1 = NORMAL
+    assert await sqlite_store._call(pragmas) == ("wal", 5000, 1, 1)  # synchronous 1 = NORMAL
     with sqlite3.connect(db_path) as other:  # WAL is a property of the file
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
@@ -211,7 +235,7 @@ async def test_open_failure_is_a_store_error(tmp_path: Path) -> None:
     not_a_db = tmp_path / "notes.txt"
     not_a_db.write_bytes(b"this is not a database, just some text " * 100)
     with pytest.raises(StoreError, match="Cannot open the conversation store"):
-        await Store.open(not_a_db)
+        await SqliteStore.open(not_a_db)
 
 
 # ----- users, ordering, turns -----------------------------------------------------------------
@@ -304,6 +328,7 @@ async def test_turn_lifecycle_and_positions(store: Store, clock: FakeClock) -> N
         started_at=row.started_at,
         duration_ms=1234,
         incomplete=True,
+        owner=store.owner,
     )
     assert row.started_at.tzinfo is not None
 
@@ -324,8 +349,8 @@ async def test_turn_lifecycle_and_positions(store: Store, clock: FakeClock) -> N
     assert not await store.save_progress(99999, "x", "")
 
 
-async def test_recover_interrupted(db_path: Path, clock: FakeClock) -> None:
-    store = await Store.open(db_path, clock=clock)
+async def test_recover_interrupted(any_storage: StorageConfig, clock: FakeClock) -> None:
+    store = await open_store(any_storage, clock=clock)
     conv = await store.new_conversation("u", "t")
     done = await store.add_turn(conv, "q1", "m")
     await finish(store, done)
@@ -337,13 +362,16 @@ async def test_recover_interrupted(db_path: Path, clock: FakeClock) -> None:
     await store.close()  # the server "stops" with two answers streaming
 
     clock.advance(hours=1)
-    store = await Store.open(db_path, clock=clock)
+    store = await open_store(any_storage, clock=clock)
+    # SQLite: one process, so every streaming answer was cut by the stop. PostgreSQL:
+    # the closed store's owner is no longer live, so its answers were.
+    note = DEAD_OWNER_NOTE if any_storage.url else INTERRUPTED_NOTE
     try:
         assert await store.recover_interrupted() == 2
         assert await store.recover_interrupted() == 0
         first, second = await store.load_turns("u", conv)
         assert (first.state, first.note, first.incomplete) == ("done", None, False)
-        assert (second.state, second.note, second.incomplete) == ("stopped", INTERRUPTED_NOTE, True)
+        assert (second.state, second.note, second.incomplete) == ("stopped", note, True)
         assert (second.answer, second.thoughts) == ("half an ans", "some thoughts")
         assert (await store.load_turns("v", elsewhere))[0].state == "stopped"
         assert await store.list_conversations("u") == before  # a restart reorders nothing
@@ -351,7 +379,9 @@ async def test_recover_interrupted(db_path: Path, clock: FakeClock) -> None:
         await store.close()
 
 
-async def test_delete_cascades_to_turns_but_not_to_usage(store: Store, db_path: Path) -> None:
+async def test_delete_cascades_to_turns_but_not_to_usage(
+    store: Store, any_storage: StorageConfig
+) -> None:
     keep = await store.new_conversation("u", "keep")
     kept_turn = await store.add_turn(keep, "q", "m")
     gone = await store.new_conversation("u", "gone")
@@ -362,9 +392,8 @@ async def test_delete_cascades_to_turns_but_not_to_usage(store: Store, db_path: 
     assert not await store.delete_conversation("u", gone)
     with pytest.raises(ConversationNotFound):
         await store.load_turns("u", gone)
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT conversation_id FROM turns").fetchall() == [(keep,)]
-        assert conn.execute("SELECT turn_id FROM token_usage").fetchall() == [(None,)] * 3
+    assert raw_rows(any_storage, "SELECT conversation_id FROM turns") == [(keep,)]
+    assert raw_rows(any_storage, "SELECT turn_id FROM token_usage") == [(None,)] * 3
     assert [t.id for t in await store.load_turns("u", keep)] == [kept_turn]
     # Deleting conversations must not give a user their daily budget back.
     assert await store.tokens_used("u", datetime(2000, 1, 1, tzinfo=UTC)) == 300
@@ -449,7 +478,9 @@ async def test_event_loop_runs_during_writes(store: Store) -> None:
     assert (await store.load_turns("u", conv))[0].answer == answer
 
 
-async def test_waiting_for_the_lock_does_not_block_the_loop(store: Store, db_path: Path) -> None:
+async def test_waiting_for_the_lock_does_not_block_the_loop(
+    sqlite_store: SqliteStore, db_path: Path
+) -> None:
     """Another connection holds the write lock; our write waits (busy_timeout) on the store
     thread while the loop keeps working, then succeeds once the lock is released.
 
@@ -461,7 +492,7 @@ async def test_waiting_for_the_lock_does_not_block_the_loop(store: Store, db_pat
     now = datetime.now(UTC).isoformat()
     try:
         other.execute("BEGIN IMMEDIATE")
-        write = asyncio.create_task(store.new_conversation("u", "waited"))
+        write = asyncio.create_task(sqlite_store.new_conversation("u", "waited"))
         for i in range(20):
             await asyncio.sleep(0.005)
             assert not write.done()
@@ -473,7 +504,7 @@ async def test_waiting_for_the_lock_does_not_block_the_loop(store: Store, db_pat
         conv = await write
     finally:
         other.close()
-    rows = {c.id: c.title for c in await store.list_conversations("u")}
+    rows = {c.id: c.title for c in await sqlite_store.list_conversations("u")}
     # The store's row came after the 20 the loop wrote while it waited.
     assert len(rows) == 21 and conv == max(rows) and rows[conv] == "waited"
     assert sorted(title for id_, title in rows.items() if id_ != conv) == sorted(
@@ -481,9 +512,12 @@ async def test_waiting_for_the_lock_does_not_block_the_loop(store: Store, db_pat
     )
 
 
-async def test_calls_run_in_order_and_survive_cancellation(store: Store, db_path: Path) -> None:
+async def test_calls_run_in_order_and_survive_cancellation(
+    sqlite_store: SqliteStore, db_path: Path
+) -> None:
     """A write queued behind a slow one still lands when its awaiting task is cancelled,
     and after the one queued before it."""
+    store = sqlite_store
     conv = await store.new_conversation("u", "t")
     turn = await store.add_turn(conv, "q", "m")
     other = sqlite3.connect(db_path, isolation_level=None)
@@ -506,8 +540,8 @@ async def test_calls_run_in_order_and_survive_cancellation(store: Store, db_path
     assert (row.answer, row.state) == ("final", "stopped")
 
 
-async def test_close(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_close(any_storage: StorageConfig, db_path: Path) -> None:
+    store = await open_store(any_storage)
     conv = await store.new_conversation("u", "t")
     pending = asyncio.create_task(store.add_turn(conv, "q", "m"))
     await asyncio.sleep(0)
@@ -529,3 +563,23 @@ async def test_a_turn_keeps_its_usage_or_none(store: Store) -> None:
     # The store keeps the three kinds; read back, the total is their sum.
     assert [row.usage for row in rows] == [Usage(4, 5, 6), None]
     assert rows[0].usage is not None and rows[0].usage.total_tokens == 15
+
+
+async def test_a_turn_by_id_and_its_owner(any_storage: StorageConfig) -> None:
+    store = await open_store(any_storage, owner="worker-a")
+    try:
+        assert store.owner == "worker-a"
+        conv = await store.new_conversation("u", "t")
+        turn = await store.add_turn(conv, "q", "m")
+        assert await store.save_progress(turn, "so far", "")
+        row = await store.get_turn("u", turn)
+        assert (row.id, row.conversation_id, row.answer) == (turn, conv, "so far")
+        assert row.owner == "worker-a"
+        assert row == (await store.load_turns("u", conv))[0]
+        with pytest.raises(ConversationNotFound):
+            await store.get_turn("someone else", turn)  # only the user's own turns
+        assert await store.delete_turn(turn)
+        with pytest.raises(ConversationNotFound):
+            await store.get_turn("u", turn)
+    finally:
+        await store.close()

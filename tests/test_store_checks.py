@@ -20,12 +20,12 @@ import pytest
 from kindlessh._errors import StoreError
 from kindlessh._migrations import m001_initial, migrate
 from kindlessh._provider import Usage
-from kindlessh._store import Store
+from kindlessh._sqlite_store import SqliteStore
 
 SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-async def _turn(store: Store, user: str, usage: int, holder: str | None) -> None:
+async def _turn(store: SqliteStore, user: str, usage: int, holder: str | None) -> None:
     conv = await store.new_conversation(user, "t")
     turn = await store.add_turn(conv, "q", "m")
     assert await store.finish_turn(
@@ -38,7 +38,7 @@ async def _turn(store: Store, user: str, usage: int, holder: str | None) -> None
 
 
 async def test_tokens_are_summed_by_holder_whatever_the_name(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await SqliteStore.open(tmp_path / "db.sqlite3")
     try:
         key = "key:SHA256:abc"
         for name in ("one", "two", "three"):
@@ -63,7 +63,7 @@ async def test_an_old_ledger_is_migrated_by_name(tmp_path: Path) -> None:
         )
     finally:
         conn.close()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         assert await store.tokens_used("anna", SINCE) == 18
     finally:
@@ -82,7 +82,7 @@ def _real_db(path: Path, turns: int = 300) -> None:
     """A database made by the store, with enough turns to span many pages."""
 
     async def fill() -> None:
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
             conv = await store.new_conversation("anna", "t")
             for i in range(turns):
@@ -147,7 +147,7 @@ async def test_a_damaged_file_is_found_at_open(tmp_path: Path) -> None:
     await asyncio.to_thread(_real_db, path)
     _damage(path)
     with pytest.raises(StoreError, match="damaged") as caught:
-        await Store.open(path)
+        await SqliteStore.open(path)
     assert "\n" not in str(caught.value)
 
 
