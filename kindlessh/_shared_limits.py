@@ -38,7 +38,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from ._errors import ServerBusy
 
@@ -48,58 +51,7 @@ CHANNEL = "kindlessh_limits"  # NOTIFY channel: an upstream slot was given back
 _SLOT_LOCK = 0x6B6C5331  # pg_advisory_xact_lock key serialising the slot queue ("klS1")
 _SEAT_LOCK = 0x6B6C5331 + 1  # first half of the per-holder seat lock key
 
-# The tables, created by a migration on PostgreSQL only (SQLite keeps these in memory).
-SCHEMA = (
-    """
-    CREATE TABLE limit_answers (
-        holder TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        claim TEXT NOT NULL,
-        since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-    )
-    """,
-    """
-    CREATE TABLE limit_buckets (
-        holder TEXT PRIMARY KEY,
-        tokens DOUBLE PRECISION NOT NULL,
-        at TIMESTAMPTZ NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE limit_slots (
-        id BIGSERIAL PRIMARY KEY,
-        owner TEXT NOT NULL,
-        held BOOLEAN NOT NULL DEFAULT FALSE,
-        since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-    )
-    """,
-    """
-    CREATE TABLE limit_seats (
-        id BIGSERIAL PRIMARY KEY,
-        holder TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-    )
-    """,
-    "CREATE INDEX limit_seats_holder ON limit_seats (holder, kind)",
-)
-
-
-class Cursor(Protocol):
-    async def fetchone(self) -> Any: ...
-
-
-class Connection(Protocol):
-    async def execute(self, query: Any, params: Any = None) -> Any: ...
-
-
-class Pool(Protocol):
-    """What is used of psycopg_pool's AsyncConnectionPool."""
-
-    conninfo: str
-
-    def connection(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+# The tables are made by the migration m008_shared_limits (:mod:`._migrations`).
 
 
 def busy_message(upstream: str, size: int, timeout: float) -> str:
@@ -157,7 +109,7 @@ class SharedLimits:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: AsyncConnectionPool[Any],
         owner: str,
         live_owners: Callable[[], Awaitable[set[str]]],
         *,
@@ -334,7 +286,7 @@ class SharedLimits:
         return int(row)
 
     async def _give_back(self, slot: int) -> None:
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM limit_slots WHERE id = %s", (slot,))
             await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
@@ -366,7 +318,7 @@ class SharedLimits:
         """Take the slot if its turn has come (None), else how many are ahead of it."""
         params = await self._live()
         params["slot"] = slot
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SLOT_LOCK,))
             # Under the lock: the queue cannot change between counting and taking.
             await conn.execute(
@@ -390,12 +342,10 @@ class SharedLimits:
             self._listener = asyncio.get_running_loop().create_task(self._listening())
 
     async def _listening(self) -> None:
-        import psycopg
-
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.pool.conninfo, autocommit=True
+                    str(self.pool.conninfo), autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     async for _ in conn.notifies():
@@ -422,7 +372,7 @@ class SharedLimits:
     async def _claim_seat(self, holder: str, kind: str, most: int) -> Seat | None:
         params = await self._live()
         params.update(holder=holder, kind=kind, owner=self.owner)
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(%(lock)s, hashtext(%(holder)s))",
                 {"lock": _SEAT_LOCK, "holder": holder},

@@ -4,45 +4,15 @@ one database stand for two workers; the SSH level is in test_workers_limits.py).
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 
+import psycopg
+import psycopg_pool
 import pytest
 
 from kindlessh._errors import ServerBusy
-from kindlessh._shared_limits import SCHEMA, SharedLimits
-
-psycopg = pytest.importorskip("psycopg")
-psycopg_pool = pytest.importorskip("psycopg_pool")
-
-ADMIN_URL = os.environ.get(
-    "KINDLESSH_TEST_PG", "postgresql://kindlessh:kindlessh@127.0.0.1:5432/kindlessh"
-)
-
-
-async def _fresh_database() -> AsyncIterator[str]:
-    name = f"kt_{uuid.uuid4().hex}"
-    try:
-        admin = await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {exc}")
-    async with admin:
-        await admin.execute(f"CREATE DATABASE {name}")
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        yield url
-    finally:
-        async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as admin:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    async for url in _fresh_database():
-        yield url
+from kindlessh._migrations import migrate_postgres
+from kindlessh._shared_limits import SharedLimits
 
 
 class Workers:
@@ -58,7 +28,9 @@ class Workers:
         return set(self.live)
 
     async def worker(self, owner: str) -> SharedLimits:
-        pool = psycopg_pool.AsyncConnectionPool(self.url, min_size=1, max_size=4, open=False)
+        pool = psycopg_pool.AsyncConnectionPool(
+            self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        )
         await pool.open()
         self.pools.append(pool)
         self.live.add(owner)
@@ -76,8 +48,7 @@ class Workers:
 @pytest.fixture
 async def workers(pg_url: str) -> AsyncIterator[Workers]:
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        for statement in SCHEMA:
-            await conn.execute(statement)
+        await migrate_postgres(conn)
     ws = Workers(pg_url)
     yield ws
     await ws.close()
