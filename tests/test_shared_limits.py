@@ -4,6 +4,7 @@ one database stand for two workers; the SSH level is in test_workers_limits.py).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -170,3 +171,59 @@ async def test_a_dead_owners_seats_do_not_count(workers: Workers) -> None:
     assert await b.claim_seat("ann", "session", 1) is None
     workers.live.discard("a")
     assert await b.claim_seat("ann", "session", 1) is not None
+
+
+# A worker that claims everything a holder can hold, says so, and waits to be killed.
+_DOOMED = """
+import asyncio, sys
+from kindlessh._config import StorageConfig
+from kindlessh._shared_limits import SharedLimits
+from kindlessh._store import open_store
+
+async def main():
+    store = await open_store(StorageConfig(url=sys.argv[1]), owner="doomed")
+    limits = SharedLimits(store.pool, store.owner, store.live_owners)
+    assert await limits.claim_answer("ann")
+    await limits.hold(1, 0, lambda ahead: None).__aenter__()
+    assert await limits.claim_seat("ann", "session", 1)
+    print("holding", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
+    from kindlessh._config import StorageConfig
+    from kindlessh._pg_store import PostgresStore
+    from kindlessh._store import open_store
+
+    store = await open_store(StorageConfig(url=pg_url), owner="survivor")
+    assert isinstance(store, PostgresStore)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DOOMED, pg_url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"holding\n"
+        limits = SharedLimits(store.pool, store.owner, store.live_owners, poll=0.05)
+        # While it lives, its claims hold.
+        assert await limits.claim_answer("ann") is None
+        assert await limits.claim_seat("ann", "session", 1) is None
+        proc.kill()
+        await proc.wait()
+        for _ in range(100):  # the database sees the socket close at once, nearly
+            if "doomed" not in await store.live_owners():
+                break
+            await asyncio.sleep(0.05)
+        assert await limits.claim_answer("ann") is not None
+        assert await limits.claim_seat("ann", "session", 1) is not None
+        async with asyncio.timeout(5):
+            async with limits.hold(1, 0, lambda ahead: None):
+                pass
+        await limits.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await store.close()
