@@ -10,6 +10,7 @@ kindlessh user passwd NAME [--remove] [--config FILE]   (asks twice; or one line
 kindlessh invite NAME [--profile eink|smooth] [--ttl 15m] [--quiet] [--config FILE]
 kindlessh invite --list | --revoke NAME [--config FILE]
 kindlessh models [--config FILE]                         (the models the key can use)
+kindlessh migrate --from FILE.sqlite3 --to postgresql://...  (copy a SQLite store there)
 ```
 
 Contract: ``main(argv)`` returns the exit status. Start-up problems (bad config, unusable
@@ -299,7 +300,30 @@ def _parser() -> argparse.ArgumentParser:
         "check each one",
     )
     models.add_argument("--config", type=Path, help="TOML config file (default: none)")
+
+    copy = sub.add_parser(
+        "migrate", help="copy a SQLite store's conversations into an empty PostgreSQL database"
+    )
+    copy.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE",
+                      help="the SQLite store ([storage] path)")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="the PostgreSQL database (postgresql://user:password@host/db)")
     return parser
+
+
+def _migrate_command(args: argparse.Namespace) -> int:
+    """``kindlessh migrate``: one line and 2 for a bad URL, 1 for a copy not made."""
+    from ._storecopy import copy_store
+
+    if not str(args.target).startswith(("postgresql://", "postgres://")):
+        sys.stderr.write("kindlessh: --to: expected a postgresql:// URL\n")
+        return 2
+    try:
+        asyncio.run(copy_store(args.source, args.target, _out))
+    except StoreError as exc:
+        sys.stderr.write(f"kindlessh: {exc}\n")
+        return 1
+    return 0
 
 
 async def _check(entry: ModelConfig, config: Config) -> str:
@@ -355,6 +379,8 @@ def _models_command(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "migrate":
+        return _migrate_command(args)
     if args.command == "models":
         try:
             return _models_command(load_config(args.config))

@@ -73,6 +73,10 @@ LIVE_LOCK_CLASS = 0x6B73686C  # "kshl"
 CHANNEL = "kindlessh_turns"
 POOL_SIZE = 8
 CONNECT_TIMEOUT = 5  # seconds to reach the server at start
+# Seconds a call waits for a pooled connection (the server unreachable meanwhile) before
+# it fails with StoreError; the closing store's last write waits less.
+CALL_TIMEOUT = 10
+CLOSE_TIMEOUT = 2
 
 # ----- exact text ---------------------------------------------------------------------------
 
@@ -348,6 +352,7 @@ class PostgresStore:
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                 configure=_utc,
                 open=False,
+                timeout=CALL_TIMEOUT,
                 name="kindlessh-store",
             )
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
@@ -413,9 +418,9 @@ class PostgresStore:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=CLOSE_TIMEOUT) as conn:
                 await conn.execute("DELETE FROM workers WHERE owner = %s", (_enc(self._owner),))
-        except psycopg.Error as exc:
+        except psycopg.Error as exc:  # PoolTimeout included
             log.warning("store %s: could not remove worker %s: %s",
                         describe(self.url), self._owner, exc)  # fmt: skip
         finally:

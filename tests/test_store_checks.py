@@ -1,6 +1,7 @@
-"""The store's token ledger by holder (migration m002), and what a bad database does at
-start: a damaged file is found by ``PRAGMA quick_check``, a file or folder the server may
-not write is named, and ``kindlessh serve`` says either in one line and exits 2."""
+"""The store's token ledger by holder (migration m002, on both backends), and what a bad
+SQLite database does at start: a damaged file is found by ``PRAGMA quick_check``, a file or
+folder the server may not write is named, and ``kindlessh serve`` says either in one line
+and exits 2."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from kindlessh._config import StorageConfig
 from kindlessh._errors import StoreError
 from kindlessh._migrations import m001_initial, migrate
 from kindlessh._provider import Usage
 from kindlessh._sqlite_store import SqliteStore
+from kindlessh._store import Store, open_store
 
 SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-async def _turn(store: SqliteStore, user: str, usage: int, holder: str | None) -> None:
+async def _turn(store: Store, user: str, usage: int, holder: str | None) -> None:
     conv = await store.new_conversation(user, "t")
     turn = await store.add_turn(conv, "q", "m")
     assert await store.finish_turn(
@@ -37,8 +40,8 @@ async def _turn(store: SqliteStore, user: str, usage: int, holder: str | None) -
 # ----- the ledger by holder -------------------------------------------------------------
 
 
-async def test_tokens_are_summed_by_holder_whatever_the_name(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite3")
+async def test_tokens_are_summed_by_holder_whatever_the_name(any_storage: StorageConfig) -> None:
+    store = await open_store(any_storage)
     try:
         key = "key:SHA256:abc"
         for name in ("one", "two", "three"):

@@ -1,0 +1,251 @@
+"""What only the PostgreSQL store does: its schema and migrations (once, with workers
+starting at once), the one-line reasons it cannot open, a worker's liveness (a killed
+process leaves ``live_owners``), recovery of dead workers' answers only, and the turn
+notifications another store hears."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from kindlessh import load_config
+from kindlessh._config import StorageConfig
+from kindlessh._errors import ConfigError, StoreError
+from kindlessh._migrations import MIGRATIONS, migrate_postgres
+from kindlessh._pg_store import PostgresStore
+from kindlessh._store import DEAD_OWNER_NOTE, open_store
+
+from .test_store import EXPECTED
+
+SHIPPED = [m.__name__ for m in MIGRATIONS]
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    opened = await PostgresStore.open(pg_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    tables: dict[str, list[str]] = {}
+    for table, column in rows:
+        tables.setdefault(table, []).append(column)
+    return tables
+
+
+def _replace(url: str, **parts: str) -> str:
+    split = urlsplit(url)
+    netloc = parts.get("netloc", split.netloc)
+    return urlunsplit(split._replace(netloc=netloc, path=parts.get("path", split.path)))
+
+
+# ----- schema and migrations --------------------------------------------------------------
+
+
+async def test_same_schema_as_sqlite_and_rerunning_is_a_no_op(pg_url: str) -> None:
+    await (await PostgresStore.open(pg_url)).close()
+    expected = {k: v for k, v in EXPECTED.items() if not k.startswith("turns_search")}
+    expected["turns"] = [*EXPECTED["turns"][:-1], "search", "owner"]  # the tsvector
+    assert _columns(pg_url) == expected
+    with psycopg.connect(pg_url) as conn:
+        before = conn.execute("SELECT name, applied_at FROM _migrations ORDER BY name").fetchall()
+    assert [name for name, _ in before] == sorted(SHIPPED)
+    await (await PostgresStore.open(pg_url)).close()
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        assert await migrate_postgres(conn) == []
+        cursor = await conn.execute("SELECT name, applied_at FROM _migrations ORDER BY name")
+        assert await cursor.fetchall() == before
+
+
+async def test_workers_starting_at_once_apply_each_migration_once(pg_url: str) -> None:
+    conns = [
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) for _ in range(4)
+    ]
+    try:
+        results = await asyncio.gather(*(migrate_postgres(c) for c in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
+    applied = sorted(name for names in results for name in names)
+    assert applied == sorted(SHIPPED)  # each once, by whichever got there first
+    stores = await asyncio.gather(*(PostgresStore.open(pg_url) for _ in range(3)))
+    for s in stores:
+        await s.close()
+
+
+# ----- cannot open -----------------------------------------------------------------------
+
+
+async def test_refused_connections_say_what_to_do(pg_url: str) -> None:
+    split = urlsplit(pg_url)
+    host = split.hostname or "127.0.0.1"
+    cases = [
+        (_replace(pg_url, netloc=f"{split.username}:{split.password}@{host}:1"),
+         "start PostgreSQL there, or fix the host and port in [storage] url"),
+        (_replace(pg_url, netloc=f"{split.username}:wrong-secret@{host}:{split.port}"),
+         "check the user name and password in [storage] url"),
+        (_replace(pg_url, path="/kt_no_such_database"),
+         "create the database (createdb -O <user> <name>) or fix its name in [storage] url"),
+    ]  # fmt: skip
+    for url, hint in cases:
+        with pytest.raises(StoreError) as caught:
+            await open_store(StorageConfig(url=url))
+        message = str(caught.value)
+        assert message.startswith("Cannot open the conversation store PostgreSQL ")
+        assert message.endswith(hint + "."), message
+        assert "\n" not in message
+        assert "wrong-secret" not in message and f":{split.password}@" not in message
+
+
+# ----- liveness ----------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from kindlessh._pg_store import PostgresStore
+
+    async def main():
+        store = await PostgresStore.open(sys.argv[1])
+        conversation = await store.new_conversation("ann", "t")
+        turn = await store.add_turn(conversation, "a question", "m")
+        await store.save_progress(turn, "half an answer", "")
+        print(store.owner, conversation, turn, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_killed_worker_leaves_the_live_owners(store: PostgresStore, pg_url: str) -> None:
+    assert await store.live_owners() == {store.owner}
+    other = await PostgresStore.open(pg_url, owner="worker-b")
+    assert await store.live_owners() == {store.owner, "worker-b"}
+    with pytest.raises(StoreError, match="in use by a running process"):
+        await PostgresStore.open(pg_url, owner="worker-b")
+    await other.close()
+    assert await store.live_owners() == {store.owner}
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, pg_url], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        line = await asyncio.to_thread(child.stdout.readline)
+        owner, conversation, turn = line.split()
+        assert await store.live_owners() == {store.owner, owner}
+        # A live worker's answer in flight is not cut by another worker's start.
+        assert await store.recover_interrupted() == 0
+        assert (await store.get_turn("ann", int(turn))).state == "streaming"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for _ in range(40):  # 2 s: the server sees the socket close and ends the session
+            if owner not in await store.live_owners():
+                break
+            await asyncio.sleep(0.05)
+        assert await store.live_owners() == {store.owner}
+    finally:
+        child.kill()
+        child.wait()
+    assert await store.recover_interrupted() == 1
+    row = await store.get_turn("ann", int(turn))
+    assert (row.state, row.note, row.incomplete) == ("stopped", DEAD_OWNER_NOTE, True)
+    assert (row.answer, row.owner) == ("half an answer", owner)
+    with psycopg.connect(pg_url) as conn:  # the dead worker's row is forgotten
+        assert conn.execute("SELECT owner FROM workers").fetchall() == [(store.owner,)]
+
+
+async def test_recovery_cuts_only_the_answers_of_dead_owners(pg_url: str) -> None:
+    live = await PostgresStore.open(pg_url, owner="live")
+    dead = await PostgresStore.open(pg_url, owner="dead")
+    conversation = await live.new_conversation("ann", "t")
+    mine = await live.add_turn(conversation, "q1", "m")
+    await live.finish_turn(mine, answer="a", thoughts="", state="done", incomplete=False)
+    streaming = await live.add_turn(conversation, "q2", "m")
+    cut = await dead.add_turn(await dead.new_conversation("bob", "t"), "q", "m")
+    await dead.close()
+    starting = await PostgresStore.open(pg_url)
+    try:
+        assert await starting.recover_interrupted() == 1
+        assert (await live.get_turn("ann", streaming)).state == "streaming"
+        assert (await live.get_turn("bob", cut)).note == DEAD_OWNER_NOTE
+        assert await live.save_progress(streaming, "still going", "")
+    finally:
+        await starting.close()
+        await live.close()
+
+
+# ----- notifications ------------------------------------------------------------------------
+
+
+async def test_turn_writes_reach_another_stores_listener(
+    store: PostgresStore, pg_url: str
+) -> None:
+    heard: list[tuple[str, int, int]] = []
+    arrived = asyncio.Event()
+
+    def hear(user: str, conversation: int, turn: int) -> None:
+        heard.append((user, conversation, turn))
+        arrived.set()
+
+    async def expect(count: int) -> None:
+        while len(heard) < count:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+
+    await store.listen(hear)
+    writer = await PostgresStore.open(pg_url)
+    try:
+        user = "ann o'neil"  # spaces reach the listener intact (names are the first field)
+        conversation = await writer.new_conversation(user, "t")
+        turn = await writer.add_turn(conversation, "q", "m")
+        await expect(1)
+        assert await writer.save_progress(turn, "so far", "")
+        assert await writer.finish_turn(
+            turn, answer="all", thoughts="", state="done", incomplete=False
+        )
+        assert await writer.delete_turn(turn)
+        cut = await writer.add_turn(conversation, "q", "m")
+        await expect(5)
+        assert heard == [(user, conversation, turn)] * 4 + [(user, conversation, cut)]
+        # What the listener is told, it can read at once (the write was committed).
+        assert (await store.get_turn(user, cut)).state == "streaming"
+        assert not await writer.save_progress(turn, "gone", "")  # no write, no notice
+        await writer.close()
+        assert await store.recover_interrupted() == 1
+        await expect(6)
+        assert heard[-1] == (user, conversation, cut)
+    finally:
+        await writer.close()
+
+
+def test_config_takes_only_a_postgresql_url(tmp_path: Path) -> None:
+    path = tmp_path / "kindlessh.toml"
+    for url in ("postgresql://u:p@h/db", "postgres://u@h:5433/db", ""):
+        path.write_text(f'[storage]\nurl = "{url}"\n')
+        assert load_config(path, env={}).storage.url == url
+    path.write_text('[storage]\nurl = "mysql://root:hunter2@h/db"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert "[storage] url" in message and "postgresql://" in message
+    assert "\n" not in message and "hunter2" not in message
