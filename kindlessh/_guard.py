@@ -36,12 +36,16 @@ Contract:
   over every worker, in the database: a seat to give back when the session ends, or the
   same "server full" line. The in-process counts above stay the first, cheap gate; the
   totals (``max_sessions``, ``max_connections``) protect one process and stay its own.
-  Connections per holder are counted per process.
+  Likewise :meth:`Guard.share_connection` counts a logged-in connection against
+  ``max_connections_per_user`` over every worker, in the background (asyncssh's login
+  callback cannot wait): over the cap, ``refuse`` is called with the line, and the
+  connection is to be closed with it.
 - ``clock`` (monotonic seconds) and ``rng`` are plain attributes so tests can replace them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -261,6 +265,37 @@ class Guard:
         return self._connections.open(
             user, name, cfg.max_connections, cfg.max_connections_per_user
         )
+
+    def share_connection(
+        self, user: str, name: str, refuse: Callable[[str], None]
+    ) -> Callable[[], None]:
+        """Count a connection that :meth:`open_connection` let in against the per-holder
+        cap over every worker (see the contract); returns what to call when it closes."""
+        shared = self.shared
+        if shared is None:
+            return lambda: None
+        most = self.config.max_connections_per_user
+        seat: Seat | None = None
+
+        async def claim() -> None:
+            nonlocal seat
+            try:
+                seat = await shared.claim_seat(user, "connection", most)
+            except Exception:  # the database is away: the process's own count stands
+                log.exception("could not count a connection over every worker")
+                return
+            if seat is None:
+                refuse(self._connections.full_for(user, name, most))
+
+        task = asyncio.get_running_loop().create_task(claim())
+
+        def release() -> None:
+            if not task.done():
+                task.cancel()  # a seat claimed meanwhile is given back (SharedLimits)
+            elif seat is not None:
+                seat.release()
+
+        return release
 
     def close_connection(self, user: str) -> None:
         """A connection counted by :meth:`open_connection` has closed."""

@@ -7,10 +7,12 @@ database is dropped only after the servers on it have closed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import asyncssh
 import psycopg
+import pytest
 
 from kindlessh import Server
 
@@ -149,3 +151,38 @@ async def test_rows_of_a_dead_worker_block_nobody(
         async with connected(server):  # the second of two sessions
             pass
     assert len(fake_gemini.requests) == 1
+
+
+async def test_connections_per_holder_count_over_every_worker(
+    pg_url: str, make_server: ServerFactory, client_key: asyncssh.SSHKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kindlessh")
+    sections = {"storage": {"url": pg_url}, "server": {"max_connections_per_user": 1}}
+    a, b = await make_server(**sections), await make_server(**sections)
+    options: dict[str, Any] = {
+        "username": "reader", "client_keys": [client_key], "known_hosts": None,
+    }
+    first = await asyncssh.connect("127.0.0.1", a.port, **options)
+    try:
+        second = await asyncssh.connect("127.0.0.1", b.port, **options)
+        await asyncio.wait_for(second.wait_closed(), 5)  # closed by b: a has the one
+        assert any(
+            "server full for reader: 1 connections are logged in" in r.getMessage()
+            for r in caplog.records
+        )
+    finally:
+        first.close()
+        await first.wait_closed()
+    # a's connection gave its seat back: b lets the holder in now.
+    for _ in range(100):
+        third = await asyncssh.connect("127.0.0.1", b.port, **options)
+        try:
+            await asyncio.wait_for(third.wait_closed(), 0.3)
+        except TimeoutError:
+            break  # still open: let in
+        await asyncio.sleep(0.05)  # a's release had not landed yet
+    else:
+        raise AssertionError("the holder was never let in again")
+    third.close()
+    await third.wait_closed()
