@@ -186,3 +186,30 @@ async def test_connections_per_holder_count_over_every_worker(
         raise AssertionError("the holder was never let in again")
     third.close()
     await third.wait_closed()
+
+
+async def test_the_days_tokens_count_over_every_worker(
+    pg_url: str, make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    a, b = await _workers(make_server, pg_url, daily_tokens=100)
+    async with connected(a, cols=100) as on_a, connected(b, cols=100) as on_b:
+        # Both have loaded today's usage (none); then A's answer crosses the budget.
+        fake_gemini.enqueue(
+            Reply.text(["A long answer."], prompt_tokens=60, candidate_tokens=[45])
+        )
+        await on_a.ask("spend it")
+        await on_a.wait_for("A long answer.")
+        await _ready(on_a)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            for _ in range(100):  # the recorder writes the ledger as the answer ends
+                cur = await conn.execute("SELECT count(*) FROM token_usage")
+                if (await cur.fetchone()) == (1,):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the ledger never got the answer")
+        await on_b.send("/new\r")
+        await on_b.wait_for("New conversation")
+        await on_b.ask("one more")
+        await on_b.wait_for("You have used today's 100 tokens.")
+        assert len(fake_gemini.requests) == 1
