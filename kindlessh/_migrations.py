@@ -168,8 +168,26 @@ def m007_workers(conn: sqlite3.Connection) -> None:
 
 
 def m008_shared_limits(conn: sqlite3.Connection) -> None:
-    """The per-holder limits every worker shares (:mod:`._shared_limits`): PostgreSQL
-    only. A SQLite store has one process, which keeps them in memory: nothing here."""
+    """The per-holder limits every worker shares (:mod:`._shared_limits`), used on
+    PostgreSQL; on SQLite (one process, which keeps them in memory) they stay empty, so
+    that both backends have one schema."""
+    conn.execute(
+        "CREATE TABLE limit_answers (holder TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+        "claim TEXT NOT NULL, since TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_buckets (holder TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+        "at TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_slots (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+        "held INTEGER NOT NULL DEFAULT 0, since TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_seats (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, "
+        "kind TEXT NOT NULL, owner TEXT NOT NULL, since TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX limit_seats_holder ON limit_seats (holder, kind)")
 
 
 Migration = Callable[[sqlite3.Connection], None]
