@@ -308,7 +308,8 @@ class Quota:
             async with shared.hold(cfg.max_upstream, cfg.queue_timeout, on_wait, upstream):
                 yield
         finally:
-            shared.release_answer(holder, claim)
+            # Landed before the answer's end is shown: the holder may ask on any worker.
+            await shared.settled(shared.release_answer(holder, claim))
 
     def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
         self._in_flight.discard(ticket.holder)

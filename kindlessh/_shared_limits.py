@@ -28,6 +28,8 @@ Contract:
   :meth:`Seat.release`, or None over the cap.
 - Releases run on every path, even a cancelled one: each is a task of its own that
   :meth:`close` waits for; :meth:`close` then deletes every row this owner still has.
+  The end of a :meth:`hold` block, and a caller that awaits :meth:`settled`, wait for
+  the release to land, so whoever sees an answer end may claim again at once.
 """
 
 from __future__ import annotations
@@ -141,13 +143,14 @@ class SharedLimits:
         async with self.pool.connection() as conn:
             await conn.execute(query, params)
 
-    def later(self, job: Coroutine[Any, Any, None]) -> None:
+    def later(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run ``job`` (a release) as a task of its own: a cancelled caller cannot stop
-        it half done, and :meth:`close` waits for it."""
+        it half done, and :meth:`close` waits for it. None once closed (:meth:`close`
+        deleted every row of this owner already)."""
 
-        if self._closed:  # close() deleted every row of this owner already
+        if self._closed:
             job.close()
-            return
+            return None
 
         async def run() -> None:
             try:
@@ -158,6 +161,14 @@ class SharedLimits:
         task = asyncio.get_running_loop().create_task(run())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
+
+    @staticmethod
+    async def settled(task: asyncio.Task[None] | None) -> None:
+        """Wait for a release begun by :meth:`later`; cancelling the wait leaves the
+        release running."""
+        if task is not None:
+            await asyncio.shield(task)
 
     async def close(self) -> None:
         """Wait for every release, stop listening, and delete this owner's rows."""
@@ -212,9 +223,9 @@ class SharedLimits:
             )
             return claim if await cur.fetchone() is not None else None
 
-    def release_answer(self, holder: str, claim: str) -> None:
+    def release_answer(self, holder: str, claim: str) -> asyncio.Task[None] | None:
         """Give back ``holder``'s answer ``claim`` (in the background; see :meth:`later`)."""
-        self.later(
+        return self.later(
             self._execute(
                 "DELETE FROM limit_answers WHERE holder = %s AND claim = %s", (holder, claim)
             )
@@ -270,12 +281,16 @@ class SharedLimits:
         Raises:
             ServerBusy: no slot came free within ``timeout`` seconds.
         """
-        slot = await _kept(self._enqueue(), lambda row: self.later(self._give_back(row)))
+        def undo(row: int) -> None:
+            self.later(self._give_back(row))
+
+        slot = await _kept(self._enqueue(), undo)
         try:
             await self._queue(slot, size, timeout, on_wait, upstream)
             yield
         finally:
-            self.later(self._give_back(slot))
+            # Given back before the block's end is seen: the next waiter may go at once.
+            await self.settled(self.later(self._give_back(slot)))
 
     async def _enqueue(self) -> int:
         async with self.pool.connection() as conn:

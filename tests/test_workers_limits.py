@@ -213,3 +213,21 @@ async def test_the_days_tokens_count_over_every_worker(
         await on_b.ask("one more")
         await on_b.wait_for("You have used today's 100 tokens.")
         assert len(fake_gemini.requests) == 1
+
+
+async def test_a_stopped_answer_lets_the_holder_ask_on_another_worker(
+    pg_url: str, make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    a, b = await _workers(make_server, pg_url, max_upstream=1)
+    fake_gemini.enqueue(Reply.hang(["Words before the stop. "]), Reply.text(["Asked on A."]))
+    async with connected(b, cols=100) as on_b, connected(a, cols=100) as on_a:
+        await on_b.ask("a long one")
+        await on_b.wait_for("Words before the stop.")
+        await on_b.send("\x03")  # Ctrl-C: the answer, its slot and its claim end
+        await _ready(on_b)
+        assert "stopped" in on_b.text()
+        await on_a.send("/new\r")
+        await on_a.wait_for("New conversation")
+        await on_a.ask("now")  # B gave its claim back before its screen was ready
+        await on_a.wait_for("Asked on A.")
+        assert len(fake_gemini.requests) == 2
