@@ -1,9 +1,11 @@
 """The per-holder limits every worker shares, kept in PostgreSQL (issue 17).
 
 With several worker processes (or machines) on one PostgreSQL store, a limit counted in
-one process's memory would multiply by the number of workers. The limits that must not
-live here, as rows, and are decided by one SQL statement or one short transaction, so
-two workers can never both get what only one may have.
+one process's memory would multiply by the number of workers. Those limits live here,
+as rows, each decided by one SQL statement or one short transaction, so two workers can
+never both get what only one may have. Strategy: the in-process checks stay the first,
+cheap gate (:mod:`._quota`, :mod:`._guard`); these claims come second, on the way to
+the upstream or the chat.
 
 Contract:
 - Every row names its *owner*: the store's id of the process that wrote it
