@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,7 @@ class Connection(asyncssh.SSHServer):
         self._rekeys = Rekeys(ctx.config.server.max_rekeys)
         self._channels: ChannelWatch | None = None
         self._conn_holder: str | None = None  # counted by guard.open_connection
+        self._unshare: Callable[[], None] | None = None  # from guard.share_connection
         self._names: set[str] = set()
         self._probing = 0  # login names one too many from this address
         self._personal = False  # the name tried last has its own keys file
@@ -203,6 +205,9 @@ class Connection(asyncssh.SSHServer):
         if self._conn_holder is not None:
             self.ctx.guard.close_connection(self._conn_holder)
             self._conn_holder = None
+        if self._unshare is not None:
+            self._unshare()
+            self._unshare = None
         if self._session_holder is not None:
             self.ctx.guard.close_session(self._session_holder)
             self._session_holder = None
@@ -297,9 +302,16 @@ class Connection(asyncssh.SSHServer):
             self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"kindlessh: {full}")
             return
         self._conn_holder = self._holder
+        self._unshare = self.ctx.guard.share_connection(self._holder, username, self._full)
         log.info("%s logged in from %s%s", shown, self._addr, held)
         if self._channels is not None:
             self._channels.start()
+
+    def _full(self, line: str) -> None:
+        """Over the per-holder cap of every worker together: close with ``line``."""
+        log.info("%s: %s", self._addr, line)
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"kindlessh: {line}")
 
     def session_requested(self) -> Any:
         assert self._conn is not None

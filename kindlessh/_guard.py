@@ -31,11 +31,21 @@ Contract:
 - :meth:`Guard.open_connection` and :meth:`Guard.close_connection` count logged-in
   connections: ``max_connections`` in all and ``max_connections_per_user`` per holder.
   Over a cap, ``open_connection`` returns the one-line reason the connection is closed.
+- With :attr:`Guard.shared` set (the store is PostgreSQL: several workers may serve one
+  holder), :meth:`Guard.seat` also counts the session against ``max_sessions_per_user``
+  over every worker, in the database: a seat to give back when the session ends, or the
+  same "server full" line. The in-process counts above stay the first, cheap gate; the
+  totals (``max_sessions``, ``max_connections``) protect one process and stay its own.
+  Likewise :meth:`Guard.share_connection` counts a logged-in connection against
+  ``max_connections_per_user`` over every worker, in the background (asyncssh's login
+  callback cannot wait): over the cap, ``refuse`` is called with the line, and the
+  connection is to be closed with it.
 - ``clock`` (monotonic seconds) and ``rng`` are plain attributes so tests can replace them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -45,6 +55,7 @@ from ipaddress import IPv6Address, ip_address
 
 from ._config import ServerConfig, parse_networks
 from ._sanitize import sanitize_inline
+from ._shared_limits import Seat, SharedLimits
 
 log = logging.getLogger("kindlessh.guard")
 
@@ -85,6 +96,7 @@ class Guard:
         self._sessions = _Caps("chats are open", "chat")
         self._connections = _Caps("connections are logged in", "connection")
         self._warned_at = -_WARN_EVERY
+        self.shared: SharedLimits | None = None
 
     # ----- before login ---------------------------------------------------------------
 
@@ -226,6 +238,16 @@ class Guard:
         cfg = self.config
         return self._sessions.open(user, name, cfg.max_sessions, cfg.max_sessions_per_user)
 
+    async def seat(self, user: str, name: str | None = None) -> Seat | str | None:
+        """Count a session that :meth:`open_session` let in against the per-holder cap
+        over every worker: its :class:`Seat` (release it when the session ends), the
+        "server full" line, or None when there are no shared limits."""
+        if self.shared is None:
+            return None
+        most = self.config.max_sessions_per_user
+        seat = await self.shared.claim_seat(user, "session", most)
+        return seat if seat is not None else self._sessions.full_for(user, name, most)
+
     def close_session(self, user: str) -> None:
         """A chat session counted by :meth:`open_session` has ended."""
         self._sessions.close(user)
@@ -243,6 +265,37 @@ class Guard:
         return self._connections.open(
             user, name, cfg.max_connections, cfg.max_connections_per_user
         )
+
+    def share_connection(
+        self, user: str, name: str, refuse: Callable[[str], None]
+    ) -> Callable[[], None]:
+        """Count a connection that :meth:`open_connection` let in against the per-holder
+        cap over every worker (see the contract); returns what to call when it closes."""
+        shared = self.shared
+        if shared is None:
+            return lambda: None
+        most = self.config.max_connections_per_user
+        seat: Seat | None = None
+
+        async def claim() -> None:
+            nonlocal seat
+            try:
+                seat = await shared.claim_seat(user, "connection", most)
+            except Exception:  # the database is away: the process's own count stands
+                log.exception("could not count a connection over every worker")
+                return
+            if seat is None:
+                refuse(self._connections.full_for(user, name, most))
+
+        task = asyncio.get_running_loop().create_task(claim())
+
+        def release() -> None:
+            if not task.done():
+                task.cancel()  # a seat claimed meanwhile is given back (SharedLimits)
+            elif seat is not None:
+                seat.release()
+
+        return release
 
     def close_connection(self, user: str) -> None:
         """A connection counted by :meth:`open_connection` has closed."""
@@ -266,14 +319,18 @@ class _Caps:
                 "Try again later."
             )
         if self.per.get(holder, 0) >= most_each:
-            shown = sanitize_inline(name if name is not None else holder, 40)
-            return (
-                f"server full for {shown}: {most_each} {self.what} under this name or "
-                f"key, the most allowed. Close a {self.noun} and try again."
-            )
+            return self.full_for(holder, name, most_each)
         self.per[holder] = self.per.get(holder, 0) + 1
         self.total += 1
         return None
+
+    def full_for(self, holder: str, name: str | None, most_each: int) -> str:
+        """The line refusing one more for ``holder`` (``name``: as typed)."""
+        shown = sanitize_inline(name if name is not None else holder, 40)
+        return (
+            f"server full for {shown}: {most_each} {self.what} under this name or "
+            f"key, the most allowed. Close a {self.noun} and try again."
+        )
 
     def close(self, holder: str) -> None:
         """One fewer for ``holder``."""

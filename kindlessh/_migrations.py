@@ -167,6 +167,29 @@ def m007_workers(conn: sqlite3.Connection) -> None:
     )
 
 
+def m008_shared_limits(conn: sqlite3.Connection) -> None:
+    """The per-holder limits every worker shares (:mod:`._shared_limits`), used on
+    PostgreSQL; on SQLite (one process, which keeps them in memory) they stay empty, so
+    that both backends have one schema."""
+    conn.execute(
+        "CREATE TABLE limit_answers (holder TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+        "claim TEXT NOT NULL, since TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_buckets (holder TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+        "at TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_slots (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+        "held INTEGER NOT NULL DEFAULT 0, since TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE limit_seats (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, "
+        "kind TEXT NOT NULL, owner TEXT NOT NULL, since TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX limit_seats_holder ON limit_seats (holder, kind)")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 # The order migrations are applied in: this list is the only place it is kept (a name's
@@ -179,6 +202,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m005_search_index,
     m006_turn_owner,
     m007_workers,
+    m008_shared_limits,
 )
 
 # The same migrations for PostgreSQL, by name. Times are timestamptz, flags boolean, ids
@@ -258,6 +282,43 @@ POSTGRES: dict[str, tuple[str, ...]] = {
     "m007_workers": (
         "CREATE TABLE workers (owner TEXT PRIMARY KEY, lock_key INTEGER NOT NULL, "
         "started_at TIMESTAMPTZ NOT NULL)",
+    ),
+    # Each row names the worker (owner) that wrote it; a row of an owner no longer live
+    # counts for nothing (see _shared_limits).
+    "m008_shared_limits": (
+        """
+        CREATE TABLE limit_answers (
+            holder TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            claim TEXT NOT NULL,
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        """
+        CREATE TABLE limit_buckets (
+            holder TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            at TIMESTAMPTZ NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE limit_slots (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            owner TEXT NOT NULL,
+            held BOOLEAN NOT NULL DEFAULT false,
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        """
+        CREATE TABLE limit_seats (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            holder TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        "CREATE INDEX limit_seats_holder ON limit_seats (holder, kind)",
     ),
 }
 

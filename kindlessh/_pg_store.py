@@ -396,6 +396,11 @@ class PostgresStore:
         raise StoreError("Cannot open the conversation store: no free worker lock key.")
 
     @property
+    def pool(self) -> AsyncConnectionPool[Conn]:
+        """The store's connection pool (autocommit), for :mod:`._shared_limits`."""
+        return self._pool
+
+    @property
     def owner(self) -> str:
         """This worker's name, stored on the turns it adds."""
         return self._owner

@@ -28,6 +28,17 @@ Contract:
   queue and never holds a slot.
 - ``clock`` (monotonic seconds) and ``now`` (aware UTC time) are plain attributes so tests
   can replace them.
+- With a :class:`~kindlessh._shared_limits.SharedLimits` (``shared``: the store is
+  PostgreSQL, and several workers may serve one holder), :meth:`admit` stays the first,
+  in-process gate (one answer per holder in this process, the day's budget as this
+  process counted it) and takes no prompt; the limits every worker shares are claimed in
+  the database by :meth:`Ticket.slot`, on the answer's path before anything goes
+  upstream, in this order: the holder's one answer in flight (D1, refused with the same
+  :class:`InputRejected`), the day's tokens as the ledger sums them over every worker,
+  one prompt of the shared bucket (D2), then one of the ``max_upstream`` slots shared
+  by every worker. A refusal raises out of the ``async with`` with nothing sent; the
+  answer's claim is given back however the block ends. The bucket ``status`` shows is
+  this process's copy of the shared one, as of its last prompt.
 """
 
 from __future__ import annotations
@@ -44,9 +55,14 @@ from ._config import QuotaConfig
 from ._durations import span
 from ._errors import BudgetExceeded, InputRejected, ServerBusy
 from ._provider import Usage
+from ._shared_limits import SharedLimits, busy_message
 from ._sqlite import utcnow
 from ._store import Store
 
+ONE_AT_A_TIME = (
+    "An answer to another of your questions is still coming (one at a time per "
+    "person); wait for it, or stop it there with Ctrl-C."
+)
 MAX_IDLE_BUCKETS = 1000  # full buckets kept before they are forgotten (a full one is new)
 
 
@@ -146,13 +162,7 @@ class Slots:
                     self._queue.remove(waiter)
                 self._announce()
             if isinstance(exc, TimeoutError):
-                questions = "question" if self.size == 1 else "questions"
-                raise ServerBusy(
-                    f"The server is busy: {upstream} is already answering {self.size} "
-                    f"{questions} (the most it asks at once) and none ended within "
-                    f"{self.timeout:g} s. "
-                    "Nothing was sent; /retry asks again."
-                ) from None
+                raise ServerBusy(busy_message(upstream, self.size, self.timeout)) from None
             raise
 
     def _release(self) -> None:
@@ -188,9 +198,12 @@ class UsageStatus:
 class Quota:
     """The limits of every holder of one server, and the shared upstream slots."""
 
-    def __init__(self, config: QuotaConfig, store: Store) -> None:
+    def __init__(
+        self, config: QuotaConfig, store: Store, shared: SharedLimits | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        self.shared = shared
         self.clock: Callable[[], float] = time.monotonic
         self.now: Callable[[], datetime] = utcnow
         self.slots = Slots(config.max_upstream, config.queue_timeout)
@@ -244,21 +257,14 @@ class Quota:
     def admit(self, holder: str) -> Ticket:
         """See :meth:`UserQuota.admit`."""
         if holder in self._in_flight:
-            raise InputRejected(
-                "An answer to another of your questions is still coming (one at a time per "
-                "person); wait for it, or stop it there with Ctrl-C."
-            )
+            raise InputRejected(ONE_AT_A_TIME)
         budget = self.config.daily_tokens
         used = self.tokens_today(holder)
         if budget and used is None:
             raise InputRejected("Your usage of today is still being counted; ask again.")
         if budget and used is not None and used >= budget:
-            resets_at, resets_in = self._resets()
-            raise BudgetExceeded(
-                f"You have used today's {budget:,} tokens. The budget resets at "
-                f"{resets_at:%H:%M} UTC, in {span(resets_in)}."
-            )
-        if self.config.prompts:
+            raise self._spent()
+        if self.config.prompts and self.shared is None:
             bucket = self._bucket(holder)
             wait = bucket.wait(self.clock())
             if wait:
@@ -266,6 +272,44 @@ class Quota:
             bucket.take(self.clock())
         self._in_flight.add(holder)
         return Ticket(self, holder, self._today())
+
+    def _spent(self) -> BudgetExceeded:
+        budget = self.config.daily_tokens
+        resets_at, resets_in = self._resets()
+        return BudgetExceeded(
+            f"You have used today's {budget:,} tokens. The budget resets at "
+            f"{resets_at:%H:%M} UTC, in {span(resets_in)}."
+        )
+
+    @contextlib.asynccontextmanager
+    async def _shared_slot(
+        self, shared: SharedLimits, holder: str, on_wait: Callable[[int], None],
+        upstream: str,
+    ) -> AsyncIterator[None]:
+        """The limits every worker shares, claimed in order (see the contract)."""
+        claim = await shared.claim_answer(holder)
+        if claim is None:
+            raise InputRejected(ONE_AT_A_TIME)
+        try:
+            cfg = self.config
+            if cfg.daily_tokens:
+                used = await self.store.tokens_used(holder, day_start(self.now()))
+                self._used[holder] = (self._today(), used)
+                if used >= cfg.daily_tokens:
+                    raise self._spent()
+            if cfg.prompts:
+                wait, tokens = await shared.take_prompt(
+                    holder, cfg.prompts, cfg.refill_seconds
+                )
+                bucket = self._bucket(holder)
+                bucket.tokens, bucket._at = tokens, self.clock()  # /usage shows this copy
+                if wait:
+                    raise BudgetExceeded(f"Slow down: you can ask again in {span(wait)}.")
+            async with shared.hold(cfg.max_upstream, cfg.queue_timeout, on_wait, upstream):
+                yield
+        finally:
+            # Landed before the answer's end is shown: the holder may ask on any worker.
+            await shared.settled(shared.release_answer(holder, claim))
 
     def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
         self._in_flight.discard(ticket.holder)
@@ -323,7 +367,11 @@ class Ticket:
         self, on_wait: Callable[[int], None], upstream: str
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """One of the shared upstream slots, for an ``async with`` block; ``upstream`` is
-        the provider's name, for the message when none comes free."""
+        the provider's name, for the message when none comes free. With shared limits,
+        the database's claims come first (see the module contract)."""
+        shared = self.quota.shared
+        if shared is not None:
+            return self.quota._shared_slot(shared, self.holder, on_wait, upstream)
         return self.quota.slots.hold(on_wait, upstream)
 
     def finish(self, usage: Usage | None) -> None:

@@ -49,7 +49,8 @@ from ._probes import NameProbes
 from ._provider import Provider
 from ._quota import Quota
 from ._session import SessionDeps
-from ._store import open_store
+from ._shared_limits import SharedLimits
+from ._store import Store, open_store
 from ._users import Users
 
 log = logging.getLogger("kindlessh.server")
@@ -134,6 +135,9 @@ class Server:
         with contextlib.suppress(TimeoutError):
             # Python 3.12+ waits here for every connection to be gone.
             await asyncio.wait_for(self._acceptor.wait_closed(), 5)
+        if self.ctx.quota.shared is not None:
+            # Before the store closes: this worker's claims are deleted, not left to lapse.
+            await self.ctx.quota.shared.close()
         # Answers still coming are stopped and saved as they stand, marked interrupted.
         await self.ctx.session.hub.aclose()
         await self.ctx.session.pace.aclose()
@@ -182,7 +186,8 @@ async def start_server(
     recovered = await store.recover_interrupted()
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
-    quota = Quota(config.quota, store)
+    shared = _shared_limits(store)
+    quota = Quota(config.quota, store, shared)
     models = Models(config, provider=provider)
     upstream = models.get(models.default)
     if upstream is None:  # load_config keeps default_model among the entries
@@ -210,12 +215,14 @@ async def start_server(
         shared=bool(config.storage.url),
     )
     srv = config.server
+    guard = Guard(srv)
+    guard.shared = shared
     guesses = GuessBudget(srv.password_checks_per_second)
     ctx = ServerContext(
         config=config,
         provider=upstream,
         quota=quota,
-        guard=Guard(srv),
+        guard=guard,
         keys=KeyChoice(Users(srv.users_dir), AuthorizedKeys(srv.authorized_keys)),
         invites=Invites.beside(srv.users_dir),
         passwords=PasswordLogin(
@@ -230,6 +237,7 @@ async def start_server(
             max_resize_rate=srv.max_resize_rate,
             max_resize_burst=srv.max_resize_burst,
             notices=models.notices,
+            seat=guard.seat if shared is not None else None,
         ),
         probes=NameProbes(srv.max_names_per_source),
         guesses=guesses,
@@ -248,6 +256,15 @@ async def start_server(
     ctx.session.pace.start()
     ctx.stall.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
+
+
+def _shared_limits(store: Store) -> SharedLimits | None:
+    """The limits every worker shares, when the store is one they can share."""
+    from ._pg_store import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return None
+    return SharedLimits(store.pool, store.owner, store.live_owners)
 
 
 async def _listen(

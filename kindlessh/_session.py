@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
@@ -49,6 +50,7 @@ from ._profile import choose_profile, make_profile
 from ._quota import Bucket
 from ._sanitize import sanitize_inline
 from ._screen import ChatScreen
+from ._shared_limits import Seat
 from ._throttle import CommitThrottle
 from ._view import Notice
 
@@ -78,6 +80,8 @@ class SessionDeps:
         notices: error lines every chat shows first (an upstream that cannot work as
             configured, such as a missing API key).
         sessions: the open sessions; each adds itself and leaves when it ends.
+        seat: counts a session against the per-holder cap of every worker before it
+            starts (:meth:`Guard.seat`); None: the process's own count is all.
     """
 
     hub: Hub
@@ -89,6 +93,7 @@ class SessionDeps:
     max_resize_burst: int
     notices: tuple[str, ...] = ()
     sessions: set[Session] = field(default_factory=set)
+    seat: Callable[[str, str], Awaitable[Seat | str | None]] | None = None
 
 
 class Session(asyncssh.SSHServerSession[str]):
@@ -277,6 +282,11 @@ class Session(asyncssh.SSHServerSession[str]):
     async def _main(self) -> None:
         chan = self._chan
         assert chan is not None
+        seat = await self.deps.seat(self.holder, self.username) if self.deps.seat else None
+        if isinstance(seat, str):  # over the per-holder cap of every worker together
+            chan.write(f"kindlessh: {seat}" + ("\r\n" if self._pty else "\n"))
+            chan.exit(1)
+            return
         try:
             if self._oneshot is not None:
                 chan.exit(await self._oneshot.run())
@@ -315,6 +325,9 @@ class Session(asyncssh.SSHServerSession[str]):
                         + "\r\nkindlessh: the session failed on the server; sorry.\r\n"
                     )
                 chan.exit(1)
+        finally:
+            if seat is not None:
+                seat.release()
 
     async def _chat(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         deps = self.deps

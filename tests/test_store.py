@@ -67,6 +67,11 @@ EXPECTED = {
     "turns_search_docsize": ["id", "sz"],
     "turns_search_idx": ["segid", "term", "pgno"],
     "workers": ["owner", "lock_key", "started_at"],
+    # The limits every worker shares (m008_shared_limits; empty on SQLite).
+    "limit_answers": ["holder", "owner", "claim", "since"],
+    "limit_buckets": ["holder", "tokens", "at"],
+    "limit_seats": ["id", "holder", "kind", "owner", "since"],
+    "limit_slots": ["id", "owner", "held", "since"],
 }
 
 HOSTILE = [
