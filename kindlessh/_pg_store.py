@@ -23,12 +23,17 @@ Contract:
   owners not in it.
 - Every turn write also sends ``NOTIFY kindlessh_turns, '<user> <conversation> <turn>'``
   in its transaction (so only once it is committed); :meth:`PostgresStore.listen` hears
-  them on the dedicated connection.
+  them on the dedicated connection (turn 0: the conversation was deleted).
+- A lost dedicated connection (PostgreSQL restarted, the link cut) is made again, with
+  backing off: the same owner takes its lock again and listens again. Meanwhile the
+  worker counts as dead, and what was written went unheard (followers check on their
+  own, see :mod:`._follow`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +79,8 @@ CHANNEL = "kindlessh_turns"
 # Ctrl-C on a screen following an answer another worker owns: '<user> <turn id>'.
 STOP_CHANNEL = "kindlessh_stop"
 POOL_SIZE = 8
+# Seconds between tries to connect the listening connection again, first and at most.
+RECONNECT_FIRST, RECONNECT_MOST = 0.1, 5.0
 CONNECT_TIMEOUT = 5  # seconds to reach the server at start
 # Seconds a call waits for a pooled connection (the server unreachable meanwhile) before
 # it fails with StoreError; the closing store's last write waits less.
@@ -921,17 +928,54 @@ class PostgresStore:
                 log.exception("a stop listener failed")
 
     async def _hear(self) -> None:
+        """Hear notifications on the dedicated connection for the store's life. When the
+        connection is lost (PostgreSQL restarted, the connection cut), connect again,
+        take the liveness lock again under the same owner name and listen again, trying
+        every RECONNECT_FIRST seconds at first and at most every RECONNECT_MOST."""
+        delay = RECONNECT_FIRST
+        while not self._closed:
+            try:
+                async for notice in self._conn.notifies():
+                    self._heard(notice.channel, notice.payload)
+                    delay = RECONNECT_FIRST
+            except psycopg.Error as exc:
+                if self._closed:
+                    return
+                log.error("store %s: lost the listening connection: %s; connecting again",
+                          describe(self.url), " ".join(str(exc).split()))  # fmt: skip
+            while not self._closed and not await self._reconnect():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MOST)
+
+    async def _reconnect(self) -> bool:
+        """One try at a new dedicated connection: the liveness lock, the channels."""
         try:
-            async for notice in self._conn.notifies():
-                if notice.channel == STOP_CHANNEL:
-                    self._stop_asked(notice.payload)
-                    continue
-                user, conversation, turn = notice.payload.rsplit(" ", 2)
-                for callback in list(self._callbacks):
-                    try:
-                        callback(_dec(user), int(conversation), int(turn))
-                    except Exception:
-                        log.exception("a turn listener failed")
-        except psycopg.Error as exc:
-            if not self._closed:
-                log.error("store %s: stopped hearing turns: %s", describe(self.url), exc)
+            conn = await _connect(self.url)
+        except (psycopg.Error, StoreError):
+            return False
+        try:
+            await self._take_liveness(conn, self._owner, self._clock)
+            await conn.execute(f"LISTEN {CHANNEL}")
+            await conn.execute(f"LISTEN {STOP_CHANNEL}")
+        except (psycopg.Error, StoreError) as exc:
+            log.warning("store %s: connected again but could not listen: %s",
+                        describe(self.url), exc)  # fmt: skip
+            await conn.close()
+            return False
+        old, self._conn = self._conn, conn
+        with contextlib.suppress(psycopg.Error):
+            await old.close()
+        log.warning("store %s: listening again as %s (writes made meanwhile went unheard)",
+                    describe(self.url), self._owner)  # fmt: skip
+        return True
+
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == STOP_CHANNEL:
+            self._stop_asked(payload)
+            return
+        user, conversation, turn = payload.rsplit(" ", 2)
+        for callback in list(self._callbacks):
+            try:
+                callback(_dec(user), int(conversation), int(turn))
+            except Exception:
+                log.exception("a turn listener failed")

@@ -238,6 +238,36 @@ async def test_turn_writes_reach_another_stores_listener(
         await writer.close()
 
 
+async def test_a_lost_listening_connection_comes_back_with_its_lock_and_channels(
+    store: PostgresStore, pg_url: str
+) -> None:
+    heard: list[int] = []
+    await store.listen(lambda user, conversation, turn: heard.append(turn))
+    writer = await PostgresStore.open(pg_url)
+    try:
+        # The listening connection is cut from the server's side, as a restart of
+        # PostgreSQL or a dropped link would: the worker's liveness lock goes with it.
+        pid = store._conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # Back within a few tries: live again under the same name, hearing again.
+        for _ in range(250):
+            if store._conn.info.backend_pid != pid and store.owner in await writer.live_owners():
+                break
+            await asyncio.sleep(0.02)
+        assert store._conn.info.backend_pid != pid
+        assert store.owner in await writer.live_owners()
+        conversation = await writer.new_conversation("ann", "t")
+        turn = await writer.add_turn(conversation, "q", "m")
+        for _ in range(250):
+            if turn in heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [turn]
+    finally:
+        await writer.close()
+
+
 def test_config_takes_only_a_postgresql_url(tmp_path: Path) -> None:
     path = tmp_path / "kindlessh.toml"
     for url in ("postgresql://u:p@h/db", "postgres://u@h:5433/db", ""):
