@@ -43,11 +43,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import __version__
+from . import _shared_accounts as shared_accounts
 from ._acceptlog import install_accept_log
 from ._config import Config, ModelConfig, gemini_for, load_config
 from ._errors import ConfigError, ModelNotFound, StoreError, UpstreamError, UserError
 from ._gemini import list_models
-from . import _shared_accounts as shared_accounts
 from ._invites import CODE_BITS, DEFAULT_TTL, Invite, Invites, parse_ttl
 from ._keys import AuthorizedKeys, HostKey
 from ._openai import check_entry
@@ -297,13 +297,13 @@ def _user_command(args: argparse.Namespace, config: Config) -> int:
         names = users.names()
         for name in sorted({*names, *enrolled}):
             info = users.info(name) if name in names else UserInfo(name, [], 0)
-            shared = enrolled.get(name, [])
+            by_invite = enrolled.get(name, [])
             others = f", {info.other_lines} line(s) not understood" if info.other_lines else ""
-            profile = UserInfo(name, [*info.keys, *shared], 0).profile
-            _out(f"{name}: {len(info.keys) + len(shared)} key(s), profile {profile}{others}")
+            profile = UserInfo(name, [*info.keys, *by_invite], 0).profile
+            _out(f"{name}: {len(info.keys) + len(by_invite)} key(s), profile {profile}{others}")
             for entry in info.keys:
                 _out(f"  {entry.fingerprint} {entry.comment}".rstrip())
-            for entry in shared:
+            for entry in by_invite:
                 shown = f"{entry.fingerprint} {entry.comment}".rstrip()
                 _out(f"  {shown} (enrolled by invite, in the database)")
         if not names and not enrolled:
