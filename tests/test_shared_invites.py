@@ -180,3 +180,24 @@ async def test_revoke_and_expiry_hold_on_both_machines(
         ) == ("gone", None)
         assert _accounts(server).keys("old") is None
     assert await _key_login(b, "old", key) is not None
+
+
+async def test_a_server_whose_listening_connection_drops_hears_again_and_catches_up(
+    pg_url: str, make_server: ServerFactory, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kindlessh._shared_accounts.RETRY_SECONDS", 0.05)
+    a = await make_server(storage={"url": pg_url})
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query = 'LISTEN kindlessh_accounts'"
+        )
+        assert [row[0] for row in await cursor.fetchall()] == [True]
+        # Made while nobody hears: the reload after the new LISTEN finds it.
+        await create_invite(conn, "kindle", profile=None, ttl=timedelta(minutes=15),
+                            now=datetime.now(UTC))  # fmt: skip
+    await until(lambda: _accounts(a).pending("kindle", datetime.now(UTC)) is not None)
+    # And it hears again: a revoke reaches it.
+    await _cli(capsys, tmp_path, "invite", "--revoke", "kindle")
+    await until(lambda: _accounts(a).pending("kindle", datetime.now(UTC)) is None)
