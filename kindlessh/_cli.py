@@ -158,9 +158,13 @@ def describe(server: Server) -> list[str]:
     if users:
         shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
         lines.append(f"Users: {len(users)} in {server.ctx.keys.users.root} ({shown})")
+    enrolled = server.ctx.keys.enrolled
+    by_invite = enrolled.names() if enrolled is not None else []
+    if by_invite:
+        lines.append(f"Users with keys registered by invite, in the database: {len(by_invite)}")
     if count:
         lines.append(f"Authorized keys: {count} in {auth.path}")
-    elif not users:
+    elif not users and not by_invite:
         lines += [
             "No keys are authorized yet, so nobody can log in. "
             f"Add your public key to {auth.path}:",

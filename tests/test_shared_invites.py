@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from kindlessh import Server
-from kindlessh._cli import main
+from kindlessh._cli import describe, main
 from kindlessh._guesses import GuessBudget
 from kindlessh._shared_accounts import SharedAccounts, create_invite
 from kindlessh._users import KeyEntry
@@ -109,6 +109,7 @@ async def test_a_code_redeemed_on_one_machine_is_refused_on_the_other_and_the_ke
     (line,) = _accounts(b).lines("kindle")
     assert line.startswith('environment="KINDLESSH_PROFILE=eink" ssh-ed25519 ')
     assert "No invites are pending." in await _cli(capsys, tmp_path, "invite", "--list")
+    assert "Users with keys registered by invite, in the database: 1" in describe(b)
 
     listed = await _cli(capsys, tmp_path, "user", "list")
     assert "kindle: 1 key(s), profile eink" in listed
