@@ -202,3 +202,16 @@ async def test_a_server_whose_listening_connection_drops_hears_again_and_catches
     # And it hears again: a revoke reaches it.
     await _cli(capsys, tmp_path, "invite", "--revoke", "kindle")
     await until(lambda: _accounts(a).pending("kindle", datetime.now(UTC)) is None)
+
+
+def test_invite_with_an_unreachable_database_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "kindlessh.toml"
+    config.write_text('[storage]\nurl = "postgresql://kindlessh:secret@127.0.0.1:1/kindlessh"\n')
+    assert main(["invite", "kindle", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kindlessh: Cannot open the conversation store PostgreSQL ")
+    assert "start PostgreSQL there" in err and "secret" not in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "keys" / "invites.json").exists()
