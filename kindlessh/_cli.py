@@ -18,6 +18,9 @@ host key, port in use, a conversation store that cannot be opened or written or 
 damaged) print one line to stderr and return 2; a user command that cannot
 be done prints one line and returns 1; no traceback. User commands change the files
 under ``[server] users_dir``; a running server picks the change up at the next login.
+With ``[storage] url``, ``invite`` makes, lists and revokes the invites in the database
+(:mod:`._shared_accounts`), and ``user list`` and ``user remove`` include the keys
+invites enrolled there; every server hears the change at once.
 ``serve --workers N`` (N above 1, PostgreSQL store only) runs N worker processes on one
 port (:mod:`._workers`); worker 0 prints the start-up lines, the parent one more line
 with the workers' pids. ``serve`` tunes the process for serving
@@ -40,18 +43,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import __version__
+from . import _shared_accounts as shared_accounts
 from ._acceptlog import install_accept_log
 from ._config import Config, ModelConfig, gemini_for, load_config
 from ._errors import ConfigError, ModelNotFound, StoreError, UpstreamError, UserError
 from ._gemini import list_models
-from ._invites import CODE_BITS, DEFAULT_TTL, Invites, parse_ttl
+from ._invites import CODE_BITS, DEFAULT_TTL, Invite, Invites, parse_ttl
 from ._keys import AuthorizedKeys, HostKey
 from ._openai import check_entry
 from ._passwords import Passwords
 from ._process import tune_process
 from ._server import Server, load_host_keys, start_server
 from ._store import open_store
-from ._users import PROFILES, Users, check_name, parse_keys
+from ._users import PROFILES, UserInfo, Users, check_name, parse_keys
 from ._workers import listening_sockets, run_workers
 
 log = logging.getLogger("kindlessh")
@@ -80,8 +84,30 @@ def _minutes(left: timedelta) -> str:
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
+class _SharedInviteRows:
+    """``kindlessh invite`` on the database's invites (``[storage] url``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def all(self, now: datetime) -> list[Invite]:
+        return shared_accounts.run(self.url, lambda c: shared_accounts.list_invites(c, now))
+
+    def revoke(self, name: str) -> bool:
+        return shared_accounts.run(self.url, lambda c: shared_accounts.revoke_invite(c, name))
+
+    def create(
+        self, name: str, *, profile: str | None, ttl: timedelta, now: datetime
+    ) -> tuple[str, Invite]:
+        return shared_accounts.run(
+            self.url,
+            lambda c: shared_accounts.create_invite(c, name, profile=profile, ttl=ttl, now=now),
+        )
+
+
 def _invite_command(args: argparse.Namespace, config: Config) -> int:
-    invites = Invites.beside(config.server.users_dir)
+    url = config.storage.url
+    invites = _SharedInviteRows(url) if url else Invites.beside(config.server.users_dir)
     now = datetime.now(UTC)
     if args.list:
         pending = invites.all(now)
@@ -132,9 +158,13 @@ def describe(server: Server) -> list[str]:
     if users:
         shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
         lines.append(f"Users: {len(users)} in {server.ctx.keys.users.root} ({shown})")
+    enrolled = server.ctx.keys.enrolled
+    by_invite = enrolled.names() if enrolled is not None else []
+    if by_invite:
+        lines.append(f"Users with keys registered by invite, in the database: {len(by_invite)}")
     if count:
         lines.append(f"Authorized keys: {count} in {auth.path}")
-    elif not users:
+    elif not users and not by_invite:
         lines += [
             "No keys are authorized yet, so nobody can log in. "
             f"Add your public key to {auth.path}:",
@@ -266,22 +296,36 @@ def _user_command(args: argparse.Namespace, config: Config) -> int:
         _out(f"{args.name} can log in now as: ssh -t {args.name}@<this server> "
              "(no restart needed)")
     elif args.action == "list":
+        url = config.storage.url
+        enrolled = shared_accounts.run(url, shared_accounts.enrolled) if url else {}
         names = users.names()
-        for name in names:
-            info = users.info(name)
+        for name in sorted({*names, *enrolled}):
+            info = users.info(name) if name in names else UserInfo(name, [], 0)
+            by_invite = enrolled.get(name, [])
             others = f", {info.other_lines} line(s) not understood" if info.other_lines else ""
-            _out(f"{name}: {len(info.keys)} key(s), profile {info.profile}{others}")
+            profile = UserInfo(name, [*info.keys, *by_invite], 0).profile
+            _out(f"{name}: {len(info.keys) + len(by_invite)} key(s), profile {profile}{others}")
             for entry in info.keys:
                 _out(f"  {entry.fingerprint} {entry.comment}".rstrip())
-        if not names:
+            for entry in by_invite:
+                shown = f"{entry.fingerprint} {entry.comment}".rstrip()
+                _out(f"  {shown} (enrolled by invite, in the database)")
+        if not names and not enrolled:
             _out(f"No users in {users.root}.")
         shared = AuthorizedKeys(config.server.authorized_keys).count()
         _out(f"{shared} key(s) in {config.server.authorized_keys} may log in as any "
              "other name.")
     elif args.action == "remove":
-        info = users.remove(args.name)
-        Passwords(config.server.users_dir).remove(args.name)
-        _out(f"{args.name}: removed, with {len(info.keys)} key(s)")
+        url, name = config.storage.url, args.name
+        dropped = (
+            shared_accounts.run(url, lambda c: shared_accounts.remove_keys(c, name)) if url else 0
+        )
+        if dropped and not users.path(name).exists():
+            removed = dropped  # a user made by an invite alone
+        else:
+            removed = len(users.remove(name).keys) + dropped
+        Passwords(config.server.users_dir).remove(name)
+        _out(f"{name}: removed, with {removed} key(s)")
     elif args.action == "passwd":
         _passwd(args, config)
     else:

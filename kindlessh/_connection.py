@@ -47,7 +47,7 @@ from typing import Any
 import asyncssh
 
 from ._config import Config
-from ._enrol import Challenge, Enrolment
+from ._enrol import Challenge, Enrolment, SharedInvites
 from ._failcount import FailedLogins, count_failures
 from ._guard import Guard
 from ._guesses import GuessBudget
@@ -96,7 +96,7 @@ class ServerContext:
     quota: Quota
     guard: Guard
     keys: KeyChoice
-    invites: Invites
+    invites: Invites | SharedInvites
     passwords: PasswordLogin
     session: SessionDeps
     probes: NameProbes

@@ -19,6 +19,10 @@ Contract:
   the invite's profile), try again, or a refusal line to end the connection with. After
   an accepted code, :attr:`Enrolment.greeting` is the line the chat opens with and
   :attr:`Enrolment.env` carries the invite's profile for this first login.
+- The invites are either the file's (:class:`~kindlessh._invites.Invites`; the key goes
+  to the user's file under ``users_dir``) or, with ``[storage] url``, the database's
+  (:class:`~kindlessh._shared_accounts.SharedAccounts`; the key goes there, for every
+  machine). Both read pending invites from memory; only redeeming waits.
 - The code is what authorises the key: SSH clients name a key before signing with it,
   and a refused key is never signed, so the key is registered as offered; only a device
   holding its private key can log in with it afterwards.
@@ -30,12 +34,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncssh
 
 from ._errors import UserError
 from ._guesses import GuessBudget
-from ._invites import Invite, Invites
+from ._invites import Invite, Invites, Redeemed
 from ._users import PROFILE_VAR, KeyEntry, Users, valid_name
 
 log = logging.getLogger("kindlessh.server")
@@ -65,6 +70,18 @@ TOO_MANY = "kindlessh: too many wrong invite codes"
 Challenge = tuple[str, str, str, tuple[tuple[str, bool], ...]]
 
 
+class SharedInvites(Protocol):
+    """Invites kept in the shared store (:class:`~kindlessh._shared_accounts.SharedAccounts`)."""
+
+    def pending(self, name: str, now: datetime) -> Invite | None: ...
+
+    def any_pending(self, now: datetime) -> bool: ...
+
+    async def redeem_key(
+        self, name: str, typed: str, now: datetime, entry: KeyEntry, budget: GuessBudget
+    ) -> tuple[Redeemed, Invite | None]: ...
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -83,7 +100,7 @@ class Enrolment:
 
     def __init__(
         self,
-        invites: Invites,
+        invites: Invites | SharedInvites,
         users: Users,
         *,
         addr: str = "?",
@@ -166,6 +183,7 @@ class Enrolment:
             return Reply()
         self.tries += 1
         key = self.offered[0]
+        invites = self._invites
 
         def enrol(invite: Invite) -> None:
             entry = KeyEntry.parse(key.export_public_key().decode().strip(), "the offered key")
@@ -175,9 +193,11 @@ class Enrolment:
             # scrypt takes a few tens of milliseconds, and the key file is written:
             # off the event loop. The invite is used up only once the key is stored.
             typed, now = str(responses[0]), self._now()
-            checked = await self._budget.run(
-                lambda: self._invites.redeem(name, typed, now, enrol)
-            )
+            if isinstance(invites, Invites):
+                checked = await self._budget.run(lambda: invites.redeem(name, typed, now, enrol))
+            else:
+                entry = KeyEntry.parse(key.export_public_key().decode().strip(), "the offered key")
+                checked = await invites.redeem_key(name, typed, now, entry, self._budget)
         except UserError as exc:
             log.error("could not register a key for %s: %s", name, exc)
             return Reply(refusal=NOT_STORED)

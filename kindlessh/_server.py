@@ -49,6 +49,7 @@ from ._probes import NameProbes
 from ._provider import Provider
 from ._quota import Quota
 from ._session import SessionDeps
+from ._shared_accounts import SharedAccounts
 from ._shared_limits import SharedLimits
 from ._store import Store, open_store
 from ._users import Users
@@ -135,6 +136,8 @@ class Server:
         with contextlib.suppress(TimeoutError):
             # Python 3.12+ waits here for every connection to be gone.
             await asyncio.wait_for(self._acceptor.wait_closed(), 5)
+        if isinstance(self.ctx.invites, SharedAccounts):
+            await self.ctx.invites.close()
         if self.ctx.quota.shared is not None:
             # Before the store closes: this worker's claims are deleted, not left to lapse.
             await self.ctx.quota.shared.close()
@@ -187,6 +190,11 @@ async def start_server(
     if recovered:
         log.info("%d answer(s) cut off by the last stop are stored as interrupted", recovered)
     shared = _shared_limits(store)
+    try:
+        accounts = await _shared_accounts(store)
+    except BaseException:
+        await store.close()
+        raise
     quota = Quota(config.quota, store, shared)
     models = Models(config, provider=provider)
     upstream = models.get(models.default)
@@ -223,8 +231,8 @@ async def start_server(
         provider=upstream,
         quota=quota,
         guard=guard,
-        keys=KeyChoice(Users(srv.users_dir), AuthorizedKeys(srv.authorized_keys)),
-        invites=Invites.beside(srv.users_dir),
+        keys=KeyChoice(Users(srv.users_dir), AuthorizedKeys(srv.authorized_keys), accounts),
+        invites=accounts if accounts is not None else Invites.beside(srv.users_dir),
         passwords=PasswordLogin(
             Passwords(srv.users_dir), enabled=srv.password_auth, budget=guesses
         ),
@@ -249,6 +257,8 @@ async def start_server(
         )
     except BaseException:
         # Nothing of a server that could not start stays open.
+        if accounts is not None:
+            await accounts.close()
         await store.close()
         guesses.close()
         await models.aclose()
@@ -256,6 +266,16 @@ async def start_server(
     ctx.session.pace.start()
     ctx.stall.start()
     return Server(acceptor, ctx, host_key, rsa_host_key)
+
+
+async def _shared_accounts(store: Store) -> SharedAccounts | None:
+    """Invites and enrolled keys in the database, when the store is one every machine
+    shares (else they are files beside ``users_dir``)."""
+    from ._pg_store import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return None
+    return await SharedAccounts.start(store.url, store.pool)
 
 
 def _shared_limits(store: Store) -> SharedLimits | None:
