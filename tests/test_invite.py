@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from kindlessh import Server
 from kindlessh._invites import Invites
 
+from .codetyper import CodeTyper, try_code
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
 from .helpers import FakeClock, connected, until
@@ -41,45 +41,6 @@ def _user_file(tmp_path: Path, name: str) -> Path:
     return tmp_path / "keys" / "users" / name
 
 
-class _CodeTyper(asyncssh.SSHClient):
-    """An asyncssh client that answers keyboard-interactive prompts with ``answers``."""
-
-    def __init__(self, answers: list[str]) -> None:
-        self.answers = answers
-        self.instructions: list[str] = []
-        self.prompts: list[str] = []
-        self.banners: list[str] = []
-
-    def auth_banner_received(self, msg: str, lang: str) -> None:
-        self.banners.append(msg)
-
-    def kbdint_auth_requested(self) -> str:
-        return ""
-
-    def kbdint_challenge_received(
-        self, name: str, instructions: str, lang: str, prompts: Any
-    ) -> list[str] | None:
-        self.instructions.append(instructions)
-        self.prompts += [p for p, _ in prompts]
-        if not prompts:
-            return []
-        return [self.answers.pop(0)] if self.answers else None
-
-
-async def _try(server: Server, name: str, keys: list[asyncssh.SSHKey], answers: list[str]
-               ) -> tuple[_CodeTyper, BaseException | None]:
-    typer = _CodeTyper(list(answers))
-    try:
-        conn = await asyncssh.connect(
-            "127.0.0.1", server.port, username=name, client_keys=keys or None,
-            known_hosts=None, agent_path=None, password=None, kbdint_auth=True,
-            client_factory=lambda: typer, preferred_auth="publickey,keyboard-interactive",
-        )
-    except (asyncssh.Error, OSError) as exc:
-        return typer, exc
-    conn.close()
-    await conn.wait_closed()
-    return typer, None
 
 
 @pytest.mark.slow
@@ -164,13 +125,13 @@ async def test_a_wrong_code_three_times_disconnects_and_keeps_the_invite(
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
     key = asyncssh.generate_private_key("ssh-ed25519")
-    typer, error = await _try(server, "kindle", [key], ["aaaaaaaaa"] * 5)
+    typer, error = await try_code(server, "kindle", [key], ["aaaaaaaaa"] * 5)
     assert error is not None
     assert typer.prompts == ["Invite code for kindle: "] * 3
     assert not _user_file(tmp_path, "kindle").exists()
     assert _invites(tmp_path).pending("kindle", datetime.now(UTC)) is not None
     # The right code still works on a new connection (if the source is not penalised).
-    typer, error = await _try(server, "kindle", [key], [code])
+    typer, error = await try_code(server, "kindle", [key], [code])
     assert error is None
 
 
@@ -179,7 +140,7 @@ async def test_an_expired_code_does_nothing(server: Server, tmp_path: Path) -> N
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=15),
                                         now=past)
     key = asyncssh.generate_private_key("ssh-ed25519")
-    typer, error = await _try(server, "kindle", [key], [code])
+    typer, error = await try_code(server, "kindle", [key], [code])
     assert isinstance(error, asyncssh.PermissionDenied)
     assert typer.prompts == []  # no pending invite: no keyboard-interactive at all
 
@@ -189,9 +150,9 @@ async def test_a_code_works_once(server: Server, tmp_path: Path) -> None:
                                         now=datetime.now(UTC))
     first = asyncssh.generate_private_key("ssh-ed25519")
     second = asyncssh.generate_private_key("ssh-ed25519")
-    _, error = await _try(server, "kindle", [first], [code])
+    _, error = await try_code(server, "kindle", [first], [code])
     assert error is None
-    typer, error = await _try(server, "kindle", [second], [code])
+    typer, error = await try_code(server, "kindle", [second], [code])
     assert isinstance(error, asyncssh.PermissionDenied)
     assert typer.prompts == []
     stored = _user_file(tmp_path, "kindle").read_text()
@@ -203,7 +164,7 @@ async def test_a_revoked_invite_does_nothing(server: Server, tmp_path: Path) -> 
     code = _invite_cli(tmp_path, "kindle", "--quiet").strip()
     assert "kindle: invite revoked" in _invite_cli(tmp_path, "--revoke", "kindle")
     key = asyncssh.generate_private_key("ssh-ed25519")
-    typer, error = await _try(server, "kindle", [key], [code])
+    typer, error = await try_code(server, "kindle", [key], [code])
     assert isinstance(error, asyncssh.PermissionDenied)
     assert typer.prompts == []
 
@@ -213,7 +174,7 @@ async def test_a_client_with_no_key_is_told_how_to_make_one(
 ) -> None:
     _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                               now=datetime.now(UTC))
-    typer, error = await _try(server, "kindle", [], ["whatever"])
+    typer, error = await try_code(server, "kindle", [], ["whatever"])
     assert error is not None
     (instructions,) = typer.instructions
     assert "dropbearkey -t ed25519 -f ~/.ssh/id_dropbear" in instructions
@@ -227,7 +188,7 @@ async def test_several_keys_offered_only_the_first_is_registered(
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
     keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(2)]
-    _, error = await _try(server, "kindle", keys, [code])
+    _, error = await try_code(server, "kindle", keys, [code])
     assert error is None
     stored = _user_file(tmp_path, "kindle").read_text()
     assert keys[0].export_public_key().decode().split()[1] in stored
@@ -266,11 +227,11 @@ async def test_wrong_codes_count_toward_the_source_penalty(
                                         now=datetime.now(UTC))
     key = asyncssh.generate_private_key("ssh-ed25519")
     for _ in range(3):  # three connections guessing: 3 x 5 s reaches the 15 s that refuse
-        _, error = await _try(server, "kindle", [key], ["aaaaaaaaa"] * 3)
+        _, error = await try_code(server, "kindle", [key], ["aaaaaaaaa"] * 3)
         assert error is not None
         await until(lambda: server.ctx.guard.logging_in == 0)
     assert server.ctx.guard.refused_for("127.0.0.1") == 15
-    typer, error = await _try(server, "kindle", [key], [code])  # even the right code
+    typer, error = await try_code(server, "kindle", [key], [code])  # even the right code
     assert error is not None and typer.prompts == []
 
 
@@ -281,7 +242,7 @@ async def test_an_enrolment_is_logged_with_name_fingerprint_and_address(
                                         now=datetime.now(UTC))
     key = asyncssh.generate_private_key("ssh-ed25519")
     with caplog.at_level("INFO", logger="kindlessh.server"):
-        _, error = await _try(server, "kindle", [key], [code])
+        _, error = await try_code(server, "kindle", [key], [code])
     assert error is None
     assert f"registered key {key.get_fingerprint()} for kindle from 127.0.0.1" in caplog.text
 
@@ -294,18 +255,18 @@ async def test_a_new_server_with_only_an_invite_does_not_say_nobody_can_log_in(
                                         now=datetime.now(UTC))
     # While an invite is pending nobody is told that no key is authorized: the banner,
     # like the methods offered, must not tell which name has the invite.
-    typer, error = await _try(server, "stranger", [asyncssh.generate_private_key("ssh-ed25519")],
-                              [])
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    typer, error = await try_code(server, "stranger", [stranger], [])
     assert error is not None
     assert typer.banners == []
-    typer, error = await _try(server, "kindle", [asyncssh.generate_private_key("ssh-ed25519")],
+    typer, error = await try_code(server, "kindle", [asyncssh.generate_private_key("ssh-ed25519")],
                               [code])
     assert error is None
     assert typer.banners == []
     # With no invite left (and no key at all) the explanation is back.
     Path(tmp_path / "keys" / "users" / "kindle").unlink()
-    typer, error = await _try(server, "stranger", [asyncssh.generate_private_key("ssh-ed25519")],
-                              [])
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    typer, error = await try_code(server, "stranger", [stranger], [])
     assert error is not None
     assert typer.banners and "no keys are authorized" in typer.banners[0]
 
@@ -316,7 +277,7 @@ async def test_an_invite_revoked_during_the_login_is_refused_plainly(
     code, _ = _invites(tmp_path).create("kindle", profile=None, ttl=timedelta(minutes=5),
                                         now=datetime.now(UTC))
 
-    class _Revoking(_CodeTyper):
+    class _Revoking(CodeTyper):
         def kbdint_auth_requested(self) -> str:
             _invites(tmp_path).revoke("kindle")  # the owner, just as the code is asked
             return ""

@@ -25,7 +25,7 @@ from kindlessh._migrations import MIGRATIONS, migrate_postgres
 from kindlessh._pg_store import PostgresStore
 from kindlessh._store import DEAD_OWNER_NOTE, open_store
 
-from .test_store import EXPECTED
+from .schema import EXPECTED
 
 SHIPPED = [m.__name__ for m in MIGRATIONS]
 

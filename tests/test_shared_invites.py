@@ -18,9 +18,9 @@ from kindlessh._guesses import GuessBudget
 from kindlessh._shared_accounts import SharedAccounts, create_invite
 from kindlessh._users import KeyEntry
 
+from .codetyper import try_code
 from .conftest import ServerFactory
 from .helpers import until
-from .test_invite import _try
 
 
 async def _cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str) -> str:
@@ -82,7 +82,7 @@ async def test_a_code_redeemed_on_one_machine_is_refused_on_the_other_and_the_ke
     )
 
     key = asyncssh.generate_private_key("ssh-ed25519")
-    typer, error = await _try(a, "kindle", [key], [code])
+    typer, error = await try_code(a, "kindle", [key], [code])
     assert error is None
     assert typer.prompts == ["Invite code for kindle: "]
 
@@ -95,7 +95,7 @@ async def test_a_code_redeemed_on_one_machine_is_refused_on_the_other_and_the_ke
     assert outcome == ("gone", None)
     # ...and once B heard of it, not even asked for.
     await until(lambda: _accounts(b).pending("kindle", datetime.now(UTC)) is None)
-    typer, error = await _try(b, "kindle", [other], [code])
+    typer, error = await try_code(b, "kindle", [other], [code])
     assert isinstance(error, asyncssh.PermissionDenied)
     assert typer.prompts == []
 
@@ -134,7 +134,7 @@ async def test_an_enrolled_key_joins_the_keys_of_a_user_with_a_file(
     code = (await _cli(capsys, tmp_path, "invite", "ann", "--quiet")).strip()
     await until(lambda: _accounts(b).pending("ann", datetime.now(UTC)) is not None)
     kindle = asyncssh.generate_private_key("ssh-ed25519")
-    _, error = await _try(b, "ann", [kindle], [code])
+    _, error = await try_code(b, "ann", [kindle], [code])
     assert error is None
     await until(lambda: _accounts(a).keys("ann") is not None)
     for server in (a, b):
@@ -157,7 +157,7 @@ async def test_revoke_and_expiry_hold_on_both_machines(
     key = asyncssh.generate_private_key("ssh-ed25519")
     for server in (a, b):
         await until(lambda s=server: _accounts(s).pending("kindle", datetime.now(UTC)) is None)
-        typer, error = await _try(server, "kindle", [key], [code])
+        typer, error = await try_code(server, "kindle", [key], [code])
         assert isinstance(error, asyncssh.PermissionDenied)
         assert typer.prompts == []  # no invite pending anywhere: no keyboard at all
 
@@ -171,7 +171,7 @@ async def test_revoke_and_expiry_hold_on_both_machines(
     for server in (a, b):
         await until(lambda s=server: _accounts(s).pending("marker", datetime.now(UTC)))
         assert _accounts(server).pending("old", datetime.now(UTC)) is None
-        typer, error = await _try(server, "old", [key], [old])
+        typer, error = await try_code(server, "old", [key], [old])
         # Asked like any name while "marker" is pending, but the expired code is wrong:
         # asked again (and this client gives up).
         assert isinstance(error, asyncssh.PermissionDenied)

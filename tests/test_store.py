@@ -22,60 +22,9 @@ from kindlessh._provider import Usage
 from kindlessh._sqlite_store import SqliteStore
 from kindlessh._store import DEAD_OWNER_NOTE, INTERRUPTED_NOTE, Store, TurnRow, open_store
 
+from .schema import EXPECTED
+
 SHIPPED = [m.__name__ for m in _migrations.MIGRATIONS]
-EXPECTED = {
-    "_migrations": ["name", "applied_at"],
-    "conversations": [
-        "id", "user", "title", "created_at", "updated_at", "system_prompt", "web", "model"
-    ],
-    "turns": [
-        "id",
-        "conversation_id",
-        "position",
-        "question",
-        "answer",
-        "thoughts",
-        "model",
-        "state",
-        "note",
-        "finish_reason",
-        "input_tokens",
-        "output_tokens",
-        "thoughts_tokens",
-        "started_at",
-        "duration_ms",
-        "incomplete",
-        "replay",
-        "sources",
-        "owner",
-    ],
-    "token_usage": [
-        "id",
-        "user",
-        "turn_id",
-        "model",
-        "started_at",
-        "input_tokens",
-        "output_tokens",
-        "thoughts_tokens",
-        "holder",
-    ],
-    # The full-text index of questions and answers (m005_search_index) and FTS5's own.
-    "turns_search": ["question", "answer"],
-    "turns_search_config": ["k", "v"],
-    "turns_search_data": ["id", "block"],
-    "turns_search_docsize": ["id", "sz"],
-    "turns_search_idx": ["segid", "term", "pgno"],
-    "workers": ["owner", "lock_key", "started_at"],
-    # The limits every worker shares (m008_shared_limits; empty on SQLite).
-    "limit_answers": ["holder", "owner", "claim", "since"],
-    "limit_buckets": ["holder", "tokens", "at"],
-    "limit_seats": ["id", "holder", "kind", "owner", "since"],
-    "limit_slots": ["id", "owner", "held", "since"],
-    # Invites and the keys they enrolled (m009_accounts; empty on SQLite).
-    "invites": ["name", "salt", "hash", "profile", "created_at", "expires_at"],
-    "enrolled_keys": ["id", "name", "key_data", "line", "added_at"],
-}
 
 HOSTILE = [
     "\x1b]52;c;SGVsbG8=\x07",  # OSC 52: write the reader's clipboard
