@@ -44,10 +44,11 @@ import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar, cast
+from urllib.parse import quote
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from ._errors import ConversationNotFound, InputRejected, StoreError
@@ -130,8 +131,21 @@ def describe(url: str) -> str:
 
 
 def explain(url: str, exc: BaseException) -> str:
-    """One line for the owner: why the store at ``url`` cannot be opened, and the fix."""
+    """One line for the owner: why the store at ``url`` cannot be opened, and the fix.
+    The password is never in it: the driver's text is kept only when the URL could be
+    read, and then with the password masked wherever it appears."""
+    try:
+        password = str(conninfo_to_dict(url).get("password") or "")
+    except psycopg.Error:
+        # The driver would quote the unreadable part, which may be the password.
+        return (
+            "Cannot open the conversation store: [storage] url cannot be read as a "
+            "postgresql://user:password@host:port/database URL (percent-encode special "
+            "characters in the password, e.g. %40 for @)."
+        )
     text = " ".join(str(exc).split()).rstrip(".")
+    for secret in {password, quote(password, safe="")} - {""}:
+        text = text.replace(secret, "***")
     lowered = text.lower()
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if "authentication failed" in lowered or sqlstate.startswith("28"):
@@ -164,15 +178,45 @@ def lock_key(owner: str) -> int:
     return zlib.crc32(owner.encode()) & 0x7FFFFFFF
 
 
+# How soon a connection whose other end vanished without a word (a machine that lost
+# power, a cut link) is given up, on both ends: on the server, so that a dead worker's
+# liveness lock goes within seconds rather than after TCP's two hours; here, so that a
+# call does not wait on a dead server. Seconds: idle before probing, between probes,
+# probes lost; and milliseconds data may stay unacknowledged.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, UNACKED_MS = 5, 2, 3, 10_000
+_CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": KEEPALIVE_IDLE,
+    "keepalives_interval": KEEPALIVE_INTERVAL,
+    "keepalives_count": KEEPALIVE_COUNT,
+    "tcp_user_timeout": UNACKED_MS,
+}
+
+
+def _conninfo(url: str) -> str:
+    """``url`` with this end's keepalive settings added.
+
+    Raises:
+        psycopg.ProgrammingError: ``url`` cannot be read.
+    """
+    return make_conninfo(url, **_CLIENT_KEEPALIVES)
+
+
 async def _utc(conn: Conn) -> None:
-    """Every connection reads times in UTC (they are stored as timestamptz)."""
+    """Every connection reads times in UTC (they are stored as timestamptz), and the
+    server probes it as this end does (see KEEPALIVE_IDLE); over a Unix socket the
+    probing settings do nothing."""
     await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute(f"SET tcp_keepalives_idle = {KEEPALIVE_IDLE}")
+    await conn.execute(f"SET tcp_keepalives_interval = {KEEPALIVE_INTERVAL}")
+    await conn.execute(f"SET tcp_keepalives_count = {KEEPALIVE_COUNT}")
+    await conn.execute(f"SET tcp_user_timeout = {UNACKED_MS}")
 
 
 async def _connect(url: str) -> Conn:
     try:
         conn = await AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            _conninfo(url), autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )
     except psycopg.Error as exc:
         raise StoreError(explain(url, exc)) from exc
@@ -343,6 +387,7 @@ class PostgresStore:
                 is missing or not UTF-8, a migration failed, or ``owner`` is already live.
         """
         conn = await _connect(url)
+        pool: AsyncConnectionPool[Conn] | None = None
         try:
             encoding = await (await conn.execute("SHOW server_encoding")).fetchone()
             if encoding is None or str(encoding[0]).upper() not in ("UTF8", "UTF-8"):
@@ -355,8 +400,8 @@ class PostgresStore:
             if applied:
                 log.info("store %s: applied migrations %s", describe(url), ", ".join(applied))
             owner = await cls._take_liveness(conn, owner, clock)
-            pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-                url,
+            pool = AsyncConnectionPool(
+                _conninfo(url),
                 min_size=1,
                 max_size=POOL_SIZE,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
@@ -366,11 +411,14 @@ class PostgresStore:
                 name="kindlessh-store",
             )
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
-        except psycopg.Error as exc:
+        except BaseException as exc:
+            # Nothing of a store that could not open stays connected (a pool that timed
+            # out opening would go on trying in the background).
+            if pool is not None:
+                await pool.close()
             await conn.close()
-            raise StoreError(explain(url, exc)) from exc
-        except BaseException:
-            await conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(explain(url, exc)) from exc
             raise
         return cls(url, pool, conn, clock, owner)
 
@@ -921,9 +969,10 @@ class PostgresStore:
 
     def _stop_asked(self, payload: str) -> None:
         user, turn = payload.rsplit(" ", 1)
+        asked = (_dec(user), int(turn))  # ValueError: not ours (see _heard)
         for callback in list(self._stop_callbacks):
             try:
-                callback(_dec(user), int(turn))
+                callback(*asked)
             except Exception:
                 log.exception("a stop listener failed")
 
@@ -962,6 +1011,9 @@ class PostgresStore:
                         describe(self.url), exc)  # fmt: skip
             await conn.close()
             return False
+        except BaseException:
+            await conn.close()  # cancelled by close(): the new lock goes with it
+            raise
         old, self._conn = self._conn, conn
         with contextlib.suppress(psycopg.Error):
             await old.close()
@@ -970,12 +1022,20 @@ class PostgresStore:
         return True
 
     def _heard(self, channel: str, payload: str) -> None:
-        if channel == STOP_CHANNEL:
-            self._stop_asked(payload)
+        # Anyone who may log in to the database can NOTIFY on these channels: a payload
+        # that is not ours is logged and ignored, never the end of hearing.
+        try:
+            if channel == STOP_CHANNEL:
+                self._stop_asked(payload)
+                return
+            user, conversation, turn = payload.rsplit(" ", 2)
+            written = (_dec(user), int(conversation), int(turn))
+        except ValueError:
+            log.warning("store %s: ignored a notification on %s: %.80r",
+                        describe(self.url), channel, payload)  # fmt: skip
             return
-        user, conversation, turn = payload.rsplit(" ", 2)
         for callback in list(self._callbacks):
             try:
-                callback(_dec(user), int(conversation), int(turn))
+                callback(*written)
             except Exception:
                 log.exception("a turn listener failed")

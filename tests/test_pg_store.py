@@ -113,6 +113,14 @@ async def test_refused_connections_say_what_to_do(pg_url: str) -> None:
         assert message.endswith(hint + "."), message
         assert "\n" not in message
         assert "wrong-secret" not in message and f":{split.password}@" not in message
+    # A URL the driver cannot read: its complaint would quote the password.
+    for secret in ("s3cr%zzet", "with space"):
+        url = f"postgresql://{split.username}:{secret}@{host}:{split.port}/x"
+        with pytest.raises(StoreError) as caught:
+            await open_store(StorageConfig(url=url))
+        message = str(caught.value)
+        assert secret not in message and "zz" not in message, message
+        assert "cannot be read" in message and "\n" not in message
 
 
 # ----- liveness ----------------------------------------------------------------------------
@@ -257,6 +265,12 @@ async def test_a_lost_listening_connection_comes_back_with_its_lock_and_channels
             await asyncio.sleep(0.02)
         assert store._conn.info.backend_pid != pid
         assert store.owner in await writer.live_owners()
+        # Notifications that are not the store's, from anyone who may log in, are
+        # ignored; hearing goes on.
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            for channel in ("kindlessh_turns", "kindlessh_stop"):
+                for payload in ("x", "a b c", "ann 1 x", ""):
+                    other.execute("SELECT pg_notify(%s, %s)", (channel, payload))
         conversation = await writer.new_conversation("ann", "t")
         turn = await writer.add_turn(conversation, "q", "m")
         for _ in range(250):
@@ -264,6 +278,13 @@ async def test_a_lost_listening_connection_comes_back_with_its_lock_and_channels
                 break
             await asyncio.sleep(0.02)
         assert heard == [turn]
+        assert store._conn.info.backend_pid != pid  # heard on the new connection
+        # The server probes the store's connections every few seconds, so a machine that
+        # vanished loses its lock in seconds (the listening one is busy hearing: the
+        # pool's are set up by the same function).
+        async with store.pool.connection() as conn:
+            cursor = await conn.execute("SHOW tcp_keepalives_idle")
+            assert await cursor.fetchone() == ("5",)
     finally:
         await writer.close()
 
