@@ -16,6 +16,7 @@ from kindlessh import Server
 from kindlessh._front import _Claimed
 
 from .conftest import ServerFactory
+from .haproxy import running_haproxy
 from .helpers import CLIENT_KEY
 from .test_proxy import CLAIMED, sent_first, v2_header
 
@@ -36,10 +37,16 @@ def key_line(pattern: str) -> str:
     return f'from="{pattern}" ' + RESTRICTED.export_public_key().decode().strip()
 
 
-async def logs_in(port: int, first: bytes | None, key: object = RESTRICTED) -> bool:
-    """Whether ``key`` logs in, after sending ``first`` (a PROXY header) when given."""
+async def logs_in(
+    port: int, first: bytes | None, key: object = RESTRICTED, client: str = "127.0.0.1"
+) -> bool:
+    """Whether ``key`` logs in from ``client``, after sending ``first`` (a PROXY
+    header) when given."""
     sock = sent_first(port, first) if first is not None else None
-    options = {"sock": sock} if sock is not None else {"host": "127.0.0.1", "port": port}
+    options: dict[str, object] = (
+        {"sock": sock} if sock is not None
+        else {"host": "127.0.0.1", "port": port, "local_addr": (client, 0)}
+    )
     try:
         conn = await asyncssh.connect(
             **options, username="reader", client_keys=[key],  # type: ignore[arg-type]
@@ -87,6 +94,22 @@ async def test_from_option_without_a_proxy_checks_the_peer(
     keys = keys_file(tmp_path, key_line("127.0.0.1"))
     srv = await make_server(server={"authorized_keys": keys})
     assert await logs_in(srv.port, None)
+
+
+async def test_from_option_through_a_real_haproxy(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # The client comes from 127.0.0.2 (any of 127/8 is loopback on Linux); HAProxy
+    # reaches the server from 127.0.0.1, the one address in proxy_from.
+    keys = keys_file(tmp_path, key_line("127.0.0.2"))
+    srv = await proxied_with(make_server, keys)
+    async with running_haproxy(tmp_path, [srv.port]) as port:
+        assert await logs_in(port, None, client="127.0.0.2")
+        assert not await logs_in(port, None, client="127.0.0.3")
+    # A key for the proxy's own address is no key for the clients behind it.
+    srv = await proxied_with(make_server, keys_file(tmp_path, key_line("127.0.0.1")))
+    async with running_haproxy(tmp_path, [srv.port]) as port:
+        assert not await logs_in(port, None, client="127.0.0.2")
 
 
 async def test_certificate_source_address_checks_the_header_address(
