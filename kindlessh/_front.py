@@ -8,14 +8,16 @@ Contract:
   afterwards.
 - From an address in ``[server] proxy_from`` a connection must begin with a PROXY
   header (:mod:`._proxyproto`, version 2 or 1) within ``proxy_timeout`` seconds. The
-  header's source address and port then stand for the connection's peer: the SSH
-  connection's ``peername``, which every log line, :mod:`._guard`'s penalties and the
-  accept log read; ``proxied_by`` holds the proxy's own address. A header with no
-  address (v2 UNSPEC, v1 UNKNOWN) leaves the proxy's address. A LOCAL command is the
-  proxy's health check: it is answered with the SSH version line and closed, logged at
-  debug level only, never counted against any address. A malformed, oversized or late
-  header is refused: logged, closed, no SSH started (and the proxy's address is not
-  penalised: it carries everyone's connections).
+  header's source address and port then stand for the connection's peer everywhere:
+  the ``peername`` of the transport asyncssh is given (:class:`_Claimed`), so asyncssh
+  itself checks a key's ``from="..."`` option and a certificate's ``source-address``
+  against the client, and every log line, :mod:`._guard`'s penalties and the accept
+  log read it from the SSH connection; ``proxied_by`` holds the proxy's own address.
+  A header with no address (v2 UNSPEC, v1 UNKNOWN) leaves the proxy's address. A
+  LOCAL command is the proxy's health check: it is answered with the SSH version line
+  and closed, logged at debug level only, never counted against any address. A
+  malformed, oversized or late header is refused: logged, closed, no SSH started (and
+  the proxy's address is not penalised: it carries everyone's connections).
 - From any other address SSH starts at once (the server's version line is not held
   back), and the client's first bytes are watched: a connection that begins with a
   PROXY header is refused (logged, closed), so a stranger cannot claim another
@@ -26,7 +28,13 @@ Strategy: asyncssh documents ``tunnel`` as an SSH connection, but calls no more 
 than ``create_server`` (its ``_TunnelListenerProtocol``), so an object with that method
 puts the gate under asyncssh without reaching into its internals. The gate is the
 transport's protocol only until it has decided, so an established connection costs
-nothing more than without it.
+nothing more than without it. asyncssh reads the peer's address from the transport
+once, in ``connection_made`` (its ``_peer_addr``, which ``from=`` and
+``source-address`` are checked against), not from the connection's extra info; so a
+proxied connection hands it :class:`_Claimed`, the real transport with only
+``peername`` (and ``proxied_by``) answered differently. Everything else, and so every
+byte written, closing, aborting and flow control, is the real transport's: the
+transport's protocol is still the SSH connection itself.
 """
 
 from __future__ import annotations
@@ -157,11 +165,7 @@ class _Gate(asyncio.Protocol):
             return
         self._buffer = self._buffer[header.length:]
         self._conn = self._factory("", 0)
-        extra: dict[str, Any] = {"proxied_by": self._addr}
-        if header.source is not None:
-            extra["peername"] = header.source
-        self._conn.set_extra_info(**extra)
-        self._conn.connection_made(self._transport)
+        self._conn.connection_made(_Claimed(self._transport, header.source, self._addr))
         if not self._done:  # the guard may have refused it in connection_made
             self._hand_over()
 
@@ -216,3 +220,68 @@ class _Gate(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._conn is not None:
             self._conn.resume_writing()
+
+
+class _Claimed(asyncio.Transport):
+    """A proxied connection's transport as asyncssh sees it: the real one, except that
+    ``peername`` is the PROXY header's source (when it has one) and ``proxied_by`` the
+    proxy's address. Every other call goes to the real transport unchanged."""
+
+    def __init__(
+        self, real: asyncio.Transport, source: tuple[str, int] | None, proxy: str
+    ) -> None:
+        super().__init__()
+        self._real = real
+        self._claimed: dict[str, Any] = {"proxied_by": proxy}
+        if source is not None:
+            self._claimed["peername"] = source
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self._claimed:
+            return self._claimed[name]
+        return self._real.get_extra_info(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._real.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._real.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._real.can_write_eof()
+
+    def abort(self) -> None:
+        self._real.abort()
+
+    def close(self) -> None:
+        self._real.close()
+
+    def is_closing(self) -> bool:
+        return self._real.is_closing()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._real.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._real.get_protocol()
+
+    def pause_reading(self) -> None:
+        self._real.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._real.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._real.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
