@@ -387,10 +387,13 @@ class Hub:
             log.warning("reading conversation %s again failed: %s", chat.id, exc)
             return
         if rows is None:
-            # Deleted elsewhere: shown emptied, as a delete here does.
-            if conversation.unfollow():
-                await conversation.wait()
-            if not conversation.answering and chat.id is not None:
+            # Deleted elsewhere: shown emptied, as a delete here does; an answer this
+            # process is giving in it stops (its words have nowhere to go).
+            if not conversation.unfollow():  # another's answer: it heard the delete too
+                conversation.stop("stopped: the conversation was deleted")
+            await conversation.wait()
+            if chat.id is not None:
+                await chat.recorder.flush()
                 await chat.recorder.forget()
                 conversation.forget()
             return

@@ -207,6 +207,41 @@ async def test_a_conversation_deleted_on_one_server_empties_on_the_others_screen
     assert len(await a.ctx.session.hub.store.list_conversations("reader")) == 1
 
 
+async def test_a_conversation_deleted_elsewhere_while_its_answer_comes_here_stops_it(
+    pg_url: str, make_server: ServerFactory, fake_gemini: FakeGemini
+) -> None:
+    a = await make_server(storage=_storage(pg_url))
+    b = await make_server(storage=_storage(pg_url))
+    gate = asyncio.Event()
+    fake_gemini.enqueue(_slow(gate))
+    async with connected(a) as one:
+        await one.ask("doomed question")
+        await one.wait_for("First words arrive.")
+        await _until_stored(a, "First words arrive. ")
+        number = _only_chat(a).id
+        # B, on a fresh conversation of its own, deletes A's while A is answering it.
+        async with connected(b) as two:
+            await two.send("/new\r")
+            await two.wait_for("New conversation.")
+            await two.send(f"/delete {number}\r")
+            await two.wait_for("Delete conversation")
+            await two.send("y\r")
+            await two.wait_for(f"Conversation {number} deleted.")
+        # A stops the answer (nowhere to store it), empties, and starts anew.
+        await until(lambda: not _only_chat(a).conversation.turns)
+        assert _only_chat(a).id is None
+        gate.set()
+        fake_gemini.enqueue(Reply.text(["A fresh start."]))
+        await one.wait_for(lambda t: "ready" in t.text())
+        await one.ask("a new question")
+        await one.wait_for("A fresh start.")
+        await until(lambda: _only_chat(a).id is not None)
+        await _until_stored(a, "A fresh start.")
+    rows = await _stored(a)
+    assert [r.question for r in rows] == ["a new question"]
+    assert len(await a.ctx.session.hub.store.list_conversations("reader")) == 1
+
+
 async def test_an_answer_whose_owner_is_killed_is_shown_interrupted(
     pg_url: str,
     tmp_path: Path,
