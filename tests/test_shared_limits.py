@@ -181,7 +181,7 @@ from kindlessh._shared_limits import SharedLimits
 from kindlessh._store import open_store
 
 async def main():
-    store = await open_store(StorageConfig(url=sys.argv[1]), owner="doomed")
+    store = await open_store(StorageConfig(url=sys.argv[1], owner_grace_ms=200), owner="doomed")
     limits = SharedLimits(store.pool, store.owner, store.live_owners)
     assert await limits.claim_answer("ann")
     await limits.hold(1, 0, lambda ahead: None).__aenter__()
@@ -198,7 +198,8 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
     from kindlessh._pg_store import PostgresStore
     from kindlessh._store import open_store
 
-    store = await open_store(StorageConfig(url=pg_url), owner="survivor")
+    # A short grace: the killed worker counts as dead within the test's bounds.
+    store = await open_store(StorageConfig(url=pg_url, owner_grace_ms=200), owner="survivor")
     assert isinstance(store, PostgresStore)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _DOOMED, pg_url, stdout=asyncio.subprocess.PIPE
@@ -227,3 +228,32 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
             proc.kill()
             await proc.wait()
         await store.close()
+
+
+async def test_a_worker_briefly_cut_off_keeps_what_it_holds(pg_url: str) -> None:
+    from kindlessh._pg_store import PostgresStore
+
+    from .pgcut import cut_liveness
+
+    watcher = await PostgresStore.open(pg_url, grace=2.0)
+    cut = await PostgresStore.open(pg_url, owner="cut")
+    mine = SharedLimits(cut.pool, cut.owner, cut.live_owners, poll=0.05)
+    others = SharedLimits(watcher.pool, watcher.owner, watcher.live_owners, poll=0.05)
+    held = mine.hold(1, 0, lambda ahead: None)
+    try:
+        assert await mine.claim_answer("ann") is not None
+        assert await mine.claim_seat("ann", "session", 1) is not None
+        await held.__aenter__()
+        await cut_liveness(pg_url, cut)  # its lock gone, for less than the grace
+        # Nothing of what it holds is taken: one answer, one session, one upstream slot.
+        assert await others.claim_answer("ann") is None
+        assert await others.claim_seat("ann", "session", 1) is None
+        with pytest.raises(ServerBusy):
+            async with others.hold(1, 0.3, lambda ahead: None):
+                pass
+    finally:
+        await held.__aexit__(None, None, None)
+        await mine.close()
+        await others.close()
+        await cut.close()
+        await watcher.close()
