@@ -30,7 +30,8 @@ class Workers:
 
     async def worker(self, owner: str) -> SharedLimits:
         pool = psycopg_pool.AsyncConnectionPool(
-            self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+            self.url, min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "application_name": owner},
         )
         await pool.open()
         self.pools.append(pool)
@@ -228,6 +229,50 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
             proc.kill()
             await proc.wait()
         await store.close()
+
+
+def _cut_connections(url: str, owner: str) -> None:
+    """End ``owner``'s sessions on the test database from the server's side (as a
+    PostgreSQL restart would): its pool's idle connections fail at their next use."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (owner,),
+        )
+
+
+async def _rows(url: str, table: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(f"SELECT count(*) FROM {table}")
+        (count,) = await cur.fetchone()  # type: ignore[misc]
+    return int(count)
+
+
+async def test_a_release_that_fails_is_tried_again_until_it_lands(
+    workers: Workers, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    for what in ("seat", "slot"):
+        caplog.clear()
+        if what == "seat":
+            seat = await a.claim_seat("ann", "session", 1)
+            assert seat is not None
+            _cut_connections(pg_url, "a")
+            seat.release()  # its first try meets a dead connection
+        else:
+            async with a.hold(1, 0, lambda ahead: None):
+                _cut_connections(pg_url, "a")
+        for _ in range(100):
+            if not await _rows(pg_url, f"limit_{what}s"):
+                break
+            await asyncio.sleep(0.05)
+        assert "could not be given back" in caplog.text  # it did fail once
+        assert await _rows(pg_url, f"limit_{what}s") == 0
+    # Nothing is left to block anyone: max_upstream 1 and one session still go.
+    assert await b.claim_seat("ann", "session", 1) is not None
+    async with asyncio.timeout(5), b.hold(1, 0, lambda ahead: None):
+        pass
 
 
 async def test_a_worker_briefly_cut_off_keeps_what_it_holds(pg_url: str) -> None:
