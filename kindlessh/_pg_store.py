@@ -28,8 +28,8 @@ Contract:
   them on the dedicated connection (turn 0: the conversation was deleted).
 - A lost dedicated connection (PostgreSQL restarted, the link cut) is made again, with
   backing off: the same owner takes its lock again and listens again. Meanwhile the
-  worker stays live for the grace, and what was written went unheard (followers check on their
-  own, see :mod:`._follow`).
+  worker stays live for the grace, and what was written went unheard (followers check
+  on their own, see :mod:`._follow`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Contract:
 - Every row names its *owner*: the store's id of the process that wrote it
   (``store.owner``), live as ``live_owners`` says (the store's one definition: its
   session advisory lock held, or lost for less than ``[storage] owner_grace_ms``, so a
-  worker reconnecting keeps its rows). A row whose owner is not live counts for nothing and is taken over or deleted
-  by the next claim: a worker killed with SIGKILL never blocks anyone.
+  worker reconnecting keeps its rows). A row whose owner is not live counts for
+  nothing and is taken over or deleted by the next claim: a worker killed with SIGKILL
+  blocks nobody once its grace is over.
 - :meth:`SharedLimits.claim_answer` takes the holder's one answer in flight (D1): a
   claim, or None when another live owner holds it. :meth:`release_answer` gives it back.
 - :meth:`SharedLimits.take_prompt` takes one prompt of the holder's bucket (D2),
