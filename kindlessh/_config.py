@@ -185,6 +185,10 @@ class StorageConfig:
     # With a shared store: milliseconds a screen following another process's answer
     # waits without news before it checks that process is still alive.
     follow_check_ms: int = 1000
+    # With a shared store: milliseconds a worker may be seen without its liveness lock
+    # (its link to PostgreSQL cut, reconnecting) before it counts as dead: its answers
+    # marked interrupted, its shared limits freed.
+    owner_grace_ms: int = 3000
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,9 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ),
     ("storage", "follow_check_ms"): (
         lambda v: 10 <= v <= 60000, "milliseconds from 10 to 60000"
+    ),
+    ("storage", "owner_grace_ms"): (
+        lambda v: 0 <= v <= 600000, "milliseconds from 0 to 600000"
     ),
     ("ui", "profile"): (lambda v: v in ("eink", "smooth"), '"eink" or "smooth"'),
     ("ui", "eink_interval_ms"): (lambda v: 250 <= v <= 5000, "milliseconds from 250 to 5000"),

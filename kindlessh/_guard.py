@@ -34,8 +34,10 @@ Contract:
 - With :attr:`Guard.shared` set (the store is PostgreSQL: several workers may serve one
   holder), :meth:`Guard.seat` also counts the session against ``max_sessions_per_user``
   over every worker, in the database: a seat to give back when the session ends, or the
-  same "server full" line. The in-process counts above stay the first, cheap gate; the
-  totals (``max_sessions``, ``max_connections``) protect one process and stay its own.
+  same "server full" line; when the database cannot be asked, the process's own count
+  stands (logged) and the session opens. The in-process counts above stay the first,
+  cheap gate; the totals (``max_sessions``, ``max_connections``) protect one process
+  and stay its own.
   Likewise :meth:`Guard.share_connection` counts a logged-in connection against
   ``max_connections_per_user`` over every worker, in the background (asyncssh's login
   callback cannot wait): over the cap, ``refuse`` is called with the line, and the
@@ -245,7 +247,13 @@ class Guard:
         if self.shared is None:
             return None
         most = self.config.max_sessions_per_user
-        seat = await self.shared.claim_seat(user, "session", most)
+        try:
+            seat = await self.shared.claim_seat(user, "session", most)
+        except Exception:
+            # The database is away: the process's own count (open_session) stands, as
+            # for share_connection; a session is never left hanging on it.
+            log.exception("could not count a session over every worker")
+            return None
         return seat if seat is not None else self._sessions.full_for(user, name, most)
 
     def close_session(self, user: str) -> None:

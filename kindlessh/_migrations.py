@@ -206,6 +206,14 @@ def m009_accounts(conn: sqlite3.Connection) -> None:
     )
 
 
+def m010_worker_lost_at(conn: sqlite3.Connection) -> None:
+    """Per worker: when a liveness check first saw its lock not held (NULL: held when
+    last looked). A worker counts as dead only once lost for longer than ``[storage]
+    owner_grace_ms``, so a live one reconnecting after a cut link keeps its answers and
+    limits (used on PostgreSQL; harmless and empty on SQLite)."""
+    conn.execute("ALTER TABLE workers ADD COLUMN lost_at TEXT")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 # The order migrations are applied in: this list is the only place it is kept (a name's
@@ -220,6 +228,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m007_workers,
     m008_shared_limits,
     m009_accounts,
+    m010_worker_lost_at,
 )
 
 # The same migrations for PostgreSQL, by name. Times are timestamptz, flags boolean, ids
@@ -359,6 +368,7 @@ POSTGRES: dict[str, tuple[str, ...]] = {
         )
         """,
     ),
+    "m010_worker_lost_at": ("ALTER TABLE workers ADD COLUMN lost_at TIMESTAMPTZ",),
 }
 
 # pg_advisory_xact_lock(MIGRATION_LOCK): the (fixed, arbitrary) key migrating holds.

@@ -17,17 +17,19 @@ Contract:
   character, U+10FFFF) are escaped on the way in and restored on the way out.
 - Liveness: the store's *owner* (a name made from host, pid and a random part unless
   given) holds a session advisory lock ``(LIVE_LOCK_CLASS, lock_key)`` on the dedicated
-  connection and a row in ``workers``. The lock goes when the process dies, so
-  :meth:`PostgresStore.live_owners` (owners whose lock is held now) is the set of
-  workers running; :meth:`PostgresStore.recover_interrupted` cuts only the answers of
-  owners not in it.
+  connection and a row in ``workers``. The lock goes when the process dies, or while
+  its link is cut; an owner is *dead* once seen without its lock for longer than the
+  grace (``[storage] owner_grace_ms``), or when it has no ``workers`` row.
+  :meth:`PostgresStore.live_owners` (every owner not dead) is the set of workers
+  running; :meth:`PostgresStore.recover_interrupted` cuts only the answers of the dead.
+  A live owner judged dead all the same keeps saving its answer and stores it whole.
 - Every turn write also sends ``NOTIFY kindlessh_turns, '<user> <conversation> <turn>'``
   in its transaction (so only once it is committed); :meth:`PostgresStore.listen` hears
   them on the dedicated connection (turn 0: the conversation was deleted).
 - A lost dedicated connection (PostgreSQL restarted, the link cut) is made again, with
   backing off: the same owner takes its lock again and listens again. Meanwhile the
-  worker counts as dead, and what was written went unheard (followers check on their
-  own, see :mod:`._follow`).
+  worker stays live for the grace, and what was written went unheard (followers check
+  on their own, see :mod:`._follow`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ CONNECT_TIMEOUT = 5  # seconds to reach the server at start
 # it fails with StoreError; the closing store's last write waits less.
 CALL_TIMEOUT = 10
 CLOSE_TIMEOUT = 2
+# Seconds a worker may be seen without its liveness lock before it counts as dead (the
+# default of [storage] owner_grace_ms; see _dead).
+OWNER_GRACE = 3.0
 
 # ----- exact text ---------------------------------------------------------------------------
 
@@ -249,13 +254,44 @@ _TOUCH_AND_NOTIFY = (
     "FROM t JOIN c ON c.id = t.conversation_id"
 )
 
-# The owners whose liveness lock is held right now, in this database.
-_LIVE = (
-    "SELECT w.owner FROM workers w JOIN pg_locks l ON l.locktype = 'advisory' "
+# The liveness lock keys held right now in this database, as column ``key``.
+_HELD = (
+    "SELECT l.objid::int8 AS key FROM pg_locks l WHERE l.locktype = 'advisory' "
     "AND l.granted AND l.objsubid = 2 "
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    f"AND l.classid::int8 = {LIVE_LOCK_CLASS} AND l.objid::int8 = w.lock_key"
+    f"AND l.classid::int8 = {LIVE_LOCK_CLASS}"
 )
+
+# Strategy: a worker whose lock is not held may be a live one reconnecting (PostgreSQL
+# restarted, its link cut), so it is dead only once *seen* so for longer than the grace:
+# every liveness check first runs _MARK, which stamps ``lost_at`` on the rows whose
+# lock is not held (once) and clears it on those whose lock is held. SKIP LOCKED: two
+# checks at once never wait for (or deadlock on) each other; either one's mark will do.
+_MARK = (
+    f"WITH held AS ({_HELD}) "
+    "UPDATE workers w SET lost_at = CASE WHEN w.lock_key IN (SELECT key FROM held) "
+    "THEN NULL ELSE clock_timestamp() END "
+    "WHERE w.owner IN (SELECT owner FROM workers "
+    "WHERE (lost_at IS NULL) = (lock_key NOT IN (SELECT key FROM held)) "
+    "FOR UPDATE OF workers SKIP LOCKED)"
+)
+
+
+def _dead(grace: float) -> str:
+    """SQL true for a ``workers w`` row of a dead worker: its lock is not held and was
+    first seen not held more than ``grace`` seconds ago (by :data:`_MARK`). The one
+    definition of a dead owner: :meth:`PostgresStore.live_owners` (and so the shared
+    limits, :mod:`._shared_limits`) and :meth:`PostgresStore.recover_interrupted` use it;
+    an owner with no ``workers`` row at all is dead too."""
+    return (
+        f"(w.lock_key NOT IN (SELECT key FROM ({_HELD}) h) AND w.lost_at IS NOT NULL "
+        f"AND w.lost_at < clock_timestamp() - make_interval(secs => {float(grace)!r}))"
+    )
+
+
+def _live(grace: float) -> str:
+    """The owners not dead (see :func:`_dead`), as column ``owner``."""
+    return f"SELECT w.owner FROM workers w WHERE NOT {_dead(grace)}"
 
 
 def _conversation_row(row: tuple[object, ...]) -> ConversationRow:
@@ -354,6 +390,7 @@ class PostgresStore:
         conn: Conn,
         clock: Callable[[], datetime],
         owner: str,
+        grace: float = OWNER_GRACE,
     ) -> None:
         """Private: use :meth:`open`."""
         self.url = url
@@ -366,6 +403,8 @@ class PostgresStore:
         self._callbacks: list[Callable[[str, int, int], None]] = []
         self._stop_callbacks: list[Callable[[str, int], None]] = []
         self._listener: asyncio.Task[None] | None = None
+        self._grace = grace
+        self._recheck: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -374,6 +413,7 @@ class PostgresStore:
         *,
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
+        grace: float = OWNER_GRACE,
     ) -> PostgresStore:
         """Connect to ``url``, migrate the database, take the owner's liveness lock.
 
@@ -381,6 +421,8 @@ class PostgresStore:
             url: a ``postgresql://`` URL.
             clock: returns the current time, aware (injectable for tests).
             owner: this worker's name (default: host, pid and a random part).
+            grace: seconds a worker may be seen without its liveness lock before it
+                counts as dead (``[storage] owner_grace_ms``).
 
         Raises:
             StoreError: the server cannot be reached, the login is refused, the database
@@ -420,7 +462,7 @@ class PostgresStore:
             if isinstance(exc, psycopg.Error):
                 raise StoreError(explain(url, exc)) from exc
             raise
-        return cls(url, pool, conn, clock, owner)
+        return cls(url, pool, conn, clock, owner, grace)
 
     @staticmethod
     async def _take_liveness(
@@ -439,7 +481,7 @@ class PostgresStore:
                 await conn.execute(
                     "INSERT INTO workers (owner, lock_key, started_at) VALUES (%s, %s, %s) "
                     "ON CONFLICT (owner) DO UPDATE SET lock_key = excluded.lock_key, "
-                    "started_at = excluded.started_at",
+                    "started_at = excluded.started_at, lost_at = NULL",
                     (_enc(name), key, clock()),
                 )
                 return name
@@ -472,9 +514,10 @@ class PostgresStore:
         self._closed = True
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for task in (self._listener, self._recheck):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             async with self._pool.connection(timeout=CLOSE_TIMEOUT) as conn:
                 await conn.execute("DELETE FROM workers WHERE owner = %s", (_enc(self._owner),))
@@ -757,6 +800,11 @@ class PostgresStore:
     async def save_progress(self, turn_id: int, answer: str, thoughts: str) -> bool:
         """Commit the text streamed so far (the whole text, not a delta).
 
+        A turn of this owner that recovery marked interrupted (this worker was judged
+        dead: cut off from the database past the grace, yet alive) streams again: it is
+        set back to ``streaming``, so that the answer is never lost and a crash later
+        loses at most ``commit_interval_ms`` of it, as ever.
+
         Returns:
             False when the turn no longer exists or is no longer streaming.
         """
@@ -764,11 +812,14 @@ class PostgresStore:
 
         async def job(conn: Conn) -> bool:
             cursor = await conn.execute(
-                "WITH t AS (UPDATE turns SET answer = %s, thoughts = %s "
-                "WHERE id = %s AND state = 'streaming' RETURNING id, conversation_id)"
+                "WITH t AS (UPDATE turns SET answer = %s, thoughts = %s, "
+                "state = 'streaming', note = NULL WHERE id = %s AND (state = 'streaming' "
+                "OR (state = 'stopped' AND note = %s AND owner = %s)) "
+                "RETURNING id, conversation_id)"
                 + _TOUCH_AND_NOTIFY,
-                (_enc(answer), _enc(thoughts), turn_id, now),
-            )
+                (_enc(answer), _enc(thoughts), turn_id, DEAD_OWNER_NOTE,
+                 _enc(self._owner), now),
+            )  # fmt: skip
             return cursor.rowcount > 0
 
         return await self._call(job)
@@ -790,7 +841,9 @@ class PostgresStore:
         sources: tuple[Source, ...] = (),
     ) -> bool:
         """Store a turn's final text and outcome, and record its tokens in the ledger
-        (see :meth:`kindlessh._sqlite_store.SqliteStore.finish_turn`).
+        (see :meth:`kindlessh._sqlite_store.SqliteStore.finish_turn`). Only the owner
+        finishes a turn, and it has the whole answer: its finish replaces what recovery
+        wrote if this worker was judged dead while alive (answers are never lost).
 
         Returns:
             False when the turn no longer exists.
@@ -863,28 +916,36 @@ class PostgresStore:
         return await self._call(job)
 
     async def live_owners(self) -> set[str]:
-        """The owners of the workers running now (their liveness lock is held)."""
+        """The owners of the workers running now: every ``workers`` row but the dead
+        (lock not held, and seen so for longer than the grace; see :func:`_dead`). Each
+        call is a liveness check: it marks which locks it saw gone or back."""
+        live = _live(self._grace)
 
         async def job(conn: Conn) -> set[str]:
-            cursor = await conn.execute(_LIVE)
+            await conn.execute(_MARK)
+            cursor = await conn.execute(live)
             return {_dec(cast(str, row[0])) for row in await cursor.fetchall()}
 
         return await self._call(job)
 
     async def recover_interrupted(self) -> int:
         """Mark as stopped and incomplete every turn still ``streaming`` whose owner is
-        not live (a worker that died, or a server stopped), with
+        dead (see :func:`_dead`: a worker that died, or a server stopped), with
         :data:`~kindlessh._store.DEAD_OWNER_NOTE`; the answers live workers are streaming
-        are left alone. Forgets the ``workers`` rows of the dead.
+        are left alone, and so are those of a worker within its grace (it may be
+        reconnecting): for those, this runs again once the grace is over. Forgets the
+        ``workers`` rows of the dead.
 
         Returns:
             How many turns were marked.
         """
+        live, dead = _live(self._grace), _dead(self._grace)
 
-        async def job(conn: Conn) -> int:
+        async def job(conn: Conn) -> tuple[int, bool]:
             async with conn.transaction():
+                await conn.execute(_MARK)
                 cursor = await conn.execute(
-                    f"WITH live AS ({_LIVE}), "
+                    f"WITH live AS ({live}), "
                     "t AS (UPDATE turns SET state = 'stopped', incomplete = true, note = %s "
                     "WHERE state = 'streaming' "
                     "AND (owner IS NULL OR owner NOT IN (SELECT owner FROM live)) "
@@ -894,13 +955,31 @@ class PostgresStore:
                     (DEAD_OWNER_NOTE,),
                 )
                 count = cursor.rowcount
-                await conn.execute(f"DELETE FROM workers WHERE owner NOT IN ({_LIVE})")
-                return count
+                await conn.execute(f"DELETE FROM workers w WHERE {dead}")
+                # Answers of workers lost but within their grace: look again later.
+                cursor = await conn.execute(
+                    "SELECT 1 FROM turns t JOIN workers w ON w.owner = t.owner "
+                    "WHERE t.state = 'streaming' AND w.lost_at IS NOT NULL LIMIT 1"
+                )
+                return count, await cursor.fetchone() is not None
 
-        count = await self._call(job)
+        count, waiting = await self._call(job)
         if count:
             log.warning("marked %d interrupted answer(s) as stopped", count)
+        again = self._recheck is None or self._recheck.done()
+        if waiting and not self._closed and (again or self._recheck is asyncio.current_task()):
+            self._recheck = asyncio.create_task(
+                self._recover_later(), name="kindlessh-store-recheck"
+            )
         return count
+
+    async def _recover_later(self) -> None:
+        """:meth:`recover_interrupted` again once a lost worker's grace is over."""
+        await asyncio.sleep(self._grace + 0.05)
+        try:
+            await self.recover_interrupted()
+        except StoreError as exc:
+            log.warning("could not look for interrupted answers again: %s", exc)
 
     async def tokens_used(self, holder: str, since: datetime) -> int:
         """Input, output and thinking tokens of ``holder``'s turns started at or after

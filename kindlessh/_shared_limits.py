@@ -9,9 +9,11 @@ the upstream or the chat.
 
 Contract:
 - Every row names its *owner*: the store's id of the process that wrote it
-  (``store.owner``), live for as long as that process holds the store's session advisory
-  lock. A row whose owner is not live counts for nothing and is taken over or deleted
-  by the next claim: a worker killed with SIGKILL never blocks anyone.
+  (``store.owner``), live as ``live_owners`` says (the store's one definition: its
+  session advisory lock held, or lost for less than ``[storage] owner_grace_ms``, so a
+  worker reconnecting keeps its rows). A row whose owner is not live counts for
+  nothing and is taken over or deleted by the next claim: a worker killed with SIGKILL
+  blocks nobody once its grace is over.
 - :meth:`SharedLimits.claim_answer` takes the holder's one answer in flight (D1): a
   claim, or None when another live owner holds it. :meth:`release_answer` gives it back.
 - :meth:`SharedLimits.take_prompt` takes one prompt of the holder's bucket (D2),
@@ -31,7 +33,11 @@ Contract:
 - Releases run on every path, even a cancelled one: each is a task of its own that
   :meth:`close` waits for; :meth:`close` then deletes every row this owner still has.
   The end of a :meth:`hold` block, and a caller that awaits :meth:`settled`, wait for
-  the release to land, so whoever sees an answer end may claim again at once.
+  the release's first try, so whoever sees an answer end may claim again at once.
+- A release that fails (the database briefly away, no pooled connection in time) is
+  tried again, backing off from :data:`RETRY_FIRST` to :data:`RETRY_MOST` seconds, until
+  it lands or :meth:`close` (which deletes the rows anyway) begins: a live owner never
+  keeps a row it gave back. Every release is idempotent (a DELETE by id or claim).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ from ._errors import ServerBusy
 
 log = logging.getLogger("kindlessh.shared_limits")
 
+# Seconds between tries of a release that failed, first and at most.
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0
 CHANNEL = "kindlessh_limits"  # NOTIFY channel: an upstream slot was given back
 _SLOT_LOCK = 0x6B6C5331  # pg_advisory_xact_lock key serialising the slot queue ("klS1")
 _SEAT_LOCK = 0x6B6C5331 + 1  # first half of the per-holder seat lock key
@@ -85,7 +93,7 @@ class Seat:
         row, self._row = self._row, None
         if row is not None:
             self._limits.later(
-                self._limits._execute("DELETE FROM limit_seats WHERE id = %s", (row,))
+                lambda: self._limits._execute("DELETE FROM limit_seats WHERE id = %s", (row,))
             )
 
 
@@ -125,6 +133,7 @@ class SharedLimits:
         self.poll = poll
         self._pending: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -145,20 +154,34 @@ class SharedLimits:
         async with self.pool.connection() as conn:
             await conn.execute(query, params)
 
-    def later(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-        """Run ``job`` (a release) as a task of its own: a cancelled caller cannot stop
-        it half done, and :meth:`close` waits for it. None once closed (:meth:`close`
-        deleted every row of this owner already)."""
-
+    def later(self, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None] | None:
+        """Run the release ``job()`` as a task of its own: a cancelled caller cannot stop
+        it half done, and :meth:`close` waits for it. Returns the task of its first try;
+        should that fail, it is tried again in the background (see the contract). None
+        once closed (:meth:`close` deleted every row of this owner already)."""
         if self._closed:
-            job.close()
             return None
+        return self._try_release(job, 0.0)
 
+    def _try_release(
+        self, job: Callable[[], Awaitable[None]], delay: float
+    ) -> asyncio.Task[None]:
         async def run() -> None:
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+                if self._closed:
+                    return  # close() deletes this owner's rows itself
             try:
-                await job
-            except Exception:
-                log.exception("a shared limit could not be given back")
+                await job()
+            except Exception as exc:
+                if self._closed:
+                    log.warning("a shared limit could not be given back: %s", exc)
+                    return
+                wait = min(max(delay * 2, RETRY_FIRST), RETRY_MOST)
+                log.warning("a shared limit could not be given back (%s); trying again "
+                            "in %g s", " ".join(str(exc).split())[:200], wait)  # fmt: skip
+                self._try_release(job, wait)
 
         task = asyncio.get_running_loop().create_task(run())
         self._pending.add(task)
@@ -175,12 +198,13 @@ class SharedLimits:
     async def close(self) -> None:
         """Wait for every release, stop listening, and delete this owner's rows."""
         self._closed = True
+        self._closing.set()  # releases still failing stop trying: the rows go below
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(BaseException):
                 await self._listener
             self._listener = None
-        if self._pending:
+        while self._pending:  # a try failing meanwhile adds no other
             await asyncio.wait(set(self._pending))
         try:
             async with self.pool.connection() as conn:
@@ -228,7 +252,7 @@ class SharedLimits:
     def release_answer(self, holder: str, claim: str) -> asyncio.Task[None] | None:
         """Give back ``holder``'s answer ``claim`` (in the background; see :meth:`later`)."""
         return self.later(
-            self._execute(
+            lambda: self._execute(
                 "DELETE FROM limit_answers WHERE holder = %s AND claim = %s", (holder, claim)
             )
         )
@@ -284,7 +308,7 @@ class SharedLimits:
             ServerBusy: no slot came free within ``timeout`` seconds.
         """
         def undo(row: int) -> None:
-            self.later(self._give_back(row))
+            self.later(lambda: self._give_back(row))
 
         slot = await _kept(self._enqueue(), undo)
         try:
@@ -292,7 +316,7 @@ class SharedLimits:
             yield
         finally:
             # Given back before the block's end is seen: the next waiter may go at once.
-            await self.settled(self.later(self._give_back(slot)))
+            await self.settled(self.later(lambda: self._give_back(slot)))
 
     async def _enqueue(self) -> int:
         async with self.pool.connection() as conn:

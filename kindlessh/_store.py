@@ -196,7 +196,9 @@ async def open_store(
         # Imported only here: a SQLite server never loads the PostgreSQL driver.
         from ._pg_store import PostgresStore
 
-        return await PostgresStore.open(storage.url, clock=clock, owner=owner)
+        return await PostgresStore.open(
+            storage.url, clock=clock, owner=owner, grace=storage.owner_grace_ms / 1000
+        )
     from ._sqlite_store import SqliteStore
 
     return await SqliteStore.open(storage.path, clock=clock, owner=owner)

@@ -50,7 +50,7 @@ EXPECTED = {
     "turns_search_data": ["id", "block"],
     "turns_search_docsize": ["id", "sz"],
     "turns_search_idx": ["segid", "term", "pgno"],
-    "workers": ["owner", "lock_key", "started_at"],
+    "workers": ["owner", "lock_key", "started_at", "lost_at"],
     # The limits every worker shares (m008_shared_limits; empty on SQLite).
     "limit_answers": ["holder", "owner", "claim", "since"],
     "limit_buckets": ["holder", "tokens", "at"],

@@ -25,7 +25,9 @@ WHOLE = "".join(PIECES)
 def _storage(url: str) -> dict[str, Any]:
     # Progress saved every 50 ms and an owner checked after 100 ms of silence: the
     # follower hears every piece, and a dead owner is found quickly.
-    return {"url": url, "commit_interval_ms": 50, "follow_check_ms": 100}
+    return {
+        "url": url, "commit_interval_ms": 50, "follow_check_ms": 100, "owner_grace_ms": 200,
+    }
 
 
 def _slow(gate: asyncio.Event) -> Reply:
@@ -256,6 +258,7 @@ async def test_an_answer_whose_owner_is_killed_is_shown_interrupted(
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
         f'[storage]\nurl = "{pg_url}"\ncommit_interval_ms = 50\nfollow_check_ms = 100\n'
+        "owner_grace_ms = 200\n"
     )
     proc, lines = await start_serve(
         folder, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
@@ -329,6 +332,13 @@ async def test_a_dead_owners_answer_opened_later_is_shown_interrupted(
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+    # The others have already seen it gone for longer than the grace (owner_grace_ms):
+    # a worker just seen without its lock might be reconnecting, and is shown answering.
+    store = follower.ctx.session.hub.store
+    for _ in range(100):
+        if len(await store.live_owners()) == 1:
+            break
+        await asyncio.sleep(0.05)
     async with connected(follower) as two:
         await two.wait_for("interrupted")
         assert "First words arrive." in two.joined()

@@ -6,6 +6,7 @@ notifications another store hears."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from kindlessh._migrations import MIGRATIONS, migrate_postgres
 from kindlessh._pg_store import PostgresStore
 from kindlessh._store import DEAD_OWNER_NOTE, open_store
 
+from .pgcut import cut_liveness
 from .schema import EXPECTED
 
 SHIPPED = [m.__name__ for m in MIGRATIONS]
@@ -32,7 +34,8 @@ SHIPPED = [m.__name__ for m in MIGRATIONS]
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    opened = await PostgresStore.open(pg_url)
+    # A short grace: a killed worker counts as dead within the tests' bounds.
+    opened = await PostgresStore.open(pg_url, grace=0.2)
     try:
         yield opened
     finally:
@@ -200,6 +203,90 @@ async def test_recovery_cuts_only_the_answers_of_dead_owners(pg_url: str) -> Non
     finally:
         await starting.close()
         await live.close()
+
+
+async def test_a_worker_briefly_without_its_lock_stays_live_for_the_grace(
+    pg_url: str,
+) -> None:
+    watcher = await PostgresStore.open(pg_url, grace=1.0)
+    cut = await PostgresStore.open(pg_url, owner="cut", grace=1.0)
+    try:
+        conversation = await cut.new_conversation("ann", "t")
+        turn = await cut.add_turn(conversation, "q", "m")
+        await cut_liveness(pg_url, cut)
+        # Its lock is gone, but for less than the grace: still live, its answer uncut.
+        assert "cut" in await watcher.live_owners()
+        assert await watcher.recover_interrupted() == 0
+        assert await cut._reconnect()  # back, as its listener would make it
+        await asyncio.sleep(1.1)  # past the grace: seen back, so never counted dead
+        assert "cut" in await watcher.live_owners()
+        assert await watcher.recover_interrupted() == 0
+        assert await cut.save_progress(turn, "going on", "")
+        assert (await watcher.get_turn("ann", turn)).state == "streaming"
+    finally:
+        await cut.close()
+        await watcher.close()
+
+
+async def test_a_worker_without_its_lock_past_the_grace_is_dead_yet_keeps_its_answer(
+    pg_url: str,
+) -> None:
+    watcher = await PostgresStore.open(pg_url, grace=0.2)
+    cut = await PostgresStore.open(pg_url, owner="cut")
+    try:
+        conversation = await cut.new_conversation("ann", "t")
+        turn = await cut.add_turn(conversation, "q", "m")
+        assert await cut.save_progress(turn, "the first half", "")
+        await cut_liveness(pg_url, cut)
+        assert await watcher.recover_interrupted() == 0  # seen lost: the grace starts
+        await asyncio.sleep(0.3)
+        assert "cut" not in await watcher.live_owners()
+        await watcher.recover_interrupted()  # (or its own second look did already)
+        row = await watcher.get_turn("ann", turn)
+        assert (row.state, row.note, row.answer) == ("stopped", DEAD_OWNER_NOTE, "the first half")
+        # It was alive all along: it comes back, keeps saving, and stores it whole.
+        assert await cut._reconnect()
+        assert "cut" in await watcher.live_owners()
+        assert await cut.save_progress(turn, "the first half, the second", "")
+        row = await watcher.get_turn("ann", turn)
+        assert (row.state, row.note) == ("streaming", None)
+        assert await cut.finish_turn(
+            turn, answer="the first half, the second half.", thoughts="", state="done",
+            incomplete=False,
+        )  # fmt: skip
+        row = await watcher.get_turn("ann", turn)
+        assert (row.state, row.answer, row.incomplete) == (
+            "done", "the first half, the second half.", False
+        )
+        # Nobody else's progress save revives a turn recovery cut.
+        other = await watcher.add_turn(conversation, "q2", "m")
+        await watcher.close()
+        assert await cut.recover_interrupted() == 1
+        assert not await cut.save_progress(other, "not mine", "")
+    finally:
+        await cut.close()
+        await watcher.close()
+
+
+async def test_a_starting_worker_cuts_a_dead_workers_answer_once_the_grace_is_over(
+    pg_url: str,
+) -> None:
+    cut = await PostgresStore.open(pg_url, owner="cut")
+    conversation = await cut.new_conversation("ann", "t")
+    turn = await cut.add_turn(conversation, "q", "m")
+    await cut_liveness(pg_url, cut)  # and it never comes back
+    starting = await PostgresStore.open(pg_url, grace=0.2)
+    try:
+        assert await starting.recover_interrupted() == 0  # within the grace
+        for _ in range(100):  # then it looks again by itself
+            if (await starting.get_turn("ann", turn)).state != "streaming":
+                break
+            await asyncio.sleep(0.02)
+        assert (await starting.get_turn("ann", turn)).note == DEAD_OWNER_NOTE
+    finally:
+        await starting.close()
+        with contextlib.suppress(psycopg.Error):
+            await cut.close()
 
 
 # ----- notifications ------------------------------------------------------------------------

@@ -30,7 +30,8 @@ class Workers:
 
     async def worker(self, owner: str) -> SharedLimits:
         pool = psycopg_pool.AsyncConnectionPool(
-            self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+            self.url, min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "application_name": owner},
         )
         await pool.open()
         self.pools.append(pool)
@@ -181,7 +182,7 @@ from kindlessh._shared_limits import SharedLimits
 from kindlessh._store import open_store
 
 async def main():
-    store = await open_store(StorageConfig(url=sys.argv[1]), owner="doomed")
+    store = await open_store(StorageConfig(url=sys.argv[1], owner_grace_ms=200), owner="doomed")
     limits = SharedLimits(store.pool, store.owner, store.live_owners)
     assert await limits.claim_answer("ann")
     await limits.hold(1, 0, lambda ahead: None).__aenter__()
@@ -198,7 +199,8 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
     from kindlessh._pg_store import PostgresStore
     from kindlessh._store import open_store
 
-    store = await open_store(StorageConfig(url=pg_url), owner="survivor")
+    # A short grace: the killed worker counts as dead within the test's bounds.
+    store = await open_store(StorageConfig(url=pg_url, owner_grace_ms=200), owner="survivor")
     assert isinstance(store, PostgresStore)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _DOOMED, pg_url, stdout=asyncio.subprocess.PIPE
@@ -227,3 +229,76 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
             proc.kill()
             await proc.wait()
         await store.close()
+
+
+def _cut_connections(url: str, owner: str) -> None:
+    """End ``owner``'s sessions on the test database from the server's side (as a
+    PostgreSQL restart would): its pool's idle connections fail at their next use."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (owner,),
+        )
+
+
+async def _rows(url: str, table: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(f"SELECT count(*) FROM {table}")
+        (count,) = await cur.fetchone()  # type: ignore[misc]
+    return int(count)
+
+
+async def test_a_release_that_fails_is_tried_again_until_it_lands(
+    workers: Workers, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await workers.worker("a"), await workers.worker("b")
+    for what in ("seat", "slot"):
+        caplog.clear()
+        if what == "seat":
+            seat = await a.claim_seat("ann", "session", 1)
+            assert seat is not None
+            _cut_connections(pg_url, "a")
+            seat.release()  # its first try meets a dead connection
+        else:
+            async with a.hold(1, 0, lambda ahead: None):
+                _cut_connections(pg_url, "a")
+        for _ in range(100):
+            if not await _rows(pg_url, f"limit_{what}s"):
+                break
+            await asyncio.sleep(0.05)
+        assert "could not be given back" in caplog.text  # it did fail once
+        assert await _rows(pg_url, f"limit_{what}s") == 0
+    # Nothing is left to block anyone: max_upstream 1 and one session still go.
+    assert await b.claim_seat("ann", "session", 1) is not None
+    async with asyncio.timeout(5), b.hold(1, 0, lambda ahead: None):
+        pass
+
+
+async def test_a_worker_briefly_cut_off_keeps_what_it_holds(pg_url: str) -> None:
+    from kindlessh._pg_store import PostgresStore
+
+    from .pgcut import cut_liveness
+
+    watcher = await PostgresStore.open(pg_url, grace=2.0)
+    cut = await PostgresStore.open(pg_url, owner="cut")
+    mine = SharedLimits(cut.pool, cut.owner, cut.live_owners, poll=0.05)
+    others = SharedLimits(watcher.pool, watcher.owner, watcher.live_owners, poll=0.05)
+    held = mine.hold(1, 0, lambda ahead: None)
+    try:
+        assert await mine.claim_answer("ann") is not None
+        assert await mine.claim_seat("ann", "session", 1) is not None
+        await held.__aenter__()
+        await cut_liveness(pg_url, cut)  # its lock gone, for less than the grace
+        # Nothing of what it holds is taken: one answer, one session, one upstream slot.
+        assert await others.claim_answer("ann") is None
+        assert await others.claim_seat("ann", "session", 1) is None
+        with pytest.raises(ServerBusy):
+            async with others.hold(1, 0.3, lambda ahead: None):
+                pass
+    finally:
+        await held.__aexit__(None, None, None)
+        await mine.close()
+        await others.close()
+        await cut.close()
+        await watcher.close()

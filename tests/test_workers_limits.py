@@ -12,9 +12,11 @@ from typing import Any
 
 import asyncssh
 import psycopg
+import psycopg_pool
 import pytest
 
 from kindlessh import Server
+from kindlessh._shared_limits import SharedLimits
 
 from .conftest import ServerFactory
 from .fake_gemini import FakeGemini, Reply
@@ -231,3 +233,29 @@ async def test_a_stopped_answer_lets_the_holder_ask_on_another_worker(
         await on_a.ask("now")  # B gave its claim back before its screen was ready
         await on_a.wait_for("Asked on A.")
         assert len(fake_gemini.requests) == 2
+
+
+async def test_a_session_opens_when_its_seat_cannot_be_counted(
+    pg_url: str, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server(storage={"url": pg_url})
+    # The shared limits' database is unreachable (nothing listens there): every claim
+    # fails after the pool's wait, as it would with PostgreSQL down.
+    away = psycopg_pool.AsyncConnectionPool(
+        "postgresql://kindlessh@127.0.0.1:1/none", min_size=1, open=False, timeout=0.5,
+        kwargs={"connect_timeout": 1},
+    )  # fmt: skip
+    await away.open(wait=False)
+    guard = server.ctx.guard
+    working, guard.shared = guard.shared, SharedLimits(away, "away", _nobody)
+    try:
+        async with connected(server) as term:  # the process's own count stands
+            await _ready(term)
+        assert "could not count a session over every worker" in caplog.text
+    finally:
+        guard.shared = working
+        await away.close()
+
+
+async def _nobody() -> set[str]:
+    return set()
