@@ -82,8 +82,10 @@ CHANNEL = "kindlessh_turns"
 # Ctrl-C on a screen following an answer another worker owns: '<user> <turn id>'.
 STOP_CHANNEL = "kindlessh_stop"
 POOL_SIZE = 8
-# Seconds between tries to connect the listening connection again, first and at most.
-RECONNECT_FIRST, RECONNECT_MOST = 0.1, 5.0
+# Seconds between tries to connect the listening connection again, first and at most:
+# at most well under the owner's grace ([storage] owner_grace_ms, 3 s by default), so a
+# worker back from a short outage takes its lock again before anyone counts it dead.
+RECONNECT_FIRST, RECONNECT_MOST = 0.1, 1.0
 CONNECT_TIMEOUT = 5  # seconds to reach the server at start
 # Seconds a call waits for a pooled connection (the server unreachable meanwhile) before
 # it fails with StoreError; the closing store's last write waits less.
