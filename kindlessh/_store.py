@@ -193,7 +193,7 @@ async def open_store(
         StoreError: the store cannot be opened; the message says what to do.
     """
     if storage.url:
-        # Imported only here: a SQLite server never loads the PostgreSQL driver.
+        # Imported when chosen: each backend module builds on this interface.
         from ._pg_store import PostgresStore
 
         return await PostgresStore.open(
