@@ -397,6 +397,15 @@ class Hub:
                 await chat.recorder.forget()
                 conversation.forget()
             return
+        follower = chat.follower
+        if follower is not None and any(
+            row.id == follower.turn_id and row.state != "streaming" for row in rows
+        ):
+            # The followed answer has ended in the store: its follower takes that end in
+            # first, or a turn added after it would be judged while this conversation
+            # still looks busy, and shown stopped rather than followed.
+            follower.poke()
+            await conversation.wait()
         stored = {row.id for row in rows}
         changed = False
         for turn in list(conversation.turns):
