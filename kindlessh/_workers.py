@@ -4,8 +4,10 @@ Contract:
 - :func:`listening_sockets` binds ``count`` TCP sockets to one address and port with
   ``SO_REUSEPORT`` (port 0: the first picks one, the others take the same), each
   listening, so the kernel spreads new connections over them; the port is known before
-  any worker starts, and a worker's socket stays open in the parent while that worker
-  is restarted (connections meanwhile wait in its backlog).
+  any worker starts. A port other than 0 is first bound once without ``SO_REUSEPORT``
+  and let go: if anything listens on it (a single ``serve``, another ``--workers``
+  parent, workers left from one) that fails with ``EADDRINUSE`` and nothing is bound,
+  so two generations of the server never split the clients between them.
 - :func:`run_workers` forks one worker per socket; ``child(slot, sock, first)`` runs in
   the worker (its own event loop; the other sockets closed) and returns its exit
   status; ``first`` is True only for slot 0's first start (the one that prints the
@@ -13,18 +15,30 @@ Contract:
   for them (SIGKILL after :data:`STOP_GRACE` seconds), then returns 0. A worker that
   exits while the parent is not stopping is logged and restarted after a back-off:
   :data:`FIRST_DELAY` seconds, doubled for each further exit within
-  :data:`STEADY_SECONDS` of its start, at most :data:`MAX_DELAY`.
+  :data:`STEADY_SECONDS` of its start, at most :data:`MAX_DELAY`. Its socket is closed
+  as soon as the parent sees it dead, so the kernel hashes new connections over the
+  live workers only (those already queued on it are lost), and a fresh one is bound
+  on the same port just before the restart; a restart that cannot bind or fork is
+  tried again after the next back-off.
+- A worker receives SIGTERM when the parent dies, even by SIGKILL (Linux
+  ``PR_SET_PDEATHSIG``; elsewhere it runs on), and exits at once if the parent died
+  before it could ask for that.
 - ``on_started(pids)`` is called once, with every first worker's pid, slot order.
 
 Strategy: fork, not spawn: the parent loads the configuration and host keys and runs
 the store's migrations once, and every worker inherits them as they are, so no two
 workers race to create a key or migrate a schema. The parent starts no event loop and
-no thread before forking.
+no thread before forking (and forks only from its main thread, the one whose death
+``PR_SET_PDEATHSIG`` watches). SIGTERM, SIGINT and SIGCHLD are blocked across each
+fork: the parent lets them in once the new pid is recorded (so a SIGTERM arriving just
+then is forwarded to the new worker too), the worker once it has put back the default
+handlers (so the parent's handler never runs in a worker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -45,6 +59,12 @@ _POLL = 0.05  # seconds between two looks at the workers
 BACKLOG = 100  # asyncio's default
 
 Child = Callable[[int, socket.socket, bool], int]
+Address = tuple[int, int, int, tuple[object, ...]]  # family, type, proto, bound address
+
+_HELD = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}  # blocked across a fork
+_PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+# Loaded here, not in a worker just forked: nothing to look up or fail between fork and prctl.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -57,18 +77,13 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     family, kind, proto, _, address = infos[0]
+    if address[1] != 0:
+        _check_free((family, kind, proto, address))
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, kind, proto)
+            sock = _listen((family, kind, proto, address))
             socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
             # Port 0: the others take the port the first one was given.
             address = (address[0], sock.getsockname()[1], *address[2:])
     except BaseException:
@@ -78,12 +93,62 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
+def _check_free(where: Address) -> None:
+    """Raise ``EADDRINUSE`` if anything listens on the address (see the contract)."""
+    family, kind, proto, address = where
+    probe = socket.socket(family, kind, proto)
+    try:
+        # Connections of a previous run in TIME_WAIT are nobody listening.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(address)
+    finally:
+        probe.close()
+
+
+def _listen(where: Address) -> socket.socket:
+    """One non-blocking ``SO_REUSEPORT`` socket listening on the address."""
+    family, kind, proto, address = where
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _orphaned(parent: int) -> bool:
+    """In a new worker: ask for SIGTERM when the parent dies; True if it already has."""
+    if _LIBC is not None:
+        # prctl is variadic and reads unsigned longs: pass them as such.
+        args = (_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        _LIBC.prctl(*(ctypes.c_ulong(arg) for arg in args))
+    # Dead before prctl: no signal will come, and the worker is someone else's child.
+    return os.getppid() != parent
+
+
+def _delay(quick_exits: int) -> float:
+    return min(MAX_DELAY, FIRST_DELAY * 2.0 ** (quick_exits - 1))
+
+
 def run_workers(
     socks: list[socket.socket],
     child: Child,
     on_started: Callable[[list[int]], None] = lambda pids: None,
 ) -> int:
     """Run one worker per socket until SIGTERM or SIGINT; see the module contract."""
+    # A slot's socket is closed when its worker dies and replaced when it starts again.
+    socks = list(socks)
+    where: list[Address] = [(s.family, s.type, s.proto, s.getsockname()) for s in socks]
+    parent = os.getpid()
     pids: dict[int, int] = {}  # pid -> slot
     started: dict[int, float] = {}  # slot -> when its worker started
     quick_exits = [0] * len(socks)
@@ -91,18 +156,28 @@ def run_workers(
     stopping: list[int] = []  # the signals received
 
     def spawn(slot: int, first: bool) -> int:
+        if socks[slot].fileno() == -1:
+            socks[slot] = _listen(where[slot])
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            socks[slot].close()  # nobody will accept on it
+            raise
         if pid == 0:  # the worker
             status = 1
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                orphaned = _orphaned(parent)
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 for other, sock in enumerate(socks):
                     if other != slot:
                         sock.close()
-                status = child(slot, socks[slot], first)
+                status = 0 if orphaned else child(slot, socks[slot], first)
             except KeyboardInterrupt:
                 status = 130
             except BaseException:
@@ -113,6 +188,7 @@ def run_workers(
                 os._exit(status)
         pids[pid] = slot
         started[slot] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return pid
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -134,12 +210,20 @@ def run_workers(
             if stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_GRACE
                 due.clear()
-            _reap(pids, started, quick_exits, due, stopping)
+            _reap(socks, pids, started, quick_exits, due, stopping)
             now = time.monotonic()
             for slot, when in sorted(due.items()):
                 if when <= now:
                     del due[slot]
-                    pid = spawn(slot, False)
+                    try:
+                        pid = spawn(slot, False)
+                    except OSError as exc:  # the port taken meanwhile, or no fork
+                        quick_exits[slot] += 1
+                        delay = _delay(quick_exits[slot])
+                        log.warning("worker %d cannot start again: %s; trying again in %.1f s",
+                                    slot, exc, delay)
+                        due[slot] = now + delay
+                        continue
                     log.info("worker %d started again: pid %d", slot, pid)
             if stop_deadline is not None and now > stop_deadline:
                 for pid in list(pids):
@@ -158,6 +242,7 @@ def run_workers(
 
 
 def _reap(
+    socks: list[socket.socket],
     pids: dict[int, int],
     started: dict[int, float],
     quick_exits: list[int],
@@ -175,11 +260,13 @@ def _reap(
         slot = pids.pop(pid, None)
         if slot is None:
             continue
+        # Nobody accepts on it now: out of the kernel's choice for new connections.
+        socks[slot].close()
         if stopping:
             continue
         lived = time.monotonic() - started[slot]
         quick_exits[slot] = quick_exits[slot] + 1 if lived < STEADY_SECONDS else 1
-        delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (quick_exits[slot] - 1))
+        delay = _delay(quick_exits[slot])
         code = os.waitstatus_to_exitcode(status)
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         log.warning(

@@ -47,7 +47,20 @@ async def serve(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
 
 
 def gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
+    """The process has exited (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def until_gone(pids: list[int], seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if all(map(gone, pids)):
+            return True
+        await asyncio.sleep(0.05)
+    return all(map(gone, pids))
 
 
 async def test_several_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
@@ -71,36 +84,58 @@ def postgres_reachable() -> bool:
     return True
 
 
-async def test_two_workers_share_the_port_the_host_key_and_stop_together(
-    tmp_path: Path,
-) -> None:
+class Serving:
+    """A ``kindlessh serve --workers N`` subprocess, its start-up lines and its log."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.log: list[str] = []
+        self.reader = asyncio.create_task(self._read_log())
+
+    async def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.log.append(line.decode())
+
+    async def started(self) -> str:
+        """The start-up lines, once the workers' line is out."""
+        assert self.proc.stdout is not None
+        while not (any(x.startswith("Gemini:") for x in self.lines)
+                   and any(x.startswith("Workers:") for x in self.lines)):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+            if not line:
+                await asyncio.wait_for(self.reader, 5)
+                if any("no PostgreSQL store" in x for x in self.log):
+                    pytest.skip("this build's store does not take [storage] url yet")
+                raise AssertionError(f"serve exited: {self.lines} {self.log}")
+            self.lines.append(line.decode().rstrip("\n"))
+        return "\n".join(self.lines)
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        await asyncio.wait_for(self.reader, 5)
+        return code
+
+
+def need_postgres() -> None:
     if not postgres_reachable():
         if IN_CI:
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES} (.ci/postgres starts it)")
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
+
+
+async def test_two_workers_share_the_port_the_host_key_and_stop_together(
+    tmp_path: Path,
+) -> None:
+    need_postgres()
     config = config_file(tmp_path, url=POSTGRES)
-    proc = await serve(tmp_path, "--config", str(config), "--workers", "2")
-    assert proc.stdout is not None and proc.stderr is not None
-    log: list[str] = []
-
-    async def read_log() -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            log.append(line.decode())
-
-    reader = asyncio.create_task(read_log())
-    lines: list[str] = []
+    serving = Serving(await serve(tmp_path, "--config", str(config), "--workers", "2"))
+    log = serving.log
     try:
-        while not (any(x.startswith("Gemini:") for x in lines)
-                   and any(x.startswith("Workers:") for x in lines)):
-            line = await asyncio.wait_for(proc.stdout.readline(), 20)
-            if not line:
-                await asyncio.wait_for(reader, 5)
-                if any("no PostgreSQL store" in x for x in log):
-                    pytest.skip("this build's store does not take [storage] url yet")
-                raise AssertionError(f"serve exited: {lines} {log}")
-            lines.append(line.decode().rstrip("\n"))
-        text = "\n".join(lines)
+        text = await serving.started()
         assert text.count("listening on") == 1  # printed once, not once per worker
         port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
         workers = [int(p) for p in re.search(r"pids (\d+), (\d+)$", text, re.M).groups()]  # type: ignore[union-attr]
@@ -133,68 +168,242 @@ async def test_two_workers_share_the_port_the_host_key_and_stop_together(
         for conn in conns:
             conn.close()
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
-        await asyncio.wait_for(reader, 5)
+        code = await serving.stop()
     assert code == 0
     assert all(gone(pid) for pid in workers), "a worker outlived the parent"
 
 
+async def test_a_second_server_on_the_port_of_running_workers_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    need_postgres()
+    config = config_file(tmp_path, url=POSTGRES)
+    first = Serving(await serve(tmp_path, "--config", str(config), "--workers", "2"))
+    try:
+        text = await first.started()
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        second = Serving(await serve(
+            tmp_path, "--config", str(config), "--port", str(port), "--workers", "2"
+        ))
+        assert second.proc.stdout is not None
+        out: list[str] = []
+        serving = True  # until its output ends: stopped then, not signalled
+        try:
+            # Its end, or its workers' line: a second generation serving on the port.
+            while (line := await asyncio.wait_for(second.proc.stdout.readline(), 20)):
+                out.append(line.decode())
+                if line.startswith(b"Workers:"):
+                    break
+            else:
+                serving = False
+        finally:
+            if serving:
+                code = await second.stop()
+            else:  # a signal now could reap it before asyncio does (returncode 255)
+                code = await asyncio.wait_for(second.proc.wait(), 20)
+                await asyncio.wait_for(second.reader, 5)
+        assert "".join(second.log) == (
+            f"kindlessh: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+            "program; choose another with --port\n"
+        ), out
+        assert code == 2
+        assert not any("listening on" in x for x in out)
+        assert first.proc.returncode is None  # the first one serves on
+    finally:
+        assert await first.stop() == 0
+
+
+
+
+# A supervisor like ``serve --workers 2`` around a small worker that answers each
+# connection with its pid. argv[1] picks what the test arranges around a fork.
 SUPERVISED = textwrap.dedent("""
-    import logging, os, sys, time
+    import logging, os, signal, sys
+    from kindlessh import _workers
     from kindlessh._workers import listening_sockets, run_workers
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    mode = sys.argv[1]
 
-    def say(line):  # one write per line: two processes share the pipe
+    def say(line):  # one write per line: several processes share the pipe
         os.write(1, (line + "\\n").encode())
 
     def child(slot, sock, first):
-        say(f"worker {slot} up on {sock.getsockname()[1]} first={first}")
+        port = sock.getsockname()[1]
+        say(f"worker {slot} up on {port} first={first} pid {os.getpid()}")
+        sock.setblocking(True)
         while True:
-            time.sleep(1)
+            conn, _ = sock.accept()
+            conn.sendall(f"{os.getpid()}\\n".encode())
+            conn.close()
+
+    if mode == "slow-restart":  # worker 1 stays dead long enough to connect meanwhile
+        _workers.FIRST_DELAY = 2.0
+    if mode.startswith("signal-"):
+        # SIGTERM right after the second fork returns, in the parent or in the child:
+        # the narrowest window a signal can arrive in.
+        _workers.STOP_GRACE = 2.0
+        real_fork, forks = os.fork, []
+
+        def fork():
+            pid = real_fork()
+            forks.append(pid)
+            if len(forks) == 2 and (pid == 0) == (mode == "signal-child"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return pid
+
+        os.fork = fork
 
     socks = listening_sockets("127.0.0.1", 0, 2)
     sys.exit(run_workers(socks, child, lambda pids: say("pids " + " ".join(map(str, pids)))))
 """)
 
 
-async def test_the_parent_restarts_a_dead_worker_and_stops_them_all() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SUPERVISED,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    seen: list[str] = []
+class Supervised:
+    """The supervisor above as a subprocess; its stdout lines and its log, as they come."""
 
-    async def line() -> str:
-        assert proc.stdout is not None
-        raw = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert raw, f"the supervisor exited: {seen}"
-        text = raw.decode().strip()
-        seen.append(text)
-        return text
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            asyncio.create_task(self._read(proc.stdout, self.out)),
+            asyncio.create_task(self._read(proc.stderr, self.err)),
+        ]
 
-    try:
-        while not any(x.startswith("pids") for x in seen) or sum(
-            x.startswith("worker") for x in seen
-        ) < 2:
-            await line()
-        pids = [int(p) for p in next(x for x in seen if x.startswith("pids")).split()[1:]]
-        ports = {x.split()[4] for x in seen if x.startswith("worker")}
+    @classmethod
+    async def start(cls, mode: str = "plain") -> Supervised:
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SUPERVISED, mode,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        ))
+
+    @staticmethod
+    async def _read(stream: asyncio.StreamReader | None, into: list[str]) -> None:
+        assert stream is not None
+        async for line in stream:
+            into.append(line.decode().rstrip("\n"))
+
+    async def wait_for(
+        self, lines: list[str], pattern: str, since: int = 0, seconds: float = 20
+    ) -> re.Match[str]:
+        """The first line from ``since`` on matching ``pattern``, waiting for it if need be."""
+        for _ in range(int(seconds / 0.02)):
+            for line in lines[since:]:
+                if found := re.search(pattern, line):
+                    return found
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no {pattern!r} in {lines}; out {self.out} log {self.err}")
+
+    async def workers(self) -> tuple[list[int], int]:
+        """The first workers' pids and their port, once both are up."""
+        pids = [int(p) for p in (await self.wait_for(self.out, r"^pids (.*)")).group(1).split()]
+        ports = {int((await self.wait_for(self.out, rf"^worker {slot} up on (\d+)")).group(1))
+                 for slot in range(2)}
         assert len(ports) == 1  # both on one port
-        assert "worker 0 up" in "\n".join(seen) and "first=True" in "\n".join(seen)
+        return pids, ports.pop()
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        await asyncio.wait_for(asyncio.gather(*self.readers), 5)
+        return code
+
+
+async def served_by(port: int, seconds: float = 1.0) -> int:
+    """The pid of the worker that answers a new connection within ``seconds``."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), seconds)
+    try:
+        return int(await asyncio.wait_for(reader.readline(), seconds))
+    finally:
+        writer.close()
+
+
+async def test_the_parent_restarts_a_dead_worker_and_stops_them_all() -> None:
+    sup = await Supervised.start()
+    try:
+        pids, _ = await sup.workers()
+        assert "first=True" in next(x for x in sup.out if x.startswith("worker 0 up"))
+        assert "first=False" in next(x for x in sup.out if x.startswith("worker 1 up"))
+        since = len(sup.out)
         os.kill(pids[1], signal.SIGKILL)
-        again = await line()
-        assert again.startswith("worker 1 up") and again.endswith("first=False")
+        again = await sup.wait_for(sup.out, r"^worker 1 up on \d+ first=(\w+) pid (\d+)", since)
+        assert again.group(1) == "False"
+        assert int(again.group(2)) != pids[1]
         assert not gone(pids[0])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
-    err = (await proc.stderr.read()).decode()
+        code = await sup.stop()
+    err = "\n".join(sup.err)
     assert code == 0
     assert f"worker 1 (pid {pids[1]}) was killed by signal 9" in err
     assert "starting it again in 0.5 s" in err
     assert "every worker has stopped" in err
     restarted = int(re.search(r"worker 1 started again: pid (\d+)", err).group(1))  # type: ignore[union-attr]
     assert all(gone(pid) for pid in (pids[0], restarted))
+
+
+async def test_while_a_worker_is_dead_every_new_connection_is_served_by_the_live_one() -> None:
+    sup = await Supervised.start("slow-restart")
+    try:
+        pids, port = await sup.workers()
+        since = len(sup.out)
+        os.kill(pids[1], signal.SIGKILL)
+        await sup.wait_for(sup.err, rf"worker 1 \(pid {pids[1]}\) was killed by signal 9")
+        # Its socket is closed with it: none of these waits in a backlog nobody accepts on
+        # until the restart, 2 s later.
+        answers = [await served_by(port) for _ in range(12)]
+        assert set(answers) <= {pids[0]}, answers
+        # The worker started again listens on a fresh socket on the same port.
+        again = await sup.wait_for(sup.out, r"^worker 1 up on (\d+) first=False pid (\d+)", since)
+        assert int(again.group(1)) == port
+        answers = []
+        while int(again.group(2)) not in answers and len(answers) < 32:
+            answers.append(await served_by(port))
+        assert int(again.group(2)) in answers
+        assert set(answers) <= {pids[0], int(again.group(2))}, answers
+    finally:
+        assert await sup.stop() == 0
+
+
+async def test_the_workers_stop_when_the_parent_is_killed() -> None:
+    sup = await Supervised.start()
+    try:
+        pids, _ = await sup.workers()
+        sup.proc.kill()
+        assert await until_gone(pids, 5), "a worker outlived its killed parent"
+    finally:
+        for pid in pids:  # what a failure left behind (they hold the pipes open)
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(sup.proc.wait(), 10)
+        await asyncio.wait_for(asyncio.gather(*sup.readers), 5)
+
+
+async def test_a_sigterm_just_after_a_fork_reaches_the_new_worker_too() -> None:
+    # The signal arrives in the parent before it has noted worker 1's pid: it is held
+    # until it has, then passed on to both workers.
+    sup = await Supervised.start("signal-parent")
+    code = await asyncio.wait_for(sup.proc.wait(), 30)
+    await asyncio.wait_for(asyncio.gather(*sup.readers), 5)
+    err = "\n".join(sup.err)
+    assert code == 0, err
+    assert "did not stop" not in err  # no worker left for SIGKILL
+    assert "every worker has stopped" in err
+    pids = [int(p) for p in (await sup.wait_for(sup.out, r"^pids (.*)")).group(1).split()]
+    assert all(map(gone, pids))
+
+
+async def test_a_sigterm_reaching_a_new_worker_before_its_handlers_stops_only_it() -> None:
+    # The signal arrives in worker 1 before it has put back the default handlers: it
+    # is held until it has, so worker 1 stops (and is started again) and the parent's
+    # handler never runs in it (it would pass SIGTERM on to worker 0).
+    sup = await Supervised.start("signal-child")
+    try:
+        pids, _ = await sup.workers()
+        await sup.wait_for(sup.err, rf"worker 1 \(pid {pids[1]}\) was killed by signal 15")
+        await sup.wait_for(sup.err, r"worker 1 started again")
+        assert not gone(pids[0])
+        assert not any(x.startswith("worker 0 (pid") for x in sup.err), sup.err
+        assert sum(x.startswith("worker 0 up") for x in sup.out) == 1
+    finally:
+        assert await sup.stop() == 0
