@@ -329,7 +329,17 @@ def _user_command(args: argparse.Namespace, config: Config) -> int:
     elif args.action == "passwd":
         _passwd(args, config)
     else:
-        count = users.set_profile(args.name, args.profile)
+        url = config.storage.url
+        in_db = (
+            shared_accounts.run(
+                url, lambda c: shared_accounts.set_profile(c, args.name, args.profile)
+            )
+            if url else 0
+        )
+        if in_db and not users.path(args.name).exists():
+            count = in_db  # a user made by an invite alone
+        else:
+            count = users.set_profile(args.name, args.profile) + in_db
         _out(f"{args.name}: profile {args.profile} on {count} key(s)")
     return 0
 

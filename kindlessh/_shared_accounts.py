@@ -180,6 +180,24 @@ async def enrolled(conn: Conn, name: str | None = None) -> dict[str, list[KeyEnt
     return found
 
 
+async def set_profile(conn: Conn, name: str, profile: str) -> int:
+    """Give every key enrolled for ``name`` the screen ``profile``; returns how many."""
+    async with conn.transaction():
+        cursor = await conn.execute(
+            "SELECT id, line FROM enrolled_keys WHERE name = %s FOR UPDATE", (name,)
+        )
+        rows = await cursor.fetchall()
+        for key_id, line in rows:
+            entry = KeyEntry.parse(str(line), f"the key enrolled for {name}")
+            await conn.execute(
+                "UPDATE enrolled_keys SET line = %s WHERE id = %s",
+                (entry.with_profile(profile).line(), key_id),
+            )
+        if rows:
+            await _notify(conn, name)
+    return len(rows)
+
+
 async def remove_keys(conn: Conn, name: str) -> int:
     """Delete every key enrolled for ``name``; returns how many."""
     async with conn.transaction():

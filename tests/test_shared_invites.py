@@ -114,6 +114,14 @@ async def test_a_code_redeemed_on_one_machine_is_refused_on_the_other_and_the_ke
     listed = await _cli(capsys, tmp_path, "user", "list")
     assert "kindle: 1 key(s), profile eink" in listed
     assert "(enrolled by invite, in the database)" in listed
+    # Its screen profile changes on every machine too.
+    assert "kindle: profile smooth on 1 key(s)" in await _cli(
+        capsys, tmp_path, "user", "set", "kindle", "--profile", "smooth"
+    )
+    await until(lambda: _accounts(a).lines("kindle") != [line])
+    (changed,) = _accounts(a).lines("kindle")
+    assert changed.startswith('environment="KINDLESSH_PROFILE=smooth" ssh-ed25519 ')
+    assert "kindle: 1 key(s), profile smooth" in await _cli(capsys, tmp_path, "user", "list")
     assert "kindle: removed, with 1 key(s)" in await _cli(
         capsys, tmp_path, "user", "remove", "kindle"
     )
