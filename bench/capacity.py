@@ -6,7 +6,8 @@ more and more sessions, ``--start`` then ``--step`` more each time, until a run 
 the capacity is the largest count that held. A count holds when every session came up,
 got its answer whole (store and final screen: the load checks, exit status 0), no
 session had an error, and every worker's event-loop lag p99 over the whole run (first
-connection to last final screen) stayed under 100 ms. When ``--start`` itself fails, the
+connection to last final screen) stayed under 100 ms, and every answer started upstream
+within 5 s of its question (none waited in a queue). When ``--start`` itself fails, the
 count steps down instead.
 
 Each run uses the smooth profile, answers at ``--rate`` events per second, and session
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import load
 
 LAG_P99_MS = load.LAG_P99_MS
+ANSWER_WAIT_S = 5.0  # the longest an answer may wait to start upstream: none queued
 SETUPS = {  # name -> (store, workers)
     "sqlite1": ("sqlite", 1),
     "pg1": ("postgresql", 1),
@@ -68,7 +70,8 @@ def one_run(opts: argparse.Namespace, name: str, sessions: int) -> dict[str, Any
                   ramp=args.ramp)
     result["held"] = (status == 0 and result.get("errors", 1) == 0
                       and result.get("whole", 0) == sessions
-                      and result.get("lag_p99_worst", math.inf) < LAG_P99_MS)
+                      and result.get("lag_p99_worst", math.inf) < LAG_P99_MS
+                      and result.get("answer_wait_max", math.inf) < ANSWER_WAIT_S)
     return result
 
 
@@ -79,7 +82,8 @@ def describe(r: dict[str, Any]) -> str:
     spread = "+".join(str(w["sessions_seen"]) for w in workers)
     return (f"{r['setup']:8} {r['sessions']:4d} sessions: {'held' if r['held'] else 'FAILED'}; "
             f"lag p50/p99/max per worker {lags} ms; errors {r.get('errors', '?')}, "
-            f"whole {r.get('whole', '?')}; CPU share of a core: server "
+            f"whole {r.get('whole', '?')}, answer waited {r.get('answer_wait_max', math.nan):.1f}"
+            f" s at most; CPU share of a core: server "
             f"{r.get('cpu_server', math.nan) / run_s * 100:.0f}%, driver "
             f"{r.get('cpu_driver', math.nan) / run_s * 100:.0f}%, PostgreSQL "
             f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}%, machine busy "

@@ -436,6 +436,9 @@ def server_config(
     # few answers: raised to the session count, where this version of kindlessh has it.
     if db_url:
         sections["storage"] = {"url": db_url}
+    # The cap on connections logged in (150 by default, per process) likewise.
+    if hasattr(Config().server, "max_connections"):
+        sections["server"]["max_connections"] = max(Config().server.max_connections, sessions)
     quota = getattr(Config(), "quota", None)
     if quota is not None and hasattr(quota, "max_upstream"):
         sections["quota"] = {"max_upstream": max(quota.max_upstream, sessions)}
@@ -912,6 +915,9 @@ async def main(args: argparse.Namespace) -> int:
           + (f", PostgreSQL {pg_run:.1f} s ({pg_run / run_s * 100:.0f}%)" if db_url else "")
           + f", anything else {other:.1f} s ({other / run_s * 100:.0f}%)")
     print(f"  chat screen up after connecting: {spread([s.connect_s for s in sessions], 's', 2)}")
+    waits = [fake.logs[s.question].started_at - s.asked_at for s in sessions
+             if s.question in fake.logs and not math.isnan(s.asked_at)]
+    print(f"  answer started upstream after the question was typed: {spread(waits, 's', 2)}")
     print(f"  longest pause between packets while streaming, per session: "
           f"{spread([s.max_gap for s in completed], 's', 2)}")
     print(f"  received per session: {spread([float(s.bytes) for s in sessions], 'chars', 0)};"
@@ -934,6 +940,7 @@ async def main(args: argparse.Namespace) -> int:
         "streaming_lag": window(t_asked, t_first_end),
         "cpu_server": cpu_run, "cpu_driver": driver_run, "cpu_postgres": pg_run if db_url else 0.0,
         "cpu_busy": busy, "run_s": run_s, "peak_mib": peak_mib,
+        "answer_wait_max": max(waits, default=math.nan),
     }
     print()
     print("targets:")
