@@ -86,9 +86,12 @@ def describe(r: dict[str, Any]) -> str:
             f" s at most; CPU share of a core: server "
             f"{r.get('cpu_server', math.nan) / run_s * 100:.0f}%, driver "
             f"{r.get('cpu_driver', math.nan) / run_s * 100:.0f}%, PostgreSQL "
-            f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}%, machine busy "
+            f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}%, other programs "
+            f"{other(r) / run_s * 100:.0f}%, machine busy "
             f"{r.get('cpu_busy', math.nan) / run_s / (os.cpu_count() or 1) * 100:.0f}%; "
-            f"sessions per worker {spread}; {run_s:.0f} s (answers {r['seconds']:.0f} s, "
+            f"longest pause between packets p50/p99 {r.get('pause_p50', math.nan):.1f}/"
+            f"{r.get('pause_p99', math.nan):.1f} s; sessions per worker {spread}; "
+            f"{run_s:.0f} s (answers {r['seconds']:.0f} s, "
             f"ramp {r['ramp']:.0f} s, all streaming {r.get('streaming_window_s', math.nan):.0f}"
             f" s); {r['report'].name}")
 
@@ -113,11 +116,18 @@ def capacity(opts: argparse.Namespace, name: str) -> tuple[int, list[dict[str, A
     return max((r["sessions"] for r in runs if r["held"]), default=0), runs
 
 
+def other(r: dict[str, Any]) -> float:
+    """CPU seconds the machine was busy in the run with anything but the server, this
+    driver and PostgreSQL: other programs."""
+    return float(r.get("cpu_busy", math.nan) - r.get("cpu_server", math.nan)
+                 - r.get("cpu_driver", math.nan) - r.get("cpu_postgres", math.nan))
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     rows = ["| setup | sessions | lag p50 / p99 / max per worker (ms) | server CPU | "
-            "driver CPU | PostgreSQL CPU | RSS peak per worker (MiB) | sessions per worker "
-            "| errors | whole | held |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "driver CPU | PostgreSQL CPU | other CPU | RSS peak per worker (MiB) | sessions per "
+            "worker | errors | whole | longest pause p50 / p99 (s) | packets p50 | held |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         run_s = r.get("run_s", math.nan)
         workers = r.get("workers", [])
@@ -127,10 +137,12 @@ def table(runs: list[dict[str, Any]]) -> str:
             + f" | {r.get('cpu_server', math.nan) / run_s * 100:.0f}% | "
             f"{r.get('cpu_driver', math.nan) / run_s * 100:.0f}% | "
             f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}% | "
+            f"{other(r) / run_s * 100:.0f}% | "
             + " + ".join(f"{w['peak_kib'] / 1024:.0f}" for w in workers)
             + " | " + " + ".join(str(w["sessions_seen"]) for w in workers)
             + f" | {r.get('errors', '?')} | {r.get('whole', '?')}/{r['sessions']} | "
-            f"{'yes' if r['held'] else 'no'} |"
+            f"{r.get('pause_p50', math.nan):.1f} / {r.get('pause_p99', math.nan):.1f} | "
+            f"{r.get('packets_p50', 0):.0f} | {'yes' if r['held'] else 'no'} |"
         )
     return "\n".join(rows)
 

@@ -44,6 +44,21 @@ time, and wall time. Targets (issue 6), printed as met or NOT met: zero session 
 every transcript complete (both also checks above), loop lag p99 < 100 ms and server RSS
 < 512 MiB (these two do not change the exit status).
 
+Several workers (issue 17): ``--workers N`` runs the server as ``kindlessh serve
+--workers N`` does (``_load_server.py --workers N``: N processes on one port with
+``SO_REUSEPORT``, each with the probe); ``--store postgresql`` keeps conversations in a
+fresh database ``kb_<random>`` made on the PostgreSQL server of ``--url`` (default
+$KINDLESSH_BENCH_PG or the local ``kindlessh`` role's server; ``--url`` alone implies
+``--store postgresql``) and dropped after the run unless ``--keep``; several workers
+need it. The store check then reads PostgreSQL. The report adds, per worker, the lag over
+its own samples, CPU time, RSS and how many sessions the kernel sent it (every worker's
+p99 and RSS are held to the targets), the sums, and the machine's busy CPU time in the
+run split into the server, this driver, PostgreSQL and anything else (other programs),
+since they all share the cores. ``[server] max_connections`` is raised to the session
+count too, and the time from each question to its answer starting upstream is printed
+(an answer that waited was queued somewhere). ``bench/capacity.py`` steps the session
+count up to find what each setup holds.
+
 Run from the repository root:  python bench/load.py   (100 sessions, 60 s answers at
 4 events/s, smooth; about 80 s.  --quick: 20 sessions, 10 s answers, about 15 s.
 --profile eink, --rate 20 (DESIGN E1's pace), --sessions N, --seconds S, --ramp R;
@@ -941,6 +956,9 @@ async def main(args: argparse.Namespace) -> int:
         "cpu_server": cpu_run, "cpu_driver": driver_run, "cpu_postgres": pg_run if db_url else 0.0,
         "cpu_busy": busy, "run_s": run_s, "peak_mib": peak_mib,
         "answer_wait_max": max(waits, default=math.nan),
+        "pause_p50": statistics.median([s.max_gap for s in completed]) if completed else math.nan,
+        "pause_p99": percentile([s.max_gap for s in completed], 99),
+        "packets_p50": statistics.median([s.packets for s in sessions]) if sessions else 0,
     }
     print()
     print("targets:")
