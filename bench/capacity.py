@@ -86,7 +86,8 @@ def describe(r: dict[str, Any]) -> str:
             f" s at most; CPU share of a core: server "
             f"{r.get('cpu_server', math.nan) / run_s * 100:.0f}%, driver "
             f"{r.get('cpu_driver', math.nan) / run_s * 100:.0f}%, PostgreSQL "
-            f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}%, other programs "
+            f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}%, interrupts "
+            f"{r.get('cpu_irq', math.nan) / run_s * 100:.0f}%, other programs "
             f"{other(r) / run_s * 100:.0f}%, machine busy "
             f"{r.get('cpu_busy', math.nan) / run_s / (os.cpu_count() or 1) * 100:.0f}%; "
             f"longest pause between packets p50/p99 {r.get('pause_p50', math.nan):.1f}/"
@@ -118,16 +119,18 @@ def capacity(opts: argparse.Namespace, name: str) -> tuple[int, list[dict[str, A
 
 def other(r: dict[str, Any]) -> float:
     """CPU seconds the machine was busy in the run with anything but the server, this
-    driver and PostgreSQL: other programs."""
+    driver, PostgreSQL, interrupts and the hypervisor: other programs."""
     return float(r.get("cpu_busy", math.nan) - r.get("cpu_server", math.nan)
-                 - r.get("cpu_driver", math.nan) - r.get("cpu_postgres", math.nan))
+                 - r.get("cpu_driver", math.nan) - r.get("cpu_postgres", math.nan)
+                 - r.get("cpu_irq", math.nan) - r.get("cpu_steal", math.nan))
 
 
 def table(runs: list[dict[str, Any]]) -> str:
     rows = ["| setup | sessions | lag p50 / p99 / max per worker (ms) | server CPU | "
-            "driver CPU | PostgreSQL CPU | other CPU | RSS peak per worker (MiB) | sessions per "
-            "worker | errors | whole | longest pause p50 / p99 (s) | packets p50 | held |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "driver CPU | PostgreSQL CPU | interrupts | other CPU | RSS peak per worker "
+            "(MiB) | sessions per worker | errors | whole | longest pause p50 / p99 (s) | "
+            "packets p50 | held |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         run_s = r.get("run_s", math.nan)
         workers = r.get("workers", [])
@@ -137,6 +140,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             + f" | {r.get('cpu_server', math.nan) / run_s * 100:.0f}% | "
             f"{r.get('cpu_driver', math.nan) / run_s * 100:.0f}% | "
             f"{r.get('cpu_postgres', math.nan) / run_s * 100:.0f}% | "
+            f"{r.get('cpu_irq', math.nan) / run_s * 100:.0f}% | "
             f"{other(r) / run_s * 100:.0f}% | "
             + " + ".join(f"{w['peak_kib'] / 1024:.0f}" for w in workers)
             + " | " + " + ".join(str(w["sessions_seen"]) for w in workers)
@@ -145,6 +149,19 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"{r.get('packets_p50', 0):.0f} | {'yes' if r['held'] else 'no'} |"
         )
     return "\n".join(rows)
+
+
+def settle(below: float, longest: float = 180.0) -> None:
+    """Wait (at most ``longest`` seconds) for the 1-minute load average to fall below
+    ``below``, so that a setup starts on a quiet machine; say what it was."""
+    if below <= 0:
+        return
+    start = time.monotonic()
+    while os.getloadavg()[0] >= below and time.monotonic() - start < longest:
+        time.sleep(5)
+    print(f"  load average {os.getloadavg()[0]:.2f} after waiting "
+          f"{time.monotonic() - start:.0f} s (for under {below:g}, {longest:.0f} s at most)",
+          flush=True)
 
 
 def main() -> int:
@@ -165,6 +182,9 @@ def main() -> int:
                         help="passed to load.py")
     parser.add_argument("--url", default=os.environ.get("KINDLESSH_BENCH_PG", load.PG_SERVER),
                         help="the PostgreSQL server to make each run's database on")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="before each setup, wait up to 3 minutes for the 1-minute load "
+                             "average to fall below this (0.5; 0: do not wait)")
     parser.add_argument("--out", type=Path, help="directory for each run's report "
                         "(default: a new temporary directory)")
     opts = parser.parse_args()
@@ -183,6 +203,7 @@ def main() -> int:
     found: dict[str, int] = {}
     every: list[dict[str, Any]] = []
     for name in names:
+        settle(opts.settle)
         found[name], runs = capacity(opts, name)
         every.extend(runs)
         print(f"{name}: holds {found[name]} sessions", flush=True)

@@ -379,16 +379,18 @@ async def sample_rss(pid: int, samples: list[tuple[float, int]], stop: asyncio.E
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-def machine_cpu() -> tuple[float, float]:
+def machine_cpu() -> tuple[float, float, float, float]:
     """CPU seconds the whole machine has been busy (all cores; not idle, not waiting for
-    I/O) and in all, from /proc/stat."""
+    I/O), in all, in interrupts (soft and hard: loopback networking runs there, counted
+    to no process) and stolen by the hypervisor, from /proc/stat."""
     try:
         fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     except (OSError, ValueError):
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     tick = os.sysconf("SC_CLK_TCK")
     total = sum(fields[:8])  # guest time is already counted in user time
-    return (total - fields[3] - fields[4]) / tick, total / tick
+    return ((total - fields[3] - fields[4]) / tick, total / tick,
+            (fields[5] + fields[6]) / tick, fields[7] / tick)
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -720,7 +722,7 @@ async def main(args: argparse.Namespace) -> int:
     idle_rss: dict[int, int] = {}
     usage_start = resource.getrusage(resource.RUSAGE_SELF)
     usage_t0 = usage_t_end = usage_start
-    machine_t0 = machine_end = (math.nan, math.nan)
+    machine_t0 = machine_end = (math.nan, math.nan, math.nan, math.nan)
     pg_t0: dict[int, float] = {}
     pg_end: dict[int, float] = {}
     try:
@@ -922,13 +924,16 @@ async def main(args: argparse.Namespace) -> int:
     busy = machine_end[0] - machine_t0[0]
     elapsed = machine_end[1] - machine_t0[1]
     cores = os.cpu_count() or 1
-    other = busy - cpu_run - driver_run - (pg_run if db_url else 0.0)
+    irq = machine_end[2] - machine_t0[2]
+    steal = machine_end[3] - machine_t0[3]
+    other = busy - cpu_run - driver_run - (pg_run if db_url else 0.0) - irq - steal
     print(f"machine in the run ({cores} cores, {run_s:.1f} s): busy {busy:.1f} CPU s "
           f"({busy / max(elapsed, 1e-9) * 100:.0f}% of all cores): server {cpu_run:.1f} s "
           f"({cpu_run / run_s * 100:.0f}% of a core), driver {driver_run:.1f} s "
           f"({driver_run / run_s * 100:.0f}%)"
           + (f", PostgreSQL {pg_run:.1f} s ({pg_run / run_s * 100:.0f}%)" if db_url else "")
-          + f", anything else {other:.1f} s ({other / run_s * 100:.0f}%)")
+          + f", interrupts {irq:.1f} s ({irq / run_s * 100:.0f}%), stolen {steal:.1f} s, "
+          f"anything else {other:.1f} s ({other / run_s * 100:.0f}%)")
     print(f"  chat screen up after connecting: {spread([s.connect_s for s in sessions], 's', 2)}")
     waits = [fake.logs[s.question].started_at - s.asked_at for s in sessions
              if s.question in fake.logs and not math.isnan(s.asked_at)]
@@ -954,7 +959,7 @@ async def main(args: argparse.Namespace) -> int:
         "lag_p99_worst": worst_p99, "streaming_window_s": t_first_end - t_asked,
         "streaming_lag": window(t_asked, t_first_end),
         "cpu_server": cpu_run, "cpu_driver": driver_run, "cpu_postgres": pg_run if db_url else 0.0,
-        "cpu_busy": busy, "run_s": run_s, "peak_mib": peak_mib,
+        "cpu_busy": busy, "cpu_irq": irq, "cpu_steal": steal, "run_s": run_s, "peak_mib": peak_mib,
         "answer_wait_max": max(waits, default=math.nan),
         "pause_p50": statistics.median([s.max_gap for s in completed]) if completed else math.nan,
         "pause_p99": percentile([s.max_gap for s in completed], 99),
