@@ -109,10 +109,13 @@ def capacity(opts: argparse.Namespace, name: str) -> tuple[int, list[dict[str, A
         r = one_run(opts, name, n)
         runs.append(r)
         print("  " + describe(r), flush=True)
-        if r["held"] == (step < 0):  # up: the first failure ends; down: the first hold
-            break
-        if not r["held"] and len(runs) == 1:
+        if r["held"]:
+            if step < 0:  # stepping down: the first count that holds is the capacity
+                break
+        elif len(runs) == 1:  # --start failed: step down instead
             step = -step
+        elif step > 0:  # stepping up: the first failure ends it
+            break
         n += step
     return max((r["sessions"] for r in runs if r["held"]), default=0), runs
 
