@@ -37,7 +37,10 @@ def make_client(
     return httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(connect=connect, read=max(first_byte, chunk), write=30, pool=30),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        # No cap on connections of the pool's own: [quota] max_upstream is the cap on
+        # requests in flight; one of 100 here held every answer past the 100th in a
+        # queue (and failed it after the pool timeout) whatever max_upstream said.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         headers={"user-agent": "kindlessh"},
     )
 
