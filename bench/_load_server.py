@@ -29,7 +29,7 @@ and longest time, and how many took over 20 ms: what the loop's long turns are m
 
 Several workers, as ``kindlessh serve --workers N`` does: the parent loads the config and
 host keys once, brings the store's schema up to date once (opening and closing it with
-``open_store``), binds N ``SO_REUSEPORT`` sockets (``kindlessh._workers.listening_sockets``)
+``kindlessh._store.bring_up_to_date``), binds N ``SO_REUSEPORT`` sockets (``kindlessh._workers.listening_sockets``)
 and forks one worker per socket (``run_workers``). It refuses a SQLite store, as ``serve``
 does. Each worker runs the server on its socket with the same probe, CPU time and RSS
 figures. The parent prints one line, ``{"port": ..., "pid": PARENT, "workers": [PIDS]}``.
@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kindlessh import Config, load_config, start_server
 from kindlessh._process import tune_process
 from kindlessh._server import HostKey, load_host_keys
-from kindlessh._store import open_store
+from kindlessh._store import bring_up_to_date
 from kindlessh._workers import listening_sockets, run_workers
 
 TICK = 0.010  # seconds the probe asks to sleep
@@ -234,19 +234,13 @@ async def serve(
     return 0
 
 
-async def bring_schema_up_to_date(config: Config) -> None:
-    """Open the store once (its migrations run) and close it, before any worker."""
-    store = await open_store(config.storage)
-    await store.close()
-
-
 def serve_workers(config: Config, samples_path: Path, count: int) -> int:
     """The pre-fork parent: the same steps as ``kindlessh serve --workers N``."""
     if not config.storage.url:
         sys.exit(f"--workers {count}: several workers need the PostgreSQL store "
                  "([storage] url)")
     host_keys = load_host_keys(config)
-    asyncio.run(bring_schema_up_to_date(config))
+    asyncio.run(bring_up_to_date(config.storage))
     socks = listening_sockets(config.server.host, config.server.port, count)
     port = socks[0].getsockname()[1]
     pids: list[int] = []

@@ -54,7 +54,7 @@ from ._openai import check_entry
 from ._passwords import Passwords
 from ._process import tune_process
 from ._server import Server, load_host_keys, start_server
-from ._store import open_store
+from ._store import bring_up_to_date
 from ._users import PROFILES, UserInfo, Users, check_name, parse_keys
 from ._workers import listening_sockets, run_workers
 
@@ -222,12 +222,6 @@ async def _serve(
     return 0
 
 
-async def _bring_schema_up_to_date(config: Config) -> None:
-    """Open the store once (its migrations run) and close it."""
-    store = await open_store(config.storage)
-    await store.close()
-
-
 def _serve_workers(config: Config, count: int) -> int:
     """``serve --workers N`` with N above 1: the pre-fork parent (:mod:`._workers`)."""
     if not config.storage.url:
@@ -238,7 +232,7 @@ def _serve_workers(config: Config, count: int) -> int:
     # Once, before any worker: every worker offers the same host keys, and none
     # migrates the schema while another is using it.
     host_keys = load_host_keys(config)
-    asyncio.run(_bring_schema_up_to_date(config))
+    asyncio.run(bring_up_to_date(config.storage))
     socks = listening_sockets(config.server.host, config.server.port, count)
 
     def child(slot: int, sock: socket.socket, first: bool) -> int:

@@ -202,3 +202,15 @@ async def open_store(
     from ._sqlite_store import SqliteStore
 
     return await SqliteStore.open(storage.path, clock=clock, owner=owner)
+
+
+async def bring_up_to_date(storage: StorageConfig) -> None:
+    """Open the store ``storage`` names once, so its schema is migrated, and close it: a
+    pre-fork parent does this before its workers start, so none migrates while another
+    is using the store.
+
+    Raises:
+        StoreError: the store cannot be opened.
+    """
+    store = await open_store(storage)
+    await store.close()
