@@ -26,6 +26,13 @@ The words used throughout, from the outside in:
   sans-I/O ``_sse`` decoder, with ``_retry`` before the first token), held to the
   limits of whoever holds the login's key (``_quota``).
 
+Past one process (PostgreSQL store, ``_pg_store``): a **worker** is one server process
+(``_workers`` forks them on one port; ``_front`` takes the client's address from a PROXY
+header); each answer has one **owner**, the worker that asked upstream and writes it;
+screens elsewhere **follow** it through the store's notifications (``_follow``). The
+per-holder limits every worker shares are rows in the database (``_shared_limits``), as
+are invites and the keys they register (``_shared_accounts``).
+
 Where things go: a keystroke goes ``_session`` -> ``_input`` -> ``_keyreader`` ->
 ``_screen`` (a key binding or ``_commands``) -> ``Conversation.ask``; an SSE byte goes
 ``_gemini`` -> ``_sse`` -> a ``_provider`` event -> ``Conversation`` (turn text) ->
