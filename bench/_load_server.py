@@ -28,9 +28,10 @@ and longest time, and how many took over 20 ms: what the loop's long turns are m
     python bench/_load_server.py CONFIG SAMPLES --workers N   (N above 1)
 
 Several workers, as ``kindlessh serve --workers N`` does: the parent loads the config and
-host keys once, brings the store's schema up to date once (opening and closing it with
-``kindlessh._store.bring_up_to_date``), binds N ``SO_REUSEPORT`` sockets (``kindlessh._workers.listening_sockets``)
-and forks one worker per socket (``run_workers``). It refuses a SQLite store, as ``serve``
+host keys once, brings the store's schema up to date once
+(``kindlessh._store.bring_up_to_date``), binds N ``SO_REUSEPORT`` sockets
+(``kindlessh._workers.listening_sockets``) and forks one worker per socket
+(``run_workers``). It refuses a SQLite store, as ``serve``
 does. Each worker runs the server on its socket with the same probe, CPU time and RSS
 figures. The parent prints one line, ``{"port": ..., "pid": PARENT, "workers": [PIDS]}``.
 On SIGTERM the parent passes the signal on; each worker stops its probe, closes its
