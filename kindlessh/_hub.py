@@ -393,9 +393,11 @@ class Hub:
                 conversation.stop("stopped: the conversation was deleted")
             await conversation.wait()
             if chat.id is not None:
-                await chat.recorder.flush()
-                await chat.recorder.forget()
+                # Emptied before anything else is awaited, so no question can slip in
+                # between; one asked while the recorder forgets is stored anew (a write
+                # to the deleted conversation fails and is tried again after).
                 conversation.forget()
+                await chat.recorder.forget()
             return
         follower = chat.follower
         if follower is not None and any(

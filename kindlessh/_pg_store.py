@@ -227,7 +227,11 @@ async def _connect(url: str) -> Conn:
         )
     except psycopg.Error as exc:
         raise StoreError(explain(url, exc)) from exc
-    await _utc(conn)
+    try:
+        await _utc(conn)
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
@@ -281,13 +285,14 @@ _MARK = (
 
 def _dead(grace: float) -> str:
     """SQL true for a ``workers w`` row of a dead worker: its lock is not held and was
-    first seen not held more than ``grace`` seconds ago (by :data:`_MARK`). The one
+    first seen not held more than ``grace`` seconds before the transaction began (by
+    :data:`_MARK`; ``now()``, so every statement of one transaction agrees). The one
     definition of a dead owner: :meth:`PostgresStore.live_owners` (and so the shared
     limits, :mod:`._shared_limits`) and :meth:`PostgresStore.recover_interrupted` use it;
     an owner with no ``workers`` row at all is dead too."""
     return (
         f"(w.lock_key NOT IN (SELECT key FROM ({_HELD}) h) AND w.lost_at IS NOT NULL "
-        f"AND w.lost_at < clock_timestamp() - make_interval(secs => {float(grace)!r}))"
+        f"AND w.lost_at < now() - make_interval(secs => {float(grace)!r}))"
     )
 
 

@@ -223,6 +223,7 @@ class SharedAccounts:
         self._keys: dict[str, asyncssh.SSHAuthorizedKeys] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._loading = asyncio.Lock()
 
     @classmethod
     async def start(cls, url: str, pool: AsyncConnectionPool[Conn]) -> SharedAccounts:
@@ -288,6 +289,12 @@ class SharedAccounts:
 
     async def _load(self, name: str | None = None) -> None:
         """Read ``name``'s invite and keys again (everyone's without a name)."""
+        # One read-and-apply at a time: two reads in flight could land out of order, and
+        # the older would put back a key or invite removed in between.
+        async with self._loading:
+            await self._load_now(name)
+
+    async def _load_now(self, name: str | None) -> None:
         where, args = ("WHERE name = %s", (name,)) if name is not None else ("", ())
         try:
             async with self._pool.connection() as conn:

@@ -188,6 +188,11 @@ def run_workers(
                 os._exit(status)
         pids[pid] = slot
         started[slot] = time.monotonic()
+        if stopping:
+            # The stop came before the fork (handled before the signals were held): the
+            # new worker was not among those it reached.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stopping[-1])
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return pid
 
@@ -213,6 +218,8 @@ def run_workers(
             _reap(socks, pids, started, quick_exits, due, stopping)
             now = time.monotonic()
             for slot, when in sorted(due.items()):
+                if stopping:
+                    break  # no new worker once a stop has come
                 if when <= now:
                     del due[slot]
                     try:
