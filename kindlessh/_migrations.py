@@ -214,6 +214,12 @@ def m010_worker_lost_at(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE workers ADD COLUMN lost_at TEXT")
 
 
+def m011_slot_function(conn: sqlite3.Connection) -> None:
+    """PostgreSQL only: taking an upstream slot is one call to a function, so the lock
+    that orders the queue is held for the call alone, never across a busy worker's
+    round trips. SQLite has no shared slots: nothing to do."""
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 # The order migrations are applied in: this list is the only place it is kept (a name's
@@ -229,6 +235,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m008_shared_limits,
     m009_accounts,
     m010_worker_lost_at,
+    m011_slot_function,
 )
 
 # The same migrations for PostgreSQL, by name. Times are timestamptz, flags boolean, ids
@@ -369,6 +376,34 @@ POSTGRES: dict[str, tuple[str, ...]] = {
         """,
     ),
     "m010_worker_lost_at": ("ALTER TABLE workers ADD COLUMN lost_at TIMESTAMPTZ",),
+    "m011_slot_function": (
+        # Takes slot p_slot when fewer than p_size slots are held or queued ahead of it
+        # (returns NULL), else returns how many are queued ahead; first forgets the slots
+        # of owners not in p_live written before p_stamp (see _shared_limits).
+        """
+        CREATE FUNCTION kindlessh_take_slot(
+            p_slot BIGINT, p_size INTEGER, p_live TEXT[], p_stamp TIMESTAMPTZ,
+            p_lock BIGINT
+        ) RETURNS INTEGER LANGUAGE plpgsql AS $$
+        DECLARE
+            n_held INTEGER;
+            n_ahead INTEGER;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(p_lock);
+            DELETE FROM limit_slots s
+                WHERE NOT (s.owner = ANY(p_live)) AND s.since < p_stamp;
+            SELECT count(*) FILTER (WHERE held),
+                   count(*) FILTER (WHERE NOT held AND id < p_slot)
+                INTO n_held, n_ahead FROM limit_slots;
+            IF n_held + n_ahead < p_size THEN
+                UPDATE limit_slots SET held = TRUE WHERE id = p_slot;
+                RETURN NULL;
+            END IF;
+            RETURN n_ahead;
+        END
+        $$
+        """,
+    ),
 }
 
 # pg_advisory_xact_lock(MIGRATION_LOCK): the (fixed, arbitrary) key migrating holds.

@@ -81,7 +81,11 @@ LIVE_LOCK_CLASS = 0x6B73686C  # "kshl"
 CHANNEL = "kindlessh_turns"
 # Ctrl-C on a screen following an answer another worker owns: '<user> <turn id>'.
 STOP_CHANNEL = "kindlessh_stop"
-POOL_SIZE = 8
+# Pooled connections per worker, all opened at the start: a call holds one until its
+# worker's event loop reads the answer, so under load (hundreds of answers saving each
+# second, and the claims of the shared limits) a small pool makes every call queue, and
+# a pool that grows does so while the loop is busiest.
+POOL_SIZE = 16
 # Seconds between tries to connect the listening connection again, first and at most:
 # at most well under the owner's grace ([storage] owner_grace_ms, 3 s by default), so a
 # worker back from a short outage takes its lock again before anyone counts it dead.
@@ -451,7 +455,7 @@ class PostgresStore:
             owner = await cls._take_liveness(conn, owner, clock)
             pool = AsyncConnectionPool(
                 _conninfo(url),
-                min_size=1,
+                min_size=POOL_SIZE,
                 max_size=POOL_SIZE,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                 configure=_utc,

@@ -57,6 +57,9 @@ from ._errors import ServerBusy
 
 log = logging.getLogger("kindlessh.shared_limits")
 
+# Seconds a reading of the live owners (and its stamp) serves the claims that follow.
+LIVE_FOR = 0.5
+
 # Seconds between tries of a release that failed, first and at most.
 RETRY_FIRST, RETRY_MOST = 0.1, 5.0
 CHANNEL = "kindlessh_limits"  # NOTIFY channel: an upstream slot was given back
@@ -126,8 +129,10 @@ class SharedLimits:
         live_owners: Callable[[], Awaitable[set[str]]],
         *,
         poll: float = 0.5,
+        live_for: float = LIVE_FOR,
     ) -> None:
         self.pool = pool
+        self.live_for = live_for
         self.owner = owner
         self.live_owners = live_owners
         self.poll = poll
@@ -136,19 +141,45 @@ class SharedLimits:
         self._closing = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._live_read: tuple[float, dict[str, Any]] | None = None  # (when, what)
+        self._live_reading: asyncio.Future[dict[str, Any]] | None = None
 
     # ----- plumbing -------------------------------------------------------------------
 
     async def _live(self) -> dict[str, Any]:
         """The owners live now, and the time just before they were read: a row written
         after that time may be of an owner that started since, so only older rows of an
-        owner not in the set are dead (an owner takes its lock before writing rows)."""
+        owner not in the set are dead (an owner takes its lock before writing rows).
+
+        Strategy: read at most once per ``live_for`` seconds (:data:`LIVE_FOR`), by one
+        caller at a time (the others share its answer). Owners come and go rarely, and a
+        stale answer errs
+        safe: an owner dead since still counts for a moment (its grace is longer), and
+        one started since writes its rows after the stamp, so they count. Read for every
+        claim, it cost several pooled round trips a question, and under load those wait
+        behind the answers' saves for a connection."""
+        now = time.monotonic()
+        if self._live_read is not None and now - self._live_read[0] < self.live_for:
+            return dict(self._live_read[1])
+        if self._live_reading is None:
+            self._live_reading = asyncio.ensure_future(self._read_live())
+        reading = self._live_reading
+        try:
+            params = await asyncio.shield(reading)
+        finally:
+            if reading.done() and self._live_reading is reading:
+                self._live_reading = None
+        return dict(params)
+
+    async def _read_live(self) -> dict[str, Any]:
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT clock_timestamp()")
             (stamp,) = await cur.fetchone()
         live = await self.live_owners()
         live.add(self.owner)
-        return {"live": sorted(live), "stamp": stamp}
+        params = {"live": sorted(live), "stamp": stamp}
+        self._live_read = (time.monotonic(), params)
+        return params
 
     async def _execute(self, query: str, params: Any = None) -> None:
         async with self.pool.connection() as conn:
@@ -358,25 +389,16 @@ class SharedLimits:
     async def _try(self, slot: int, size: int) -> int | None:
         """Take the slot if its turn has come (None), else how many are ahead of it."""
         params = await self._live()
-        params["slot"] = slot
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SLOT_LOCK,))
-            # Under the lock: the queue cannot change between counting and taking.
-            await conn.execute(
-                f"DELETE FROM limit_slots AS s WHERE {_dead('s')}", params
-            )
+        # Strategy: one statement (m011's function), so the lock ordering the queue is
+        # held for that statement alone: held across round trips, a busy worker's slow
+        # event loop would keep every other worker's questions (and its pool) waiting.
+        async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FILTER (WHERE held), "
-                "count(*) FILTER (WHERE NOT held AND id < %(slot)s) FROM limit_slots",
-                params,
+                "SELECT kindlessh_take_slot(%s, %s, %s, %s, %s)",
+                (slot, size, params["live"], params["stamp"], _SLOT_LOCK),
             )
-            held, ahead = await cur.fetchone()
-            if held + ahead < size:
-                await conn.execute(
-                    "UPDATE limit_slots SET held = TRUE WHERE id = %(slot)s", params
-                )
-                return None
-            return int(ahead)
+            (ahead,) = await cur.fetchone()
+        return None if ahead is None else int(ahead)
 
     def _listen(self) -> None:
         if self._listener is None and not self._closed:

@@ -36,7 +36,7 @@ class Workers:
         await pool.open()
         self.pools.append(pool)
         self.live.add(owner)
-        limits = SharedLimits(pool, owner, self.live_owners, poll=0.05)
+        limits = SharedLimits(pool, owner, self.live_owners, poll=0.05, live_for=0)
         self.limits.append(limits)
         return limits
 
@@ -183,7 +183,7 @@ from kindlessh._store import open_store
 
 async def main():
     store = await open_store(StorageConfig(url=sys.argv[1], owner_grace_ms=200), owner="doomed")
-    limits = SharedLimits(store.pool, store.owner, store.live_owners)
+    limits = SharedLimits(store.pool, store.owner, store.live_owners, live_for=0)
     assert await limits.claim_answer("ann")
     await limits.hold(1, 0, lambda ahead: None).__aenter__()
     assert await limits.claim_seat("ann", "session", 1)
@@ -208,7 +208,7 @@ async def test_a_worker_killed_with_sigkill_blocks_nobody(pg_url: str) -> None:
     try:
         assert proc.stdout is not None
         assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"holding\n"
-        limits = SharedLimits(store.pool, store.owner, store.live_owners, poll=0.05)
+        limits = SharedLimits(store.pool, store.owner, store.live_owners, poll=0.05, live_for=0)
         # While it lives, its claims hold.
         assert await limits.claim_answer("ann") is None
         assert await limits.claim_seat("ann", "session", 1) is None
@@ -282,8 +282,8 @@ async def test_a_worker_briefly_cut_off_keeps_what_it_holds(pg_url: str) -> None
 
     watcher = await PostgresStore.open(pg_url, grace=2.0)
     cut = await PostgresStore.open(pg_url, owner="cut")
-    mine = SharedLimits(cut.pool, cut.owner, cut.live_owners, poll=0.05)
-    others = SharedLimits(watcher.pool, watcher.owner, watcher.live_owners, poll=0.05)
+    mine = SharedLimits(cut.pool, cut.owner, cut.live_owners, poll=0.05, live_for=0)
+    others = SharedLimits(watcher.pool, watcher.owner, watcher.live_owners, poll=0.05, live_for=0)
     held = mine.hold(1, 0, lambda ahead: None)
     try:
         assert await mine.claim_answer("ann") is not None
