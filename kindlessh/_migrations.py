@@ -215,9 +215,9 @@ def m010_worker_lost_at(conn: sqlite3.Connection) -> None:
 
 
 def m011_slot_function(conn: sqlite3.Connection) -> None:
-    """PostgreSQL only: taking an upstream slot is one call to a function, so the lock
-    that orders the queue is held for the call alone, never across a busy worker's
-    round trips. SQLite has no shared slots: nothing to do."""
+    """PostgreSQL only: taking an upstream slot, or a seat, is one call to a function, so
+    the lock that orders it is held for the call alone, never across a busy worker's
+    round trips. SQLite has no shared limits: nothing to do."""
 
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -400,6 +400,31 @@ POSTGRES: dict[str, tuple[str, ...]] = {
                 RETURN NULL;
             END IF;
             RETURN n_ahead;
+        END
+        $$
+        """,
+        # Counts one seat (a session or a connection) of p_holder against p_most over
+        # every live owner: the new row's id, or NULL over the cap.
+        """
+        CREATE FUNCTION kindlessh_take_seat(
+            p_holder TEXT, p_kind TEXT, p_owner TEXT, p_most INTEGER, p_live TEXT[],
+            p_stamp TIMESTAMPTZ, p_lock INTEGER
+        ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            n_seats INTEGER;
+            new_id BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(p_lock, hashtext(p_holder));
+            DELETE FROM limit_seats s WHERE s.holder = p_holder
+                AND NOT (s.owner = ANY(p_live)) AND s.since < p_stamp;
+            SELECT count(*) INTO n_seats FROM limit_seats
+                WHERE holder = p_holder AND kind = p_kind;
+            IF n_seats >= p_most THEN
+                RETURN NULL;
+            END IF;
+            INSERT INTO limit_seats (holder, kind, owner) VALUES (p_holder, p_kind, p_owner)
+                RETURNING id INTO new_id;
+            RETURN new_id;
         END
         $$
         """,

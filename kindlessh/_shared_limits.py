@@ -434,27 +434,11 @@ class SharedLimits:
 
     async def _claim_seat(self, holder: str, kind: str, most: int) -> Seat | None:
         params = await self._live()
-        params.update(holder=holder, kind=kind, owner=self.owner)
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(%(lock)s, hashtext(%(holder)s))",
-                {"lock": _SEAT_LOCK, "holder": holder},
-            )
-            await conn.execute(
-                f"DELETE FROM limit_seats AS s WHERE holder = %(holder)s AND {_dead('s')}",
-                params,
-            )
+        # One statement (m011's function): the holder's lock is held for it alone.
+        async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM limit_seats WHERE holder = %(holder)s AND kind = %(kind)s",
-                params,
-            )
-            (count,) = await cur.fetchone()
-            if count >= most:
-                return None
-            cur = await conn.execute(
-                "INSERT INTO limit_seats (holder, kind, owner) "
-                "VALUES (%(holder)s, %(kind)s, %(owner)s) RETURNING id",
-                params,
+                "SELECT kindlessh_take_seat(%s, %s, %s, %s, %s, %s, %s)",
+                (holder, kind, self.owner, most, params["live"], params["stamp"], _SEAT_LOCK),
             )
             (row,) = await cur.fetchone()
-        return Seat(self, int(row))
+        return None if row is None else Seat(self, int(row))
