@@ -72,6 +72,53 @@ async def _stored(server: Server, user: str = "reader") -> list[Any]:
     return list(await store.load_turns(user, latest))
 
 
+async def _owner(
+    tmp_path: Path, client_key: asyncssh.SSHKey, pg_url: str, gemini: FakeGemini,
+    storage: str = "",
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The owner as a process of its own (``kindlessh serve`` in a folder of its own, on
+    the shared database, progress saved every 50 ms, ``storage`` adding TOML lines to
+    its [storage]): the process and its port."""
+    folder = tmp_path / "owner"
+    (folder / "keys").mkdir(parents=True)
+    (folder / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
+    config = folder / "kindlessh.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{gemini.base_url}"\n'
+        f'[storage]\nurl = "{pg_url}"\ncommit_interval_ms = 50\n{storage}'
+    )
+    proc, lines = await start_serve(
+        folder, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
+    )
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines))
+    assert found is not None
+    return proc, int(found.group(1))
+
+
+async def _delete(term: Any, number: int | None) -> None:
+    """``/delete number`` on ``term``'s screen, answered yes."""
+    await term.send(f"/delete {number}\r")
+    await term.wait_for("Delete conversation")
+    await term.send("y\r")
+    await term.wait_for(f"Conversation {number} deleted.")
+
+
+async def _starts_anew(server: Server, term: Any, gemini: FakeGemini) -> None:
+    """``server``'s one chat, whose conversation was deleted elsewhere, is emptied; the
+    next question on ``term`` is stored as a new conversation, the only one."""
+    await until(lambda: not _only_chat(server).conversation.turns
+                and _only_chat(server).id is None)  # fmt: skip
+    await term.wait_for(lambda t: "ready" in t.text())
+    gemini.enqueue(Reply.text(["A fresh start."]))
+    await term.ask("a new question")
+    await term.wait_for("A fresh start.")
+    await until(lambda: _only_chat(server).id is not None)  # saved in the background
+    await _until_stored(server, "A fresh start.")
+    rows = await _stored(server)
+    assert [r.question for r in rows] == ["a new question"]
+    assert len(await server.ctx.session.hub.store.list_conversations("reader")) == 1
+
+
 async def test_a_screen_on_another_server_follows_the_answer_to_its_end(
     pg_url: str, make_server: ServerFactory, fake_gemini: FakeGemini
 ) -> None:
@@ -191,23 +238,9 @@ async def test_a_conversation_deleted_on_one_server_empties_on_the_others_screen
         number = _only_chat(a).id
         async with connected(b) as two:
             await two.wait_for("Soon gone.")  # the same conversation, on both
-            await two.send(f"/delete {number}\r")
-            await two.wait_for("Delete conversation")
-            await two.send("y\r")
-            await two.wait_for(f"Conversation {number} deleted.")
+            await _delete(two, number)
             # A heard of it: its screen is emptied, and its next question starts anew.
-            await until(
-                lambda: not _only_chat(a).conversation.turns and _only_chat(a).id is None
-            )
-            fake_gemini.enqueue(Reply.text(["A fresh start."]))
-            await one.ask("a new question")
-            await one.wait_for("A fresh start.")
-            # Saved in the background, as a new conversation.
-            await until(lambda: _only_chat(a).id is not None)
-            await _until_stored(a, "A fresh start.")
-    rows = await _stored(a)
-    assert [r.question for r in rows] == ["a new question"]
-    assert len(await a.ctx.session.hub.store.list_conversations("reader")) == 1
+            await _starts_anew(a, one, fake_gemini)
 
 
 async def test_a_conversation_deleted_elsewhere_while_its_answer_comes_here_stops_it(
@@ -226,22 +259,10 @@ async def test_a_conversation_deleted_elsewhere_while_its_answer_comes_here_stop
         async with connected(b) as two:
             await two.send("/new\r")
             await two.wait_for("New conversation.")
-            await two.send(f"/delete {number}\r")
-            await two.wait_for("Delete conversation")
-            await two.send("y\r")
-            await two.wait_for(f"Conversation {number} deleted.")
+            await _delete(two, number)
         # A stops the answer (nowhere to store it), empties, and starts anew.
-        await until(lambda: not _only_chat(a).conversation.turns and _only_chat(a).id is None)
         gate.set()
-        fake_gemini.enqueue(Reply.text(["A fresh start."]))
-        await one.wait_for(lambda t: "ready" in t.text())
-        await one.ask("a new question")
-        await one.wait_for("A fresh start.")
-        await until(lambda: _only_chat(a).id is not None)
-        await _until_stored(a, "A fresh start.")
-    rows = await _stored(a)
-    assert [r.question for r in rows] == ["a new question"]
-    assert len(await a.ctx.session.hub.store.list_conversations("reader")) == 1
+        await _starts_anew(a, one, fake_gemini)
 
 
 async def test_an_answer_whose_owner_is_killed_is_shown_interrupted(
@@ -251,22 +272,11 @@ async def test_an_answer_whose_owner_is_killed_is_shown_interrupted(
     client_key: asyncssh.SSHKey,
     fake_gemini: FakeGemini,
 ) -> None:
-    folder = tmp_path / "owner"
-    (folder / "keys").mkdir(parents=True)
-    (folder / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
-    config = folder / "kindlessh.toml"
-    config.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
-        f'[storage]\nurl = "{pg_url}"\ncommit_interval_ms = 50\nfollow_check_ms = 100\n'
-        "owner_grace_ms = 200\n"
-    )
-    proc, lines = await start_serve(
-        folder, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
+    proc, owner_port = await _owner(
+        tmp_path, client_key, pg_url, fake_gemini,
+        "follow_check_ms = 100\nowner_grace_ms = 200\n",
     )
     try:
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines))
-        assert found is not None
-        owner_port = int(found.group(1))
         fake_gemini.enqueue(Reply.text(["An earlier answer."]))
         gate = asyncio.Event()
         fake_gemini.enqueue(_slow(gate))
@@ -306,23 +316,11 @@ async def test_a_dead_owners_answer_opened_later_is_shown_interrupted(
     client_key: asyncssh.SSHKey,
     fake_gemini: FakeGemini,
 ) -> None:
-    folder = tmp_path / "owner"
-    (folder / "keys").mkdir(parents=True)
-    (folder / "keys" / "authorized_keys").write_bytes(client_key.export_public_key())
-    config = folder / "kindlessh.toml"
-    config.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 0\n[gemini]\nbase_url = "{fake_gemini.base_url}"\n'
-        f'[storage]\nurl = "{pg_url}"\ncommit_interval_ms = 50\n'
-    )
     follower = await make_server(storage=_storage(pg_url))
-    proc, lines = await start_serve(
-        folder, "--config", str(config), env={"GEMINI_API_KEY": "test-key"}
-    )
+    proc, owner_port = await _owner(tmp_path, client_key, pg_url, fake_gemini)
     try:
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", "\n".join(lines))
-        assert found is not None
         fake_gemini.enqueue(_slow(asyncio.Event()))
-        async with connected(int(found.group(1))) as one:
+        async with connected(owner_port) as one:
             await one.ask("tell me")
             await one.wait_for("First words arrive.")
             await _until_stored(follower, "First words arrive. ")
